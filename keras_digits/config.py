@@ -1,0 +1,131 @@
+"""Frozen configuration dataclasses: every training default lives here, once."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from keras_digits.errors import KerasDigitsError
+
+OPTIMIZERS = ("adam", "sgd", "nadam", "adagrad", "adamw", "rmsprop")
+SCHEDULES = ("none", "plateau", "step", "cosine")
+BALANCES = ("none", "class_weight", "resample")
+NORMALIZES = ("none", "dataset", "imagenet")
+STRATEGIES = ("auto", "mirrored", "default")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs; written resolved to the run's config.json."""
+
+    arch: str = "simple_cnn"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    epochs: int = 15
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    patience: int = 5
+    seed: int = 42
+    val_split: float = 0.1
+    image_size: int | None = None
+    max_train_samples: int | None = None
+    schedule: str = "none"
+    warmup_epochs: int = 0
+    balance: str = "none"
+    augment: str = "none"
+    normalize: str = "none"
+    weights: str = "none"
+    freeze_base: bool = False
+    fine_tune_at: int | None = None
+    fine_tune_epochs: int | None = None
+    fine_tune_lr_factor: float = 0.1
+    deterministic: bool = False
+    mixed_precision: bool = False
+    strategy: str = "auto"
+    jit_compile: bool = False  # XLA on CPU was much slower here (see benchmarks)
+    early_stopping: bool = True
+    evaluate_test: bool = True
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    verbose: int = 1
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise KerasDigitsError on values no run could use."""
+        if self.epochs <= 0:
+            raise KerasDigitsError(f"--epochs must be positive, got {self.epochs}")
+        if self.batch_size <= 0:
+            raise KerasDigitsError(f"--batch-size must be positive, got {self.batch_size}")
+        if not self.lr > 0:
+            raise KerasDigitsError(f"--lr must be positive, got {self.lr}")
+        if self.patience < 0:
+            raise KerasDigitsError(f"--patience must be >= 0, got {self.patience}")
+        if not 0 <= self.val_split < 1:
+            raise KerasDigitsError(f"--val-split must be in [0, 1), got {self.val_split}")
+        if self.image_size is not None and self.image_size <= 0:
+            raise KerasDigitsError(f"--image-size must be positive, got {self.image_size}")
+        if self.max_train_samples is not None and self.max_train_samples <= 0:
+            raise KerasDigitsError(f"--max-train-samples must be positive, got {self.max_train_samples}")
+        for name, value, allowed in (
+            ("optimizer", self.optimizer, OPTIMIZERS),
+            ("schedule", self.schedule, SCHEDULES),
+            ("balance", self.balance, BALANCES),
+            ("normalize", self.normalize, NORMALIZES),
+            ("strategy", self.strategy, STRATEGIES),
+        ):
+            if value not in allowed:
+                raise KerasDigitsError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON dict of every field."""
+        out = dataclasses.asdict(self)
+        out["model_kwargs"] = dict(self.model_kwargs)
+        return out
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        """Names of every option."""
+        return {f.name for f in fields(cls)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        """Build from a mapping; unknown keys are a user error."""
+        data = {k.replace("-", "_"): v for k, v in data.items()}
+        unknown = sorted(set(data) - cls.field_names())
+        if unknown:
+            raise KerasDigitsError(
+                f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(cls.field_names()))}"
+            )
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise KerasDigitsError(f"bad config: {exc}") from None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON config file (a resolved config.json or a tuner's best_config.json)."""
+    path = Path(path)
+    if not path.is_file():
+        raise KerasDigitsError(f"config file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KerasDigitsError(f"config file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise KerasDigitsError(f"config file {path} must hold a JSON object")
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - TrainConfig.field_names())
+    if unknown:
+        raise KerasDigitsError(f"config file {path}: unknown key(s) {', '.join(unknown)}")
+    return data

@@ -1,0 +1,99 @@
+"""Seeded, stratified splitting and the loaded-dataset bundle."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from keras_digits.data.base import Arrays, data_dir_from
+from keras_digits.data.registry import get_spec
+from keras_digits.errors import KerasDigitsError
+
+TEST_SPLIT = 0.2  # carved from datasets that ship no test split
+TEST_SEED = 0  # fixed so the test set never moves with the run seed
+
+
+@dataclass
+class DataBundle:
+    """A loaded dataset: uint8 NHWC arrays per split plus what models and reports need."""
+
+    name: str
+    train: Arrays
+    val: Arrays | None
+    test: Arrays
+    label_names: tuple[str, ...]
+    source: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train[0].shape[1:])
+
+    def split(self, name: str) -> Arrays:
+        """Arrays of one split by name."""
+        arrays = {"train": self.train, "val": self.val, "test": self.test}.get(name)
+        if arrays is None:
+            raise KerasDigitsError(f"{self.name} has no {name!r} split")
+        return arrays
+
+
+def stratified_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> tuple[Arrays, Arrays]:
+    """Split off `fraction` of (x, y), stratified by label where every class allows it."""
+    from sklearn.model_selection import train_test_split
+
+    n_hold = int(round(len(y) * fraction))
+    if n_hold < 1 or n_hold >= len(y):
+        raise KerasDigitsError(f"cannot split {len(y)} samples with fraction {fraction}")
+    counts = np.bincount(y)
+    stratify = y if counts[counts > 0].min() >= 2 and n_hold >= (counts > 0).sum() else None
+    idx_keep, idx_hold = train_test_split(
+        np.arange(len(y)), test_size=n_hold, random_state=seed, shuffle=True, stratify=stratify
+    )
+    idx_keep.sort()
+    idx_hold.sort()
+    return (x[idx_keep], y[idx_keep]), (x[idx_hold], y[idx_hold])
+
+
+def subsample(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> Arrays:
+    """A stratified subset of at most n samples."""
+    if n >= len(y):
+        return x, y
+    kept, _ = stratified_split(x, y, 1.0 - n / len(y), seed)
+    return kept
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    val_split: float = 0.1,
+    seed: int = 42,
+    image_size: int | None = None,
+    max_train_samples: int | None = None,
+) -> DataBundle:
+    """Load a named dataset and resolve its train/val/test splits (test never touched by training)."""
+    spec = get_spec(name)
+    folder = data_dir_from(data_dir)
+    kwargs = {}
+    if "image_size" in inspect.signature(spec.loader).parameters:
+        kwargs["image_size"] = image_size
+    raw = spec.loader(spec, folder, **kwargs)
+    train, test, val = raw.train, raw.test, raw.val
+    if test is None:
+        train, test = stratified_split(*train, TEST_SPLIT, TEST_SEED)
+    if val is None:
+        if not 0 < val_split < 1:
+            raise KerasDigitsError(f"{name} has no official validation split: --val-split must be in (0, 1)")
+        train, val = stratified_split(*train, val_split, seed)
+    if max_train_samples is not None:
+        train = subsample(*train, max_train_samples, seed)
+    label_names = tuple(raw.label_names or spec.label_names or [str(i) for i in range(int(train[1].max()) + 1)])
+    return DataBundle(name=name, train=train, val=val, test=test, label_names=label_names,
+                      source=raw.source or str(Path(folder or "")))

@@ -1,0 +1,340 @@
+"""Training: `train_and_evaluate(cfg, run_dir)` and the `python -m keras_digits.train` CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from keras_digits.cli import fraction, positive_float, positive_int, quiet_tensorflow, run_cli
+from keras_digits.config import (
+    BALANCES, NORMALIZES, OPTIMIZERS, SCHEDULES, STRATEGIES, TrainConfig, load_config_file,
+)
+from keras_digits.errors import KerasDigitsError
+from keras_digits.io import atomic_path, write_json
+
+RUNS_DIR = Path("runs")
+
+
+# ---------------------------------------------------------------------------- optimisers, schedules
+def make_optimizer(cfg: TrainConfig, lr: float | None = None):
+    """The Keras optimizer named by the config."""
+    import keras
+
+    lr = cfg.lr if lr is None else lr
+    wd = cfg.weight_decay or None
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(lr, weight_decay=wd)
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=cfg.momentum, weight_decay=wd)
+    if cfg.optimizer == "nadam":
+        return keras.optimizers.Nadam(lr, weight_decay=wd)
+    if cfg.optimizer == "adagrad":
+        return keras.optimizers.Adagrad(lr, weight_decay=wd)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay or 1e-4)
+    if cfg.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(lr, momentum=0.0, weight_decay=wd)
+    raise KerasDigitsError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def schedule_lr(cfg: TrainConfig, epoch: int, base_lr: float | None = None) -> float:
+    """Learning rate for an epoch (0-based) under the step or cosine schedule."""
+    base = cfg.lr if base_lr is None else base_lr
+    if cfg.schedule == "step":  # x0.1 at 50% and 75% of the epochs (the MedMNIST recipe)
+        return base * (0.1 ** sum(epoch >= math.floor(cfg.epochs * f) for f in (0.5, 0.75)))
+    if cfg.schedule == "cosine":
+        warm = cfg.warmup_epochs
+        if epoch < warm:
+            return base * (epoch + 1) / (warm + 1)
+        span = max(1, cfg.epochs - warm)
+        return base * 0.5 * (1 + math.cos(math.pi * (epoch - warm) / span))
+    return base
+
+
+def schedule_callbacks(cfg: TrainConfig) -> list:
+    """Callbacks that implement --schedule."""
+    import keras
+
+    if cfg.schedule == "plateau":
+        return [keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=max(1, cfg.patience // 2),
+                                                  min_lr=cfg.lr * 1e-3, verbose=cfg.verbose)]
+    if cfg.schedule in ("step", "cosine"):
+        return [keras.callbacks.LearningRateScheduler(lambda e, lr: schedule_lr(cfg, e), verbose=0)]
+    return []
+
+
+# ---------------------------------------------------------------------------- callbacks
+def _atomic_checkpoint_cls():
+    import keras
+
+    class AtomicCheckpoint(keras.callbacks.Callback):
+        """Save the model with the best monitored value to `path` via a temporary file."""
+
+        def __init__(self, path: Path, monitor: str = "val_accuracy"):
+            super().__init__()
+            self.path, self.monitor = Path(path), monitor
+            self.best = -np.inf
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get(self.monitor)
+            if value is None or not np.isfinite(value) or value <= self.best:
+                return
+            self.best = float(value)
+            with atomic_path(self.path) as tmp:
+                self.model.save(tmp)
+
+    return AtomicCheckpoint
+
+
+def make_callbacks(cfg: TrainConfig, run_dir: Path, resuming: bool) -> list:
+    """EarlyStopping, best-model checkpoint, TensorBoard, CSV log, backup/restore, NaN guard, schedule."""
+    import keras
+
+    cbs = [
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
+        _atomic_checkpoint_cls()(run_dir / "best.keras", monitor="val_accuracy"),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resuming),
+        keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), histogram_freq=0, write_graph=False),
+    ]
+    if cfg.early_stopping and cfg.patience > 0:
+        cbs.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience,
+                                                 restore_best_weights=True, verbose=cfg.verbose))
+    return cbs + schedule_callbacks(cfg)
+
+
+# ---------------------------------------------------------------------------- run directory
+def default_run_dir(cfg: TrainConfig, root: Path = RUNS_DIR) -> Path:
+    """runs/<dataset>-<arch>-s<seed>[-N]: the first such folder that does not hold a finished run,
+    so rerunning an interrupted command resumes it and a finished run is never overwritten."""
+    base = root / f"{cfg.dataset}-{cfg.arch}-s{cfg.seed}"
+    candidate, n = base, 1
+    while (candidate / "metrics.json").exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def prepare_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool) -> bool:
+    """Create or check the run directory; True when an interrupted run will resume."""
+    if (run_dir / "metrics.json").exists():
+        if not overwrite:
+            raise KerasDigitsError(f"{run_dir} already holds a finished run; pass --overwrite or another --run-dir")
+        shutil.rmtree(run_dir)
+    resuming = (run_dir / "backup").is_dir()
+    if resuming and (run_dir / "config.json").is_file():
+        old = json.loads((run_dir / "config.json").read_text())
+        old.pop("verbose", None)
+        new = cfg.to_dict()
+        new.pop("verbose", None)
+        if old != new:
+            raise KerasDigitsError(
+                f"{run_dir} holds an interrupted run with a different config; pass --overwrite or another --run-dir"
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return resuming
+
+
+# ---------------------------------------------------------------------------- the seam
+def setup_runtime(cfg: TrainConfig) -> None:
+    """Seeds, determinism and precision policy."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if cfg.mixed_precision:
+        if tf.config.list_physical_devices("GPU"):
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        else:
+            print("note: --mixed-precision needs a GPU; training in float32 on CPU", file=sys.stderr)
+
+
+def build_for(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int):
+    """Build the configured model (weights, freezing) for a dataset's input shape."""
+    from keras_digits.models import build_model, model_info
+
+    kwargs: dict[str, Any] = dict(cfg.model_kwargs)
+    info = model_info(cfg.arch)
+    accepted = info.kwargs_accepted()
+    if cfg.weights not in ("none", "", None):
+        if "weights" not in accepted:
+            raise KerasDigitsError(f"{cfg.arch} has no pretrained weights; --weights applies to: "
+                                   + ", ".join(_pretrained_archs()))
+        kwargs["weights"] = cfg.weights
+    if cfg.freeze_base and "freeze_base" in accepted:
+        kwargs["freeze_base"] = True
+    return build_model(cfg.arch, input_shape, num_classes, image_size=cfg.image_size, **kwargs)
+
+
+def _pretrained_archs() -> list[str]:
+    from keras_digits.models import list_models, model_info
+
+    return [n for n in list_models() if model_info(n).pretrained]
+
+
+def compile_model(model, cfg: TrainConfig, lr: float | None = None) -> None:
+    """Compile with the configured optimizer, sparse cross-entropy and accuracy."""
+    model.compile(optimizer=make_optimizer(cfg, lr), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], jit_compile=cfg.jit_compile)
+
+
+def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = False) -> dict:
+    """Train `cfg` into `run_dir` and score it; returns metrics ({"val": ..., "test": ...})."""
+    quiet_tensorflow()
+    from keras_digits.data import load_dataset
+    from keras_digits.data.pipeline import make_pipeline
+    from keras_digits.augment import make_augment
+    from keras_digits.evaluate import evaluate_model
+    from keras_digits.report import metrics_markdown, plot_confusion, plot_curves, read_history, write_markdown
+
+    run_dir = Path(run_dir)
+    setup_runtime(cfg)
+    bundle = load_dataset(cfg.dataset, cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed,
+                          image_size=cfg.image_size, max_train_samples=cfg.max_train_samples)
+    augment = make_augment(cfg.augment, cfg.dataset, cfg.seed)
+    model = build_for(cfg, bundle.input_shape, bundle.num_classes)  # bad arch/options fail before any file
+    compile_model(model, cfg)
+    resuming = prepare_run_dir(run_dir, cfg, overwrite)
+    write_json(run_dir / "config.json", cfg.to_dict())
+    write_json(run_dir / "dataset.json", {
+        "name": bundle.name, "source": bundle.source, "input_shape": list(bundle.input_shape),
+        "num_classes": bundle.num_classes, "label_names": list(bundle.label_names),
+        "sizes": {s: int(len(bundle.split(s)[1])) for s in ("train", "val", "test")},
+    })
+    (x_tr, y_tr), (x_va, y_va) = bundle.train, bundle.val
+    train_ds = make_pipeline(x_tr, y_tr, cfg.batch_size, training=True, seed=cfg.seed, augment=augment)
+    val_ds = make_pipeline(x_va, y_va, max(cfg.batch_size, 256))
+    if cfg.verbose:
+        print(f"{cfg.arch} on {bundle.name}: train {len(y_tr)}, val {len(y_va)}, test {len(bundle.test[1])} "
+              f"images {bundle.input_shape}, {model.count_params():,} parameters; run dir {run_dir}"
+              + (" (resuming)" if resuming else ""))
+    start = time.perf_counter()
+    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=make_callbacks(cfg, run_dir, resuming),
+              verbose=cfg.verbose)
+    seconds = time.perf_counter() - start
+    best = run_dir / "best.keras"
+    if not best.exists():
+        raise KerasDigitsError("training produced no finite validation accuracy (diverged?); no model saved")
+    from keras_digits.evaluate import load_run
+
+    _, model = load_run(run_dir)
+    metrics: dict[str, Any] = {"val": evaluate_model(model, x_va, y_va, bundle.label_names)}
+    if cfg.evaluate_test:
+        metrics["test"] = evaluate_model(model, *bundle.test, bundle.label_names)
+    history = read_history(run_dir / "history.csv")
+    metrics["train_seconds"] = seconds
+    metrics["epochs_run"] = len(history.get("loss", []))
+    final = "test" if "test" in metrics else "val"
+    plot_confusion(np.asarray(metrics[final]["confusion_matrix"]), bundle.label_names,
+                   run_dir / "confusion_matrix.png", title=f"{cfg.arch} on {bundle.name} ({final})")
+    plot_curves(history, run_dir / "curves.png", title=f"{cfg.arch} on {bundle.name}")
+    write_markdown(run_dir / "report.md", metrics_markdown(metrics, f"{cfg.arch} on {bundle.name}"))
+    write_json(run_dir / "metrics.json", metrics)  # written last: its presence marks a finished run
+    return metrics
+
+
+# ---------------------------------------------------------------------------- CLI
+def _bool_flag(p, name: str, help: str) -> None:
+    p.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction,
+                   default=argparse.SUPPRESS, help=help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The train CLI; every option defaults to TrainConfig's value (config file < flags)."""
+    from keras_digits.data import list_datasets
+    from keras_digits.models import list_models
+
+    d = TrainConfig()
+    S = argparse.SUPPRESS
+    p = argparse.ArgumentParser(
+        prog="python -m keras_digits.train",
+        description="Train and evaluate an image classifier; writes config, history, best model, "
+                    "TensorBoard logs, metrics and plots into a run directory.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("what to train")
+    g.add_argument("--arch", default=S, help=f"architecture ({d.arch}); one of: {', '.join(list_models())}")
+    g.add_argument("--dataset", default=S, help=f"dataset ({d.dataset}); one of: {', '.join(list_datasets())}")
+    g.add_argument("--data-dir", default=S, help="folder holding the dataset's standard file(s) "
+                   "(default $KERAS_DIGITS_DATA, then library caches, then download)")
+    g.add_argument("--image-size", type=positive_int, default=S, help="working resolution (default: per arch)")
+    g.add_argument("--val-split", type=fraction, default=S,
+                   help=f"validation fraction carved from train where no official split exists ({d.val_split})")
+    g.add_argument("--max-train-samples", type=positive_int, default=S, help="stratified training subset (quick runs)")
+    g.add_argument("--model-kwargs", type=json.loads, default=S,
+                   help='JSON object of architecture options, e.g. \'{"batch_norm": false}\'')
+    g = p.add_argument_group("how to train")
+    g.add_argument("--epochs", type=positive_int, default=S, help=f"maximum epochs ({d.epochs})")
+    g.add_argument("--batch-size", type=positive_int, default=S, help=f"batch size ({d.batch_size})")
+    g.add_argument("--lr", type=positive_float, default=S, help=f"learning rate ({d.lr})")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=S, help=f"optimizer ({d.optimizer})")
+    g.add_argument("--momentum", type=float, default=S, help=f"SGD momentum ({d.momentum})")
+    g.add_argument("--weight-decay", type=float, default=S, help=f"weight decay ({d.weight_decay})")
+    g.add_argument("--schedule", choices=SCHEDULES, default=S, help=f"learning-rate schedule ({d.schedule})")
+    g.add_argument("--warmup-epochs", type=int, default=S, help=f"cosine warm-up epochs ({d.warmup_epochs})")
+    g.add_argument("--patience", type=int, default=S, help=f"early-stopping patience in epochs ({d.patience})")
+    _bool_flag(p, "early-stopping", f"stop when val accuracy stalls ({d.early_stopping})")
+    g.add_argument("--balance", choices=BALANCES, default=S, help=f"class balancing ({d.balance})")
+    g.add_argument("--augment", default=S, help=f"training augmentation: none|light|strong|SPEC ({d.augment})")
+    g.add_argument("--normalize", choices=NORMALIZES, default=S, help=f"input normalisation ({d.normalize})")
+    g.add_argument("--weights", default=S, help="none | imagenet | PATH (pretrained families)")
+    _bool_flag(p, "freeze-base", "train the head with the pretrained base frozen")
+    g.add_argument("--fine-tune-at", type=int, default=S, help="after the head phase, unfreeze base layers from N")
+    g = p.add_argument_group("runtime")
+    g.add_argument("--seed", type=int, default=S, help=f"random seed ({d.seed})")
+    _bool_flag(p, "deterministic", "TF op determinism: identical metrics for one seed on CPU")
+    _bool_flag(p, "mixed-precision", "mixed_float16 on GPU")
+    g.add_argument("--strategy", choices=STRATEGIES, default=S, help=f"distribution strategy ({d.strategy})")
+    _bool_flag(p, "jit-compile", f"XLA compilation ({d.jit_compile}; slower on CPU)")
+    _bool_flag(p, "evaluate-test", "score the test split at the end")
+    g.add_argument("--verbose", type=int, choices=(0, 1, 2), default=S, help="Keras fit verbosity (1 = progress bar)")
+    g = p.add_argument_group("files")
+    g.add_argument("--config", default=S, help="JSON file of options (a run's config.json or best_config.json); "
+                   "flags given on the command line win")
+    g.add_argument("--run-dir", default=S, help="output folder (default runs/<dataset>-<arch>-s<seed>)")
+    g.add_argument("--overwrite", action="store_true", help="replace a finished run in --run-dir")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Defaults < config file < flags."""
+    given = vars(args).copy()
+    data: dict[str, Any] = {}
+    if "config" in given:
+        data.update(load_config_file(given.pop("config")))
+    given.pop("run_dir", None)
+    given.pop("overwrite", None)
+    data.update(given)
+    if "model_kwargs" in data and not isinstance(data["model_kwargs"], dict):
+        raise KerasDigitsError("--model-kwargs must be a JSON object")
+    return TrainConfig.from_dict(data)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    run_dir = Path(args.run_dir) if getattr(args, "run_dir", None) else default_run_dir(cfg)
+    metrics = train_and_evaluate(cfg, run_dir, overwrite=args.overwrite)
+    for split in ("val", "test"):
+        if split in metrics:
+            m = metrics[split]
+            auc = "" if m["auc"] is None else f", auc {m['auc']:.4f}"
+            print(f"{split} accuracy: {m['accuracy']:.4f} (loss {m['loss']:.4f}, macro-F1 {m['f1']:.4f}{auc})")
+    print(f"run saved to {run_dir} ({metrics['epochs_run']} epochs, {metrics['train_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
