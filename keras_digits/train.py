@@ -193,8 +193,7 @@ def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = 
     """Train `cfg` into `run_dir` and score it; returns metrics ({"val": ..., "test": ...})."""
     quiet_tensorflow()
     from keras_digits.data import load_dataset
-    from keras_digits.data.pipeline import make_pipeline
-    from keras_digits.augment import make_augment
+    from keras_digits.data.datasets import make_datasets
     from keras_digits.evaluate import evaluate_model
     from keras_digits.report import metrics_markdown, plot_confusion, plot_curves, read_history, write_markdown
 
@@ -202,7 +201,7 @@ def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = 
     setup_runtime(cfg)
     bundle = load_dataset(cfg.dataset, cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed,
                           image_size=cfg.image_size, max_train_samples=cfg.max_train_samples)
-    augment = make_augment(cfg.augment, cfg.dataset, cfg.seed)
+    pipes = make_datasets(cfg, bundle)
     model = build_for(cfg, bundle.input_shape, bundle.num_classes)  # bad arch/options fail before any file
     compile_model(model, cfg)
     resuming = prepare_run_dir(run_dir, cfg, overwrite)
@@ -213,15 +212,13 @@ def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = 
         "sizes": {s: int(len(bundle.split(s)[1])) for s in ("train", "val", "test")},
     })
     (x_tr, y_tr), (x_va, y_va) = bundle.train, bundle.val
-    train_ds = make_pipeline(x_tr, y_tr, cfg.batch_size, training=True, seed=cfg.seed, augment=augment)
-    val_ds = make_pipeline(x_va, y_va, max(cfg.batch_size, 256))
     if cfg.verbose:
         print(f"{cfg.arch} on {bundle.name}: train {len(y_tr)}, val {len(y_va)}, test {len(bundle.test[1])} "
               f"images {bundle.input_shape}, {model.count_params():,} parameters; run dir {run_dir}"
               + (" (resuming)" if resuming else ""))
     start = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=make_callbacks(cfg, run_dir, resuming),
-              verbose=cfg.verbose)
+    model.fit(pipes.train, epochs=cfg.epochs, callbacks=make_callbacks(cfg, run_dir, resuming),
+              verbose=cfg.verbose, **pipes.fit_kwargs())
     seconds = time.perf_counter() - start
     best = run_dir / "best.keras"
     if not best.exists():

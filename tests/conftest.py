@@ -1,0 +1,69 @@
+"""Shared test set-up: quiet TensorFlow, no downloads, small fixture files in the real layouts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["KERAS_DIGITS_OFFLINE"] = "1"  # no test may reach the network
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def real_data_dir() -> Path | None:
+    """Where the real mnist.npz lives (../shared/data or $KERAS_DIGITS_DATA), else None."""
+    for cand in (os.environ.get("KERAS_DIGITS_DATA"), SHARED_DATA):
+        if cand and (Path(cand) / "mnist.npz").is_file():
+            return Path(cand)
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Library caches point at an empty folder, so no test sees a user's cached data or weights."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("KERAS_HOME", str(home / ".keras"))
+    monkeypatch.setenv("TFDS_DATA_DIR", str(home / "tensorflow_datasets"))
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("KERAS_DIGITS_DATA", raising=False)
+    yield
+
+
+def make_images(n: int, shape: tuple[int, ...], num_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable uint8 images: each class is a bright square at its own place, plus noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % num_classes
+    rng.shuffle(y)
+    x = rng.integers(0, 40, size=(n, *shape), dtype=np.uint8)
+    h, w = shape[0], shape[1]
+    cell = max(1, min(h, w) // 4)
+    for i, label in enumerate(y):
+        r, c = divmod(int(label), 4)
+        x[i, r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] = 220
+    return x, y.astype(np.uint8)
+
+
+@pytest.fixture
+def mnist_like_dir(tmp_path) -> Path:
+    """A small mnist.npz in Keras layout."""
+    x_tr, y_tr = make_images(300, (28, 28), 10, seed=1)
+    x_te, y_te = make_images(100, (28, 28), 10, seed=2)
+    np.savez_compressed(tmp_path / "mnist.npz", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+    return tmp_path
+
+
+@pytest.fixture
+def pathmnist_dir(tmp_path) -> Path:
+    """A small pathmnist.npz in MedMNIST layout ((N, 28, 28, 3) images, (N, 1) labels)."""
+    arrays = {}
+    for i, (split, n) in enumerate((("train", 180), ("val", 45), ("test", 45))):
+        x, y = make_images(n, (28, 28, 3), 9, seed=10 + i)
+        arrays[f"{split}_images"] = x
+        arrays[f"{split}_labels"] = y.reshape(-1, 1)
+    np.savez_compressed(tmp_path / "pathmnist.npz", **arrays)
+    return tmp_path
