@@ -50,7 +50,7 @@ def schedule_lr(cfg: TrainConfig, epoch: int, base_lr: float | None = None) -> f
     """Learning rate for an epoch (0-based) under the step or cosine schedule."""
     base = cfg.lr if base_lr is None else base_lr
     if cfg.schedule == "step":  # x0.1 at 50% and 75% of the epochs (the MedMNIST recipe)
-        return base * (0.1 ** sum(epoch >= math.floor(cfg.epochs * f) for f in (0.5, 0.75)))
+        return base * (0.1 ** sum(epoch >= cfg.epochs * f for f in (0.5, 0.75)))
     if cfg.schedule == "cosine":
         warm = cfg.warmup_epochs
         if epoch < warm:
