@@ -1,0 +1,88 @@
+"""`python -m keras_digits.ensemble --runs DIR DIR ... [--split test]`: average members' softmax outputs.
+
+Each member is scored on the same split, which none of them trained or selected on (test by
+default; members must share dataset, data and validation split so that their test sets coincide).
+The ensemble's metrics are written in the run metrics format beside each member's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from keras_digits.cli import run_cli
+from keras_digits.errors import KerasDigitsError
+from keras_digits.io import write_json
+
+SPLIT_KEYS = ("dataset", "data_dir", "val_split", "seed", "max_train_samples", "image_size")
+
+
+def ensemble_runs(run_dirs: Sequence[str | Path], split: str = "test", data_dir: str | None = None) -> dict:
+    """Metrics of each member and of the mean of their softmax outputs on one split."""
+    from keras_digits.config import TrainConfig
+    from keras_digits.data import load_dataset
+    from keras_digits.evaluate import classification_metrics, load_run, predict_probs
+
+    if len(run_dirs) < 2:
+        raise KerasDigitsError("an ensemble needs at least two --runs")
+    members = [load_run(d) for d in run_dirs]
+    cfgs = [TrainConfig.from_dict(c) for c, _ in members]
+    datasets = {c.dataset for c in cfgs}
+    if len(datasets) != 1:
+        raise KerasDigitsError(f"members were trained on different datasets: {', '.join(sorted(datasets))}")
+    if split == "val":
+        keys = {tuple(getattr(c, k) for k in SPLIT_KEYS) for c in cfgs}
+        if len(keys) != 1:
+            raise KerasDigitsError("members have different validation splits (seed/val_split differ); "
+                                   "score the ensemble on test")
+    if split == "train":
+        raise KerasDigitsError("the members trained on 'train'; score an ensemble on val or test")
+    cfg = cfgs[0]
+    bundle = load_dataset(cfg.dataset, data_dir or cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed,
+                          image_size=cfg.image_size)
+    x, y = bundle.split(split)
+    probs = [predict_probs(model, x) for _, model in members]
+    result = {
+        "split": split,
+        "dataset": cfg.dataset,
+        "members": [
+            {"run": str(d), "arch": c.arch, **{k: v for k, v in classification_metrics(y, p, bundle.label_names).items()
+                                                if k in ("accuracy", "loss", "f1", "auc")}}
+            for d, c, p in zip(run_dirs, cfgs, probs)
+        ],
+        split: classification_metrics(y, np.mean(probs, axis=0), bundle.label_names),
+    }
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m keras_digits.ensemble", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="+", required=True, help="two or more run directories")
+    p.add_argument("--split", default="test", choices=("val", "test"), help="split to score on")
+    p.add_argument("--data-dir", help="override the members' data directory")
+    p.add_argument("--out", help="output folder (default: runs/ensemble-<member names>)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = ensemble_runs(args.runs, args.split, args.data_dir)
+    out = Path(args.out) if args.out else Path("runs") / ("ensemble-" + "+".join(Path(r).name for r in args.runs))[:120]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", result)
+    for m in result["members"]:
+        print(f"member {m['run']}: {args.split} accuracy {m['accuracy']:.4f}")
+    ens = result[args.split]
+    print(f"ensemble of {len(result['members'])}: {args.split} accuracy {ens['accuracy']:.4f} "
+          f"(loss {ens['loss']:.4f}); metrics in {out / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
