@@ -1,0 +1,224 @@
+"""Export a run's best model as a TensorFlow SavedModel in TF Serving's layout.
+
+    python -m keras_digits.export --run runs/mnist-simple_cnn-s42 [--out saved_models/NAME] [--version 1]
+
+writes `saved_models/NAME/1/` (NAME defaults to the run directory's name) with two signatures:
+
+- `serving_default`: `images` = uint8 `[batch, height, width, channels]` of ANY height and width and
+  1, 2 (grey + alpha), 3 (RGB) or 4 (RGBA) channels. Inside the graph: channel conversion to the
+  model's channel count (RGB -> grey with PIL's ITU-R 601 weights; grey -> RGB by repeating; alpha
+  dropped), a bilinear antialiased resize to the model's input height and width (what PIL's
+  BILINEAR resize did to the training data) rounded back onto the uint8 grid, then the model
+  (whose own layers rescale/normalise the raw 0..255 pixels).
+- `serve_float`: `images` = float32 `[batch, H, W, C]` raw pixels 0..255 already at the model's
+  input shape, passed straight to the model (no conversion, no resize).
+
+Both return `probabilities` (float32 `[batch, classes]`), `class_id` (int64 `[batch]`) and `label`
+(string `[batch]`). The label names and the training config travel with the model: as tracked
+string variables (`loaded.label_names[0]`, `loaded.config_json[0]`) and as files
+`assets/labels.txt` (one name per line, in class-id order), `assets/config.json` (the run's
+config.json) and `assets/dataset.json`. The version folder appears atomically (the export is
+written to a hidden temporary folder beside it, then renamed) and an existing version is never
+replaced without `--overwrite`. The result loads with `tf.saved_model.load` alone: no keras or
+keras_digits needed to serve it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from keras_digits.cli import positive_int, run_cli
+from keras_digits.errors import KerasDigitsError
+from keras_digits.io import atomic_dir, write_json, write_text
+
+SAVED_MODELS_DIR = Path("saved_models")
+SERVING_SIGNATURE = "serving_default"
+FLOAT_SIGNATURE = "serve_float"
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("probabilities", "class_id", "label")
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # PIL's convert("L") (ITU-R 601-2 luma)
+
+
+def _model_input_shape(model) -> tuple[int, int, int]:
+    """(H, W, C) of a model's single image input; refuses models without a fixed one."""
+    shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else ()
+    if len(shape) != 3 or any(d is None for d in shape):
+        raise KerasDigitsError(f"the model's input must be a fixed (height, width, channels) image, got {shape}")
+    return tuple(int(d) for d in shape)  # type: ignore[return-value]
+
+
+def _serving_fns(model, label_names: Sequence[str]):
+    """The two endpoint functions: uint8 any-size images, and float32 images at the model's shape."""
+    import tensorflow as tf
+
+    height, width, channels = _model_input_shape(model)
+    labels = tf.constant(list(label_names), dtype=tf.string)
+    weights = tf.constant(GREY_WEIGHTS, dtype=tf.float32)
+
+    def outputs(x):
+        probs = tf.cond(  # an empty batch gets empty outputs (oneDNN's Conv2D rejects it)
+            tf.shape(x)[0] > 0,
+            lambda: tf.cast(model(x, training=False), tf.float32),
+            lambda: tf.zeros([0, len(label_names)], tf.float32),
+        )
+        probs = tf.ensure_shape(probs, [None, len(label_names)])
+        class_id = tf.argmax(probs, axis=-1, output_type=tf.int64)
+        return {"probabilities": probs, "class_id": class_id, "label": tf.gather(labels, class_id)}
+
+    def to_channels(x):
+        c = tf.shape(x)[-1]
+        if channels == 1:
+            return tf.cond(c >= 3,
+                           lambda: tf.round(tf.reduce_sum(x[..., :3] * weights, axis=-1, keepdims=True)),
+                           lambda: x[..., :1])
+        if channels == 3:
+            return tf.cond(c >= 3, lambda: x[..., :3], lambda: tf.tile(x[..., :1], [1, 1, 1, 3]))
+        tf.debugging.assert_equal(c, channels, message=f"this model takes {channels}-channel images")
+        return x
+
+    def resize(x):
+        h, w = tf.shape(x)[1], tf.shape(x)[2]
+        same = tf.logical_and(tf.equal(h, height), tf.equal(w, width))
+        return tf.cond(
+            same,
+            lambda: x,
+            lambda: tf.clip_by_value(
+                tf.round(tf.image.resize(x, [height, width], method="bilinear", antialias=True)), 0.0, 255.0),
+        )
+
+    def serve(images):
+        x = to_channels(tf.cast(images, tf.float32))
+        x = tf.ensure_shape(resize(x), [None, height, width, channels])
+        return outputs(x)
+
+    def serve_float(images):
+        return outputs(images)
+
+    uint8_spec = tf.TensorSpec([None, None, None, None], tf.uint8, name=INPUT_NAME)
+    float_spec = tf.TensorSpec([None, height, width, channels], tf.float32, name=INPUT_NAME)
+    return (serve, uint8_spec), (serve_float, float_spec)
+
+
+def export_model(
+    model,
+    export_dir: str | Path,
+    label_names: Sequence[str],
+    config: dict[str, Any] | None = None,
+    dataset: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write `model` as a SavedModel version folder `export_dir` (atomically); returns its path."""
+    import keras
+    import tensorflow as tf
+
+    export_dir = Path(export_dir)
+    num_classes = int(model.outputs[0].shape[-1])
+    label_names = [str(n) for n in label_names]
+    if len(label_names) != num_classes:
+        raise KerasDigitsError(f"{len(label_names)} label names for a model with {num_classes} outputs")
+    if export_dir.exists() and not overwrite:
+        raise KerasDigitsError(f"{export_dir} already exists; pass --overwrite or another --version")
+    config = dict(config or {})
+    (serve, uint8_spec), (serve_float, float_spec) = _serving_fns(model, label_names)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[uint8_spec])
+    archive.add_endpoint(FLOAT_SIGNATURE, serve_float, input_signature=[float_spec])
+    archive.add_variable_collection(
+        "label_names", [tf.Variable(tf.constant(label_names, tf.string), trainable=False, name="label_names")])
+    archive.add_variable_collection(
+        "config_json", [tf.Variable(json.dumps(config, sort_keys=True), trainable=False, name="config_json")])
+    with atomic_dir(export_dir) as tmp:
+        try:
+            archive.write_out(str(tmp), verbose=False)
+        except Exception as exc:  # TF raises many types; the message names the cause
+            raise KerasDigitsError(f"SavedModel export failed: {type(exc).__name__}: {exc}") from None
+        assets = tmp / "assets"
+        assets.mkdir(exist_ok=True)
+        write_text(assets / "labels.txt", "".join(f"{n}\n" for n in label_names))
+        write_json(assets / "config.json", config)
+        if dataset is not None:
+            write_json(assets / "dataset.json", dataset)
+        _usual_permissions(tmp)
+    return export_dir
+
+
+def _usual_permissions(root: Path) -> None:
+    """Temporary files and folders are private (0600/0700); give the export the umask's usual modes,
+    so a model server running as another user can read it."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    root.chmod(0o777 & ~umask)
+    for path in root.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KerasDigitsError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise KerasDigitsError(f"{path} must hold a JSON object")
+    return data
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    version: int = 1,
+    overwrite: bool = False,
+) -> Path:
+    """Export a finished run's best.keras to `out/<version>` (default saved_models/<run name>/<version>)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise KerasDigitsError(f"run directory not found: {run_dir}")
+    if version <= 0:
+        raise KerasDigitsError(f"--version must be a positive integer, got {version}")
+    out = Path(out) if out is not None else SAVED_MODELS_DIR / run_dir.resolve().name
+    version_dir = out / str(version)
+    if version_dir.exists() and not overwrite:  # checked before the (slow) model load
+        raise KerasDigitsError(f"{version_dir} already exists; pass --overwrite or another --version")
+    dataset = _read_json(run_dir / "dataset.json")
+    from keras_digits.evaluate import load_run
+
+    config, model = load_run(run_dir)
+    num_classes = int(model.outputs[0].shape[-1])
+    label_names = (dataset or {}).get("label_names") or [str(i) for i in range(num_classes)]
+    if dataset is None:
+        print(f"note: {run_dir} has no dataset.json; labels are the class ids 0..{num_classes - 1}", file=sys.stderr)
+    return export_model(model, version_dir, label_names, config=config, dataset=dataset, overwrite=overwrite)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m keras_digits.export",
+        description="Export a run's best model as a TensorFlow SavedModel (TF Serving layout OUT/VERSION/) "
+                    "whose serving_default signature takes uint8 images of any size with 1 or 3 channels "
+                    "and returns probabilities, class_id and label.",
+    )
+    p.add_argument("--run", required=True, help="run directory written by keras_digits.train")
+    p.add_argument("--out", help="model folder (default saved_models/<run directory name>)")
+    p.add_argument("--version", type=positive_int, default=1, help="version subfolder (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    path = export_run(args.run, args.out, args.version, args.overwrite)
+    print(f"SavedModel written to {path} (signatures: {SERVING_SIGNATURE}, {FLOAT_SIGNATURE})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,138 @@
+"""Contest submission CSV from a folder of test images and an exported SavedModel.
+
+    python -m keras_digits.submit --model saved_models/NAME/1 --images DIR [--format ids] [--out submission.csv]
+                                  [--id-width 5] [--label name|id]
+
+Every image under DIR (recursively; hidden files ignored) gets one row; its id comes from the
+file name's stem. Formats:
+
+    ids     (default) header `id,label`; the id is the stem, zero-padded to --id-width digits when it
+            is a whole number ("7.png" -> 00007 with --id-width 5; 0 = no padding; a non-numeric
+            stem is used as it is), as in the reports' submissions.
+    kaggle  header `ImageId,Label`, Kaggle's digit-recognizer format: ImageId is the stem as a plain
+            integer (so name the files 1.png ... 28000.png; Kaggle's ids are 1-based); every stem
+            must be a whole number.
+
+`label` is the predicted label name (for the digit datasets the digit itself) or, with --label id,
+the class index. Rows are sorted by id (numerically when every id is a number). The file is written
+atomically (default submission.csv). A submission with a missing row would be scored wrongly, so
+if any image cannot be decoded, each bad file is named on stderr, nothing is written and the exit
+code is 1. Files without an image extension (a README, say) are skipped with a note. Duplicate ids
+(7.png and 007.png) and a missing model or folder are errors (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from keras_digits.cli import positive_int, run_cli
+from keras_digits.errors import KerasDigitsError
+from keras_digits.io import atomic_path
+
+FORMATS = {"ids": ("id", "label"), "kaggle": ("ImageId", "Label")}
+
+
+def submission_id(stem: str, fmt: str, width: int) -> tuple[str, tuple]:
+    """(id text, sort key) for a file stem."""
+    numeric = stem.isascii() and stem.isdigit()
+    if fmt == "kaggle":
+        if not numeric:
+            raise KerasDigitsError(f"kaggle format needs numeric file names (1.png, 2.png, ...), got {stem!r}")
+        return str(int(stem)), (0, int(stem), "")
+    if numeric:
+        return (f"{int(stem):0{width}d}" if width else stem), (0, int(stem), stem)
+    return stem, (1, 0, stem)
+
+
+def make_rows(predictions, fmt: str = "ids", width: int = 5, label: str = "name") -> list[tuple[str, str]]:
+    """Sorted (id, label) rows; duplicate ids are an error."""
+    keyed, seen = [], {}
+    for pred in predictions:
+        ident, key = submission_id(pred.file.stem, fmt, width)
+        if ident in seen:
+            raise KerasDigitsError(f"duplicate id {ident}: {seen[ident]} and {pred.file}")
+        seen[ident] = pred.file
+        keyed.append((key, ident, pred.label if label == "name" else str(pred.class_id)))
+    keyed.sort()
+    return [(ident, value) for _, ident, value in keyed]
+
+
+def write_submission(rows: Sequence[tuple[str, str]], path: str | Path, fmt: str = "ids") -> None:
+    """Write the header and rows atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(FORMATS[fmt])
+        writer.writerows(rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m keras_digits.submit",
+        description="Write a contest submission CSV (one row per image, sorted by id) from a folder of "
+                    "images and an exported SavedModel.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="formats:\n"
+               "  ids     header id,label; id = file stem, zero-padded to --id-width digits when numeric\n"
+               "          (7.png -> 00007); non-numeric stems are kept as they are\n"
+               "  kaggle  header ImageId,Label (Kaggle digit-recognizer); ImageId = the numeric file stem\n"
+               "          as a plain integer (1-based ids: name files 1.png ... N.png)\n"
+               "label = predicted label name (default) or class index (--label id).\n"
+               "Any undecodable image: named on stderr, nothing written, exit 1.",
+    )
+    p.add_argument("--model", required=True, help="SavedModel folder (saved_models/NAME/VERSION or saved_models/NAME)")
+    p.add_argument("--images", required=True, help="folder of test images (searched recursively)")
+    p.add_argument("--format", choices=sorted(FORMATS), default="ids", help="submission format (default ids)")
+    p.add_argument("--out", default="submission.csv", help="CSV to write (default submission.csv)")
+    p.add_argument("--id-width", type=int, default=5, help="zero-pad numeric ids to this many digits, ids format "
+                   "(default 5; 0 = no padding)")
+    p.add_argument("--label", choices=("name", "id"), default="name",
+                   help="label column: predicted label name or class index (default name)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per model call (default 64)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from keras_digits.data.folder import list_images
+    from keras_digits.predict import Predictor, Progress, PROGRESS_MIN_FILES
+
+    args = build_parser().parse_args(argv)
+    if args.id_width < 0:
+        raise KerasDigitsError(f"--id-width must be >= 0, got {args.id_width}")
+    images_dir = Path(args.images)
+    if not images_dir.is_dir():
+        raise KerasDigitsError(f"images folder not found: {images_dir}")
+    files, others = list_images(images_dir)
+    for path in others:
+        print(f"note: skipped {path} (not an image file)", file=sys.stderr)
+    if not files:
+        raise KerasDigitsError(f"no image files in {images_dir}")
+    for path in files:  # id problems surface before the model is loaded
+        submission_id(path.stem, args.format, args.id_width)
+    predictor = Predictor(args.model)
+    failed: list[str] = []
+    progress = Progress(len(files), label="submit") if sys.stderr.isatty() and len(files) >= PROGRESS_MIN_FILES \
+        else None
+    try:
+        preds = list(predictor.predict_files(files, args.batch_size,
+                                             on_error=lambda p, why: failed.append(f"{p}: {why}"),
+                                             progress=progress))
+    finally:
+        if progress:
+            progress.close()
+    if failed:
+        for line in failed:
+            print(f"unreadable {line}", file=sys.stderr)
+        print(f"error: {len(failed)} image(s) could not be predicted; {args.out} not written", file=sys.stderr)
+        return 1
+    rows = make_rows(preds, args.format, args.id_width, args.label)
+    write_submission(rows, args.out, args.format)
+    print(f"{len(rows)} row(s) written to {args.out} ({args.format} format)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
