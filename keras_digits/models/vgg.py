@@ -1,0 +1,34 @@
+"""VGG16 (keras.applications) base, frozen by default, + the Keras team's head.
+
+``keras.applications.VGG16(include_top=False)`` named "base" (no pooling) -> Flatten -> Dense 256 ReLU
+-> Dense softmax. Caffe preprocessing (RGB->BGR, minus ImageNet mean) is done by a layer in the model.
+Minimum and default working size 32 px (five 2x2 pools leave a 1x1x512 map; 48 px would leave the same
+1x1 map at twice the cost). ``freeze_base=True`` by default: only the head trains (transfer learning).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from keras_digits.models.pretrained import build_pretrained_model
+from keras_digits.models.registry import register_model
+
+
+def apply_vgg_head(x, units: int = 256, dropout: float = 0.0):
+    """Flatten -> Dense(units, relu) [-> Dropout]."""
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(int(units), activation="relu", name="fc")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="fc_drop")(x)
+    return x
+
+
+@register_model("vgg16", description="keras.applications VGG16 base (frozen by default) + Flatten + Dense 256 + softmax",
+                default_size=32, min_size=32, channels=3, pretrained=True)
+def vgg16(input_shape, num_classes, *, image_size=32, weights=None, freeze_base=True, dense_units=256, dropout=0.0):
+    return build_pretrained_model(
+        input_shape, num_classes, app_name="vgg16", base_fn=keras.applications.VGG16,
+        image_size=int(image_size or 32), preprocess="caffe", weights=weights, freeze_base=freeze_base,
+        head=lambda x: apply_vgg_head(x, dense_units, dropout), name="vgg16",
+    )
