@@ -153,6 +153,7 @@ def setup_runtime(cfg: TrainConfig) -> None:
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy("float32")  # no policy leaks from an earlier run in-process
     if cfg.mixed_precision:
         if tf.config.list_physical_devices("GPU"):
             keras.mixed_precision.set_global_policy("mixed_float16")
@@ -160,9 +161,12 @@ def setup_runtime(cfg: TrainConfig) -> None:
             print("note: --mixed-precision needs a GPU; training in float32 on CPU", file=sys.stderr)
 
 
-def build_for(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int):
-    """Build the configured model (weights, freezing) for a dataset's input shape."""
+def build_for(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int, input_stats=None):
+    """Build the configured model (weights, freezing, --normalize layer, float32 output under mixed
+    precision) for a dataset's input shape; `input_stats` is `Pipelines.input_stats`."""
+    from keras_digits.data.datasets import add_input_normalization, normalization_stats
     from keras_digits.models import build_model, model_info
+    from keras_digits.strategy import float32_outputs
 
     kwargs: dict[str, Any] = dict(cfg.model_kwargs)
     info = model_info(cfg.arch)
@@ -174,7 +178,14 @@ def build_for(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int):
         kwargs["weights"] = cfg.weights
     if cfg.freeze_base and "freeze_base" in accepted:
         kwargs["freeze_base"] = True
-    return build_model(cfg.arch, input_shape, num_classes, image_size=cfg.image_size, **kwargs)
+    model = build_model(cfg.arch, input_shape, num_classes, image_size=cfg.image_size, **kwargs)
+    if cfg.normalize != "none":
+        if input_stats is None and cfg.normalize == "dataset":
+            raise KerasDigitsError("--normalize dataset needs the training split's statistics: "
+                                   "build_for(..., input_stats=make_datasets(cfg, bundle).input_stats)")
+        stats = input_stats or normalization_stats(cfg.normalize, channels=input_shape[-1])
+        model = add_input_normalization(model, stats)
+    return float32_outputs(model)
 
 
 def _pretrained_archs() -> list[str]:
@@ -189,21 +200,30 @@ def compile_model(model, cfg: TrainConfig, lr: float | None = None) -> None:
                   metrics=["accuracy"], jit_compile=cfg.jit_compile)
 
 
-def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = False) -> dict:
-    """Train `cfg` into `run_dir` and score it; returns metrics ({"val": ..., "test": ...})."""
+def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = False,
+                       transform_data=None) -> dict:
+    """Train `cfg` into `run_dir` and score it; returns metrics ({"val": ..., "test": ...}).
+
+    `transform_data(bundle) -> bundle` may change the loaded splits first (the balancing study's
+    long-tailed training subset); dataset.json records the resulting sizes."""
     quiet_tensorflow()
     from keras_digits.data import load_dataset
     from keras_digits.data.datasets import make_datasets
     from keras_digits.evaluate import evaluate_model
     from keras_digits.report import metrics_markdown, plot_confusion, plot_curves, read_history, write_markdown
+    from keras_digits.strategy import get_strategy, replicas
 
     run_dir = Path(run_dir)
+    strategy = get_strategy(cfg.strategy, cfg.verbose)  # first: may split the CPU before TF sets up devices
     setup_runtime(cfg)
     bundle = load_dataset(cfg.dataset, cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed,
                           image_size=cfg.image_size, max_train_samples=cfg.max_train_samples)
-    pipes = make_datasets(cfg, bundle)
-    model = build_for(cfg, bundle.input_shape, bundle.num_classes)  # bad arch/options fail before any file
-    compile_model(model, cfg)
+    if transform_data is not None:
+        bundle = transform_data(bundle)
+    pipes = make_datasets(cfg, bundle, replicas=replicas(strategy))
+    with strategy.scope():
+        model = build_for(cfg, bundle.input_shape, bundle.num_classes, pipes.input_stats)  # fails before any file
+        compile_model(model, cfg)
     resuming = prepare_run_dir(run_dir, cfg, overwrite)
     write_json(run_dir / "config.json", cfg.to_dict())
     write_json(run_dir / "dataset.json", {
@@ -249,6 +269,7 @@ def _bool_flag(p, name: str, help: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The train CLI; every option defaults to TrainConfig's value (config file < flags)."""
+    from keras_digits.augment import SPEC_HELP as AUGMENT_HELP
     from keras_digits.data import list_datasets
     from keras_digits.models import list_models
 
@@ -283,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--patience", type=int, default=S, help=f"early-stopping patience in epochs ({d.patience})")
     _bool_flag(p, "early-stopping", f"stop when val accuracy stalls ({d.early_stopping})")
     g.add_argument("--balance", choices=BALANCES, default=S, help=f"class balancing ({d.balance})")
-    g.add_argument("--augment", default=S, help=f"training augmentation: none|light|strong|SPEC ({d.augment})")
+    g.add_argument("--augment", default=S, help=f"{AUGMENT_HELP} ({d.augment})")
     g.add_argument("--normalize", choices=NORMALIZES, default=S, help=f"input normalisation ({d.normalize})")
     g.add_argument("--weights", default=S, help="none | imagenet | PATH (pretrained families)")
     _bool_flag(p, "freeze-base", "train the head with the pretrained base frozen")

@@ -1,0 +1,92 @@
+"""Distribution strategy (`--strategy`) and the mixed-precision output guard.
+
+`get_strategy(name)`:
+
+* ``auto``: ``tf.distribute.MirroredStrategy`` over all GPUs when more than one is visible, else the
+  default (no-op) strategy;
+* ``mirrored``: MirroredStrategy over the visible GPUs, or over the logical CPU devices when there
+  is no GPU (one replica on a plain CPU; see ``KERAS_DIGITS_LOGICAL_CPUS``);
+* ``default``: the default strategy, one device.
+
+With N replicas `--batch-size` is the per-replica batch: the pipelines yield global batches of
+batch_size x N (`keras_digits.data.datasets.make_datasets(..., replicas=N)`); the learning rate is
+not rescaled. The model is built and compiled inside ``strategy.scope()``.
+
+``KERAS_DIGITS_LOGICAL_CPUS=N`` splits the (first) physical CPU into N logical devices before
+TensorFlow initialises its devices, so MirroredStrategy can be exercised without GPUs (tests, CI).
+It has to be set before the process first touches a TensorFlow device (use a fresh process).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from keras_digits.errors import KerasDigitsError
+
+LOGICAL_CPUS_ENV = "KERAS_DIGITS_LOGICAL_CPUS"
+
+
+def configure_logical_cpus() -> int | None:
+    """Apply KERAS_DIGITS_LOGICAL_CPUS (if set); returns the number of logical CPUs now visible."""
+    text = os.environ.get(LOGICAL_CPUS_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise KerasDigitsError(f"{LOGICAL_CPUS_ENV} must be a whole number, got {text!r}") from None
+    if n < 1:
+        raise KerasDigitsError(f"{LOGICAL_CPUS_ENV} must be at least 1, got {n}")
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        if len(tf.config.get_logical_device_configuration(cpus[0]) or []) != n and n > 1:
+            tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError:  # devices already initialised in this process
+        pass
+    have = len(tf.config.list_logical_devices("CPU"))
+    if have != n and n > 1:
+        print(f"note: {LOGICAL_CPUS_ENV}={n} ignored: TensorFlow had already set up {have} CPU device(s) "
+              "in this process", file=sys.stderr)
+    return have
+
+
+def get_strategy(name: str = "auto", verbose: int = 0):
+    """The tf.distribute strategy for --strategy (see the module docstring)."""
+    import tensorflow as tf
+
+    if name not in ("auto", "mirrored", "default"):
+        raise KerasDigitsError(f"unknown strategy {name!r}; choose one of: auto, mirrored, default")
+    configure_logical_cpus()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "default" or (name == "auto" and len(gpus) < 2):
+        return tf.distribute.get_strategy()
+    devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+    strategy = tf.distribute.MirroredStrategy(devices=devices)
+    if verbose:
+        print(f"strategy: MirroredStrategy, {strategy.num_replicas_in_sync} replica(s) on {', '.join(devices)}")
+    return strategy
+
+
+def replicas(strategy) -> int:
+    """Replicas in sync of a strategy (1 for the default one)."""
+    return int(getattr(strategy, "num_replicas_in_sync", 1) or 1)
+
+
+def float32_outputs(model):
+    """Under a mixed-precision policy, make the model's (softmax) output float32.
+
+    Keras computes a mixed_float16 model's layers in float16; the output layer would return float16
+    probabilities. This appends ``Activation('linear', dtype='float32')`` ('predictions_float32')
+    so the loss and metrics see float32; loss scaling is added by ``model.compile`` itself (Keras
+    wraps the optimizer in a LossScaleOptimizer under mixed_float16). A float32 model is returned
+    unchanged."""
+    import keras
+
+    out = model.outputs[0]
+    if len(model.outputs) != 1 or str(out.dtype) == "float32":
+        return model
+    cast = keras.layers.Activation("linear", dtype="float32", name="predictions_float32")(out)
+    return keras.Model(model.inputs, cast, name=model.name)
