@@ -176,7 +176,10 @@ def build_for(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int, 
             raise KerasDigitsError(f"{cfg.arch} has no pretrained weights; --weights applies to: "
                                    + ", ".join(_pretrained_archs()))
         kwargs["weights"] = cfg.weights
-    if cfg.freeze_base and "freeze_base" in accepted:
+    if cfg.fine_tune_at is not None and not info.pretrained:
+        raise KerasDigitsError("--fine-tune-at needs a pretrained family with a 'base' model: "
+                               + ", ".join(_pretrained_archs()))
+    if (cfg.freeze_base or cfg.fine_tune_at is not None) and "freeze_base" in accepted:
         kwargs["freeze_base"] = True
     model = build_model(cfg.arch, input_shape, num_classes, image_size=cfg.image_size, **kwargs)
     if cfg.normalize != "none":
@@ -198,6 +201,47 @@ def compile_model(model, cfg: TrainConfig, lr: float | None = None) -> None:
     """Compile with the configured optimizer, sparse cross-entropy and accuracy."""
     model.compile(optimizer=make_optimizer(cfg, lr), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"], jit_compile=cfg.jit_compile)
+
+
+def unfreeze_from(model, layer_index: int) -> int:
+    """Make the pretrained base trainable from `layer_index` on (BatchNorm layers stay frozen, as
+    Keras' transfer-learning guide advises); returns how many base layers are now trainable."""
+    import keras
+
+    try:
+        base = model.get_layer("base")
+    except ValueError:
+        raise KerasDigitsError("--fine-tune-at needs a pretrained family with a 'base' model: "
+                               + ", ".join(_pretrained_archs())) from None
+    n = len(base.layers)
+    if not 0 <= layer_index < n:
+        raise KerasDigitsError(f"--fine-tune-at {layer_index} is outside the base's {n} layers (0..{n - 1})")
+    base.trainable = True
+    for i, layer in enumerate(base.layers):
+        layer.trainable = i >= layer_index and not isinstance(layer, keras.layers.BatchNormalization)
+    return sum(1 for layer in base.layers[layer_index:] if layer.trainable)
+
+
+def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, head_callbacks: list, strategy) -> None:
+    """Second phase: unfreeze the base from --fine-tune-at and train on at a lower learning rate.
+
+    The first phase (cfg.epochs) trained the head with the base frozen; this one runs
+    --fine-tune-epochs more (default: as many) at lr x --fine-tune-lr-factor, continuing the same
+    history, checkpoint (best by val accuracy over both phases) and TensorBoard log."""
+    done = len(model.history.epoch) if model.history else cfg.epochs
+    lr = cfg.lr * cfg.fine_tune_lr_factor
+    with strategy.scope():
+        n = unfreeze_from(model, cfg.fine_tune_at)
+        compile_model(model, cfg, lr=lr)
+    if cfg.verbose:
+        print(f"fine-tuning: {n} base layers from #{cfg.fine_tune_at} unfrozen, lr {lr:g}")
+    callbacks = make_callbacks(cfg, run_dir, resuming=True)
+    for new, old in zip(callbacks, head_callbacks):
+        if type(new).__name__ == "AtomicCheckpoint":
+            new.best = old.best
+    extra = cfg.fine_tune_epochs or cfg.epochs
+    model.fit(pipes.train, initial_epoch=done, epochs=done + extra, callbacks=callbacks, verbose=cfg.verbose,
+              **pipes.fit_kwargs())
 
 
 def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = False,
@@ -237,8 +281,10 @@ def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = 
               f"images {bundle.input_shape}, {model.count_params():,} parameters; run dir {run_dir}"
               + (" (resuming)" if resuming else ""))
     start = time.perf_counter()
-    model.fit(pipes.train, epochs=cfg.epochs, callbacks=make_callbacks(cfg, run_dir, resuming),
-              verbose=cfg.verbose, **pipes.fit_kwargs())
+    callbacks = make_callbacks(cfg, run_dir, resuming)
+    model.fit(pipes.train, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose, **pipes.fit_kwargs())
+    if cfg.fine_tune_at is not None:
+        fine_tune(model, cfg, pipes, run_dir, callbacks, strategy)
     seconds = time.perf_counter() - start
     best = run_dir / "best.keras"
     if not best.exists():
@@ -308,7 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--normalize", choices=NORMALIZES, default=S, help=f"input normalisation ({d.normalize})")
     g.add_argument("--weights", default=S, help="none | imagenet | PATH (pretrained families)")
     _bool_flag(p, "freeze-base", "train the head with the pretrained base frozen")
-    g.add_argument("--fine-tune-at", type=int, default=S, help="after the head phase, unfreeze base layers from N")
+    g.add_argument("--fine-tune-at", type=int, default=S,
+                   help="two phases: --epochs with the base frozen, then unfreeze base layers from N on")
+    g.add_argument("--fine-tune-epochs", type=positive_int, default=S, help="epochs of the second phase (--epochs)")
+    g.add_argument("--fine-tune-lr-factor", type=positive_float, default=S,
+                   help=f"second-phase learning rate = lr x this ({d.fine_tune_lr_factor})")
     g = p.add_argument_group("runtime")
     g.add_argument("--seed", type=int, default=S, help=f"random seed ({d.seed})")
     _bool_flag(p, "deterministic", "TF op determinism: identical metrics for one seed on CPU")
