@@ -88,3 +88,47 @@ def dense(input_shape, num_classes, *, image_size=None, units=(128, 64), dropout
             x = layers.Dropout(dropout, name=f"fc{i + 1}_drop")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, outputs, name="dense")
+
+
+# ---------------------------------------------------------------------------- KerasTuner search spaces
+# Each maps a keras_tuner.HyperParameters onto this family's builder keyword arguments. With a fresh
+# HyperParameters every value is its default, and the defaults are the builder's own defaults (the
+# registered model; tests/test_tune.py checks it). keras_digits.tune adds the fit-time choices.
+from keras_digits.models.registry import register_search_space  # noqa: E402
+
+
+@register_search_space("simple_cnn_v1")
+def simple_cnn_v1_space(hp):
+    base = hp.Choice("base_filters", [16, 32, 64], default=32)
+    return {"filters": (base, 2 * base)}
+
+
+@register_search_space("simple_cnn")
+def simple_cnn_space(hp):
+    base = hp.Choice("base_filters", [16, 32, 64], default=32)
+    blocks = hp.Choice("conv_blocks", [2, 3], default=3)
+    return {
+        "filters": tuple(base * 2 ** i for i in range(blocks)),
+        "dense_units": hp.Choice("dense_units", [128, 256, 512], default=256),
+        "batch_norm": hp.Boolean("batch_norm", default=True),
+        "conv_dropout": hp.Choice("conv_dropout", [0.0, 0.1, 0.25, 0.4], default=0.25),
+        "dense_dropout": hp.Choice("dense_dropout", [0.0, 0.25, 0.5], default=0.5),
+    }
+
+
+@register_search_space("keras_cnn")
+def keras_cnn_space(hp):
+    return {
+        "filters": hp.Choice("filters", [16, 28, 32, 64], default=28),
+        "dense_units": hp.Choice("dense_units", [64, 128, 256], default=128),
+        "dropout": hp.Choice("dropout", [0.0, 0.2, 0.4], default=0.2),
+    }
+
+
+@register_search_space("dense")
+def dense_space(hp):
+    return {
+        "units": (hp.Choice("units1", [64, 128, 256, 512], default=128),
+                  hp.Choice("units2", [32, 64, 128], default=64)),
+        "dropout": hp.Choice("dropout", [0.0, 0.2, 0.4], default=0.0),
+    }
