@@ -53,7 +53,17 @@ def test_simple_cnn_space_golden_defaults():
     assert all(normalise(kwargs)[k] == normalise(defaults)[k] for k in kwargs)
 
 
-@pytest.mark.parametrize("arch", ["simple_cnn", "simple_cnn_v1", "keras_cnn", "dense"])
+DECLARED = ["simple_cnn", "simple_cnn_v1", "keras_cnn", "dense", "alexnet", "resnet18", "resnet34", "cifar_cnn",
+            "resnet_cifar", "vgg16"]
+
+
+def test_every_declared_space_is_tested():
+    from keras_digits.models import list_models
+
+    assert sorted(n for n in list_models() if model_info(n).search_space) == sorted(DECLARED)
+
+
+@pytest.mark.parametrize("arch", DECLARED)
 def test_declared_space_defaults_are_builder_defaults(arch):
     space = model_info(arch).search_space
     assert space is not None, f"{arch} declares no search space"

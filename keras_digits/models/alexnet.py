@@ -62,3 +62,18 @@ def alexnet(input_shape, num_classes, *, image_size=64, width=1.0, batch_norm=Fa
             x = layers.Dropout(float(dropout), name=f"fc{i}_drop")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, outputs, name="alexnet")
+
+
+# ---------------------------------------------------------------------------- KerasTuner search space
+from keras_digits.models.registry import register_search_space  # noqa: E402
+
+
+@register_search_space("alexnet")
+def alexnet_space(hp):
+    """Width, BN, dropout and dense size; defaults are the builder's."""
+    return {
+        "width": hp.Choice("width", [0.25, 0.5, 1.0], default=1.0),
+        "batch_norm": hp.Boolean("batch_norm", default=False),
+        "dropout": hp.Choice("dropout", [0.0, 0.25, 0.5], default=0.5),
+        "dense_units": hp.Choice("dense_units", [512, 1024, 2048, 4096], default=4096),
+    }

@@ -66,3 +66,23 @@ def resnet_cifar(input_shape, num_classes, *, image_size=None, width=32, depth=3
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, outputs, name="resnet_cifar")
+
+
+# ---------------------------------------------------------------------------- KerasTuner search spaces
+from keras_digits.models.registry import register_search_space  # noqa: E402
+
+
+@register_search_space("cifar_cnn")
+def cifar_cnn_space(hp):
+    base = hp.Choice("base_filters", [16, 32, 64], default=16)
+    return {
+        "filters": (base, 2 * base),
+        "convs_per_block": hp.Choice("convs_per_block", [1, 2, 3], default=2),
+        "batch_norm": hp.Boolean("batch_norm", default=False),
+        "dropout": hp.Boolean("dropout", default=False),
+    }
+
+
+@register_search_space("resnet_cifar")
+def resnet_cifar_space(hp):
+    return {"width": hp.Choice("width", [16, 32, 64], default=32), "depth": hp.Choice("depth", [2, 3, 5], default=3)}

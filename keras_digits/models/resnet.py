@@ -120,3 +120,19 @@ def resnet101(input_shape, num_classes, *, image_size=64, weights=None, freeze_b
 def resnet152(input_shape, num_classes, *, image_size=64, weights=None, freeze_base=False):
     return _applications_resnet("resnet152", keras.applications.ResNet152, input_shape, num_classes,
                                 image_size=image_size, weights=weights, freeze_base=freeze_base)
+
+
+# ---------------------------------------------------------------------------- KerasTuner search spaces
+# resnet50/101/152 declare none: their keras.applications bases have no width knob, so the tuner
+# searches only the fit-time settings for them.
+from keras_digits.models.registry import register_search_space  # noqa: E402
+
+
+@register_search_space("resnet18")
+def resnet18_space(hp):
+    return {"width": hp.Choice("width", [16, 32, 64], default=64)}
+
+
+@register_search_space("resnet34")
+def resnet34_space(hp):
+    return {"width": hp.Choice("width", [16, 32, 64], default=64)}

@@ -32,3 +32,15 @@ def vgg16(input_shape, num_classes, *, image_size=32, weights=None, freeze_base=
         image_size=int(image_size or 32), preprocess="caffe", weights=weights, freeze_base=freeze_base,
         head=lambda x: apply_vgg_head(x, dense_units, dropout), name="vgg16",
     )
+
+
+# ---------------------------------------------------------------------------- KerasTuner search space
+from keras_digits.models.registry import register_search_space  # noqa: E402
+
+
+@register_search_space("vgg16")
+def vgg16_space(hp):
+    return {
+        "dense_units": hp.Choice("dense_units", [128, 256, 512], default=256),
+        "dropout": hp.Choice("dropout", [0.0, 0.25, 0.5], default=0.0),
+    }
