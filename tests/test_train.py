@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from keras_digits.cli import run_cli
 from keras_digits.config import TrainConfig
 from keras_digits.errors import KerasDigitsError
 from keras_digits.models import build_model, list_models
@@ -125,19 +126,35 @@ def test_resume_after_interruption(tmp_path, mnist_like_dir):
     (["--dataset", "mnist", "--data-dir", "{corrupt}"], "not a readable npz"),
     (["--config", "{missing}"], "config file not found"),
 ])
-def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, needle):
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "mnist.npz").write_bytes(b"PK\x03\x04 not really a zip")
     (tmp_path / "empty").mkdir()
     args = [a.format(empty=tmp_path / "empty", corrupt=corrupt, missing=tmp_path / "no.json") for a in args]
     run = tmp_path / "run"
-    proc = cli("keras_digits.train", *args, "--run-dir", str(run), "--epochs" if "--epochs" not in args else "--seed",
-               "1")
-    assert proc.returncode == 2, proc.stderr
-    assert needle in proc.stderr
-    assert "Traceback" not in proc.stderr
+    argv = [*args, "--run-dir", str(run), "--epochs" if "--epochs" not in args else "--seed", "1"]
+    with pytest.raises(SystemExit) if needle == "invalid choice" or "must be positive" in needle else _no_exit():
+        code = run_cli(train_main, argv)
+        assert code == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert len([l for l in err.splitlines() if l.startswith("error:")]) <= 1
     assert not list(run.glob("*.keras")) if run.exists() else True
+
+
+class _no_exit:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_bad_input_from_a_real_process_has_no_traceback(tmp_path):
+    proc = cli("keras_digits.train", "--arch", "resnet9000", "--run-dir", str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: unknown arch 'resnet9000'; known: " + ", ".join(list_models())]
 
 
 def test_help_lists_every_arch_and_dataset():

@@ -255,7 +255,7 @@ def test_retrain_best(resumed_search, tmp_path):
     assert cfg == best
 
 
-@pytest.mark.parametrize("kind", ["bayesian", "hyperband"])
+@pytest.mark.parametrize("kind", ["bayesian", pytest.param("hyperband", marks=pytest.mark.slow)])
 def test_other_tuners(tmp_path, kind):
     args = ["--arch", "dense", *TINY, "--tuner", kind, "--max-trials", "3", "--directory", str(tmp_path),
             "--fixed", "augment=none"]
@@ -318,6 +318,7 @@ def test_distributed_chief_and_two_workers(tmp_path):
     assert "search finished" in (tmp_path / "tuner0.log").read_text()
 
 
+@pytest.mark.slow  # about a minute: run with -m slow
 def test_killed_worker_does_not_stop_the_search(tmp_path):
     """SIGKILL one worker mid-trial: the chief notices the silence and the other worker reruns its trial."""
     port = free_port()
