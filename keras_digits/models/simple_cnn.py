@@ -8,12 +8,17 @@ from keras import layers
 from keras_digits.models.common import adapt_input, model_inputs
 from keras_digits.models.registry import register_model
 
+# PyTorch's BatchNorm default (momentum 0.1 there = 0.9 here), as in the reports' models. Keras'
+# 0.99 lags far behind the batch statistics on small sets (the 1,797-image digits set reached
+# chance in inference mode while training accuracy was 97%).
+BN_MOMENTUM = 0.9
+
 
 def apply_conv_block(x, filters: int, *, batch_norm: bool, dropout: float, name: str):
     """Conv2D 3x3 same -> [BatchNorm] -> ReLU -> MaxPool 2 -> [Dropout]."""
     x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv")(x)
     if batch_norm:
-        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     x = layers.ReLU(name=f"{name}_relu")(x)
     x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
     if dropout:
@@ -55,7 +60,7 @@ def simple_cnn(
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(int(dense_units), name="fc")(x)
     if batch_norm:
-        x = layers.BatchNormalization(name="fc_bn")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="fc_bn")(x)
     x = layers.ReLU(name="fc_relu")(x)
     if dropout and dense_dropout:
         x = layers.Dropout(dense_dropout, name="fc_drop")(x)
