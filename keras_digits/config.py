@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -118,12 +117,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise KerasDigitsError(f"config file not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise KerasDigitsError(f"config file {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise KerasDigitsError(f"config file {path} must hold a JSON object")
+    from keras_digits.io import read_json_object
+
+    data = read_json_object(path, "config file")
     data = {k.replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(data) - TrainConfig.field_names())
     if unknown:

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from keras_digits.cli import positive_int, run_cli
 from keras_digits.errors import KerasDigitsError
-from keras_digits.io import atomic_dir, write_json, write_text
+from keras_digits.io import atomic_dir, read_json_object, write_json, write_text
 
 SAVED_MODELS_DIR = Path("saved_models")
 SERVING_SIGNATURE = "serving_default"
@@ -161,15 +161,7 @@ def _usual_permissions(root: Path) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise KerasDigitsError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise KerasDigitsError(f"{path} must hold a JSON object")
-    return data
+    return read_json_object(path) if path.is_file() else None
 
 
 def export_run(

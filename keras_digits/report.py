@@ -11,7 +11,8 @@ import numpy as np
 from keras_digits.io import save_figure, write_text
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -35,7 +36,7 @@ def read_history(path: str | Path) -> dict[str, list[float]]:
 
 def plot_curves(history: dict[str, list[float]], path: str | Path, title: str = "") -> None:
     """Loss and accuracy per epoch, train vs validation."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = np.asarray(history.get("epoch", range(len(history.get("loss", []))))) + 1
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
@@ -54,7 +55,7 @@ def plot_curves(history: dict[str, list[float]], path: str | Path, title: str = 
 
 def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: str | Path, title: str = "") -> None:
     """Confusion matrix, counts annotated, rows = true class."""
-    plt = _pyplot()
+    plt = pyplot()
     cm = np.asarray(cm)
     n = len(labels)
     size = max(5.0, 0.55 * n + 2)

@@ -39,6 +39,7 @@ import numpy as np
 from keras_digits.cli import positive_int, run_cli
 from keras_digits.config import TrainConfig
 from keras_digits.errors import KerasDigitsError
+from keras_digits.report import pyplot as _pyplot
 from keras_digits.io import save_figure, write_text
 
 COLUMNS = ("factor", "value", "seed", "val_accuracy", "test_accuracy", "test_f1", "epochs_run", "train_seconds",
@@ -261,14 +262,6 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
                      f"{_fmt(s['epochs_run'], float('nan'), 1)} | {_fmt(s['train_seconds'], float('nan'), 0)} |")
     return "\n".join(lines) + "\n"
 
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_summary(summary: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> None:
