@@ -64,6 +64,10 @@ class TrainConfig:
             raise KerasDigitsError(f"--batch-size must be positive, got {self.batch_size}")
         if not self.lr > 0:
             raise KerasDigitsError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.momentum <= 1:
+            raise KerasDigitsError(f"--momentum must be in [0, 1], got {self.momentum}")
+        if self.weight_decay < 0:
+            raise KerasDigitsError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.patience < 0:
             raise KerasDigitsError(f"--patience must be >= 0, got {self.patience}")
         if not 0 <= self.val_split < 1:

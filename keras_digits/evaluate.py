@@ -4,7 +4,6 @@ and `python -m keras_digits.evaluate --run DIR [--split test]`, which re-scores 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -13,7 +12,7 @@ import numpy as np
 
 from keras_digits.cli import quiet_tensorflow, run_cli
 from keras_digits.errors import KerasDigitsError
-from keras_digits.io import write_json
+from keras_digits.io import read_json_object, write_json
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: Sequence[str]) -> dict:
@@ -86,7 +85,7 @@ def load_run(run_dir: str | Path):
         model = keras.models.load_model(model_path, compile=False)
     except Exception as exc:
         raise KerasDigitsError(f"cannot load {model_path}: {exc}") from None
-    return json.loads(cfg_path.read_text()), model
+    return read_json_object(cfg_path), model
 
 
 def rescore_run(run_dir: str | Path, splits: Sequence[str], data_dir: str | None = None) -> dict:
@@ -100,7 +99,7 @@ def rescore_run(run_dir: str | Path, splits: Sequence[str], data_dir: str | None
     bundle = load_dataset(cfg.dataset, data_dir or cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed,
                           image_size=cfg.image_size, max_train_samples=cfg.max_train_samples)
     metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    metrics = read_json_object(metrics_path) if metrics_path.is_file() else {}
     for split in splits:
         x, y = bundle.split(split)
         metrics[split] = evaluate_model(model, x, y, bundle.label_names)

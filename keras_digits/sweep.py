@@ -40,7 +40,7 @@ from keras_digits.cli import positive_int, run_cli
 from keras_digits.config import TrainConfig
 from keras_digits.errors import KerasDigitsError
 from keras_digits.report import pyplot as _pyplot
-from keras_digits.io import save_figure, write_text
+from keras_digits.io import read_json_object, save_figure, write_text
 
 COLUMNS = ("factor", "value", "seed", "val_accuracy", "test_accuracy", "test_f1", "epochs_run", "train_seconds",
            "run_dir")
@@ -178,11 +178,11 @@ def run_grid(
         run_dir = out / "runs" / run_dir_name(variant, seed)
         metrics_path = run_dir / "metrics.json"
         if metrics_path.is_file():
-            old = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+            old = read_json_object(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
             if _comparable(old) != _comparable(cfg.to_dict()):
                 raise KerasDigitsError(f"{run_dir} holds a finished run with another configuration; "
                                        "use another --out or delete that run")
-            metrics, trained = json.loads(metrics_path.read_text()), False
+            metrics, trained = read_json_object(metrics_path), False
             log(f"{label}: done before, read back")
         else:
             start = time.perf_counter()

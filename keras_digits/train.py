@@ -19,7 +19,7 @@ from keras_digits.config import (
     BALANCES, NORMALIZES, OPTIMIZERS, SCHEDULES, STRATEGIES, TrainConfig, load_config_file,
 )
 from keras_digits.errors import KerasDigitsError
-from keras_digits.io import atomic_path, write_json
+from keras_digits.io import atomic_path, read_json_object, write_json
 
 RUNS_DIR = Path("runs")
 
@@ -34,7 +34,7 @@ def make_optimizer(cfg: TrainConfig, lr: float | None = None):
     if cfg.optimizer == "adam":
         return keras.optimizers.Adam(lr, weight_decay=wd)
     if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=cfg.momentum, weight_decay=wd)
+        return keras.optimizers.SGD(lr, momentum=float(cfg.momentum), weight_decay=wd)
     if cfg.optimizer == "nadam":
         return keras.optimizers.Nadam(lr, weight_decay=wd)
     if cfg.optimizer == "adagrad":
@@ -99,10 +99,16 @@ def make_callbacks(cfg: TrainConfig, run_dir: Path, resuming: bool) -> list:
     """EarlyStopping, best-model checkpoint, TensorBoard, CSV log, backup/restore, NaN guard, schedule."""
     import keras
 
+    checkpoint = _atomic_checkpoint_cls()(run_dir / "best.keras", monitor="val_accuracy")
+    if resuming and (run_dir / "best.keras").exists() and (run_dir / "history.csv").exists():
+        from keras_digits.report import read_history
+
+        seen = [v for v in read_history(run_dir / "history.csv").get("val_accuracy", []) if np.isfinite(v)]
+        checkpoint.best = max(seen, default=-np.inf)  # a resumed run keeps its best model unless beaten
     cbs = [
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
-        _atomic_checkpoint_cls()(run_dir / "best.keras", monitor="val_accuracy"),
+        checkpoint,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resuming),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), histogram_freq=0, write_graph=False),
     ]
@@ -132,7 +138,7 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool) -> bool:
         shutil.rmtree(run_dir)
     resuming = (run_dir / "backup").is_dir()
     if resuming and (run_dir / "config.json").is_file():
-        old = json.loads((run_dir / "config.json").read_text())
+        old = read_json_object(run_dir / "config.json")
         old.pop("verbose", None)
         new = cfg.to_dict()
         new.pop("verbose", None)
@@ -228,7 +234,9 @@ def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, head_callbacks: lis
     The first phase (cfg.epochs) trained the head with the base frozen; this one runs
     --fine-tune-epochs more (default: as many) at lr x --fine-tune-lr-factor, continuing the same
     history, checkpoint (best by val accuracy over both phases) and TensorBoard log."""
-    done = len(model.history.epoch) if model.history else cfg.epochs
+    from keras_digits.report import read_history
+
+    done = len(read_history(run_dir / "history.csv").get("epoch", [])) or cfg.epochs
     lr = cfg.lr * cfg.fine_tune_lr_factor
     with strategy.scope():
         n = unfreeze_from(model, cfg.fine_tune_at)

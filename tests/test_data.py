@@ -276,3 +276,8 @@ def test_file_md5(tmp_path):
     p = tmp_path / "f"
     p.write_bytes(b"abc")
     assert file_md5(p) == "900150983cd24fb0d6963f7d28e17f72"
+
+
+def test_tiny_subsets_do_not_crash_stratification(mnist_like_dir):
+    b = load_dataset("mnist", mnist_like_dir, max_train_samples=5)
+    assert len(b.train[1]) == 5

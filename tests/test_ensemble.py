@@ -45,8 +45,9 @@ def test_ensemble_is_the_mean_of_softmax(two_runs):
     assert ensemble_runs(two_runs)["test"]["accuracy"] == pytest.approx(expected)
 
 
-def test_ensemble_refuses_train_split_and_single_member(two_runs):
+def test_ensemble_refuses_seen_splits_and_single_member(two_runs):
     with pytest.raises(KerasDigitsError, match="at least two"):
         ensemble_runs(two_runs[:1])
-    with pytest.raises(KerasDigitsError, match="val or test"):
-        ensemble_runs(two_runs, split="train")
+    for split in ("train", "val"):  # members trained on train and chose their checkpoints on val
+        with pytest.raises(KerasDigitsError, match="score an ensemble on test"):
+            ensemble_runs(two_runs, split=split)

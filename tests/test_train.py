@@ -205,3 +205,26 @@ def test_pathmnist_trains_with_auc(tmp_path, pathmnist_dir):
         assert metrics[split]["n"] == 45
         assert 0.0 <= metrics[split]["auc"] <= 1.0
         assert metrics[split]["per_class"][0]["label"] == "adipose"
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--momentum", "1.5", "--optimizer", "sgd"], "--momentum must be in [0, 1]"),
+    (["--arch", "simple_cnn", "--model-kwargs", '{"filters": 32}'], "cannot build"),
+    (["--arch", "simple_cnn", "--model-kwargs", '{"conv_dropout": 1.5}'], "cannot build"),
+])
+def test_bad_option_values_are_clear(tmp_path, capsys, args, needle):
+    assert run_cli(train_main, [*args, "--run-dir", str(tmp_path / "r"), "--epochs", "1"]) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_corrupt_run_config_is_clear(digits_run, tmp_path, capsys):
+    import shutil
+
+    from keras_digits.evaluate import main as eval_main
+
+    broken = tmp_path / "broken"
+    shutil.copytree(digits_run, broken)
+    (broken / "config.json").write_text('{"arch": "simple')
+    assert run_cli(eval_main, ["--run", str(broken)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err

@@ -64,7 +64,7 @@ def data_dir_from(arg: str | os.PathLike | None) -> Path | None:
 
 def offline() -> bool:
     """True when downloads are switched off ($KERAS_DIGITS_OFFLINE=1)."""
-    return os.environ.get(OFFLINE_ENV, "").lower() in ("1", "true", "yes")
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def keras_cache_dir() -> Path:

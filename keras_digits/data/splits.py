@@ -52,7 +52,9 @@ def stratified_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -
     if n_hold < 1 or n_hold >= len(y):
         raise KerasDigitsError(f"cannot split {len(y)} samples with fraction {fraction}")
     counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 and n_hold >= (counts > 0).sum() else None
+    n_classes = int((counts > 0).sum())
+    can_stratify = counts[counts > 0].min() >= 2 and min(n_hold, len(y) - n_hold) >= n_classes
+    stratify = y if can_stratify else None
     idx_keep, idx_hold = train_test_split(
         np.arange(len(y)), test_size=n_hold, random_state=seed, shuffle=True, stratify=stratify
     )

@@ -76,7 +76,9 @@ def keras_cache_dirs() -> list[str]:
 
 
 def _offline() -> bool:
-    return os.environ.get("KERAS_DIGITS_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    from keras_digits.data.base import offline
+
+    return offline()
 
 
 def resolve_imagenet_weights(app_name: str, weights_file_name: str) -> str:

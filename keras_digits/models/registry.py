@@ -119,4 +119,8 @@ def build_model(
     size = resolve_image_size(name, input_shape, image_size)
     if "image_size" in accepted:
         kwargs["image_size"] = size
-    return info.builder(tuple(input_shape), num_classes, **kwargs)
+    try:
+        return info.builder(tuple(input_shape), num_classes, **kwargs)
+    except (TypeError, ValueError) as exc:  # a bad option value reaching a Keras layer
+        shown = {k: v for k, v in kwargs.items() if k != "image_size"}
+        raise KerasDigitsError(f"{name}: cannot build with image size {size} and options {shown}: {exc}") from None
