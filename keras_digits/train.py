@@ -95,6 +95,19 @@ def _atomic_checkpoint_cls():
     return AtomicCheckpoint
 
 
+def _log_lr_cls():
+    import keras
+
+    class LogLearningRate(keras.callbacks.Callback):
+        """Put the optimizer's current learning rate into each epoch's logs (history.csv column)."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None and "learning_rate" not in logs:
+                logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    return LogLearningRate
+
+
 def make_callbacks(cfg: TrainConfig, run_dir: Path, resuming: bool) -> list:
     """EarlyStopping, best-model checkpoint, TensorBoard, CSV log, backup/restore, NaN guard, schedule."""
     import keras
@@ -106,6 +119,7 @@ def make_callbacks(cfg: TrainConfig, run_dir: Path, resuming: bool) -> list:
         seen = [v for v in read_history(run_dir / "history.csv").get("val_accuracy", []) if np.isfinite(v)]
         checkpoint.best = max(seen, default=-np.inf)  # a resumed run keeps its best model unless beaten
     cbs = [
+        _log_lr_cls()(),  # first, so CSVLogger and TensorBoard see the learning rate of each epoch
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
         checkpoint,
