@@ -172,12 +172,6 @@ def parse_spec(spec: str) -> list[AugOp]:
     return ops
 
 
-def describe(spec: str | None, dataset: str) -> str:
-    """Human-readable resolved SPEC ('none' when nothing is applied)."""
-    resolved = resolve_spec(spec, dataset)
-    return ",".join(o.spec() for o in parse_spec(resolved)) if resolved else "none"
-
-
 # ---------------------------------------------------------------------------- the ops
 def _seed_source_cls():
     """A SeedGenerator stand-in that hands Keras layers stateless seeds derived from a tensor."""

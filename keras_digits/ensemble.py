@@ -25,7 +25,7 @@ SPLIT_KEYS = ("dataset", "data_dir", "val_split", "seed", "max_train_samples", "
 def ensemble_runs(run_dirs: Sequence[str | Path], split: str = "test", data_dir: str | None = None) -> dict:
     """Metrics of each member and of the mean of their softmax outputs on one split."""
     from keras_digits.config import TrainConfig
-    from keras_digits.data import load_dataset
+    from keras_digits.data import load_for
     from keras_digits.evaluate import classification_metrics, load_run, predict_probs
 
     if len(run_dirs) < 2:
@@ -39,8 +39,7 @@ def ensemble_runs(run_dirs: Sequence[str | Path], split: str = "test", data_dir:
         raise KerasDigitsError(f"the members trained on train and chose their checkpoints on val; "
                                f"score an ensemble on test, not {split!r}")
     cfg = cfgs[0]
-    bundle = load_dataset(cfg.dataset, data_dir or cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed,
-                          image_size=cfg.image_size)
+    bundle = load_for(cfg, data_dir)
     x, y = bundle.split(split)
     probs = [predict_probs(model, x) for _, model in members]
     result = {

@@ -91,13 +91,12 @@ def load_run(run_dir: str | Path):
 def rescore_run(run_dir: str | Path, splits: Sequence[str], data_dir: str | None = None) -> dict:
     """Recompute metrics of a saved run on the given splits and merge them into metrics.json."""
     from keras_digits.config import TrainConfig
-    from keras_digits.data import load_dataset
+    from keras_digits.data import load_for
 
     run_dir = Path(run_dir)
     cfg_dict, model = load_run(run_dir)
     cfg = TrainConfig.from_dict(cfg_dict)
-    bundle = load_dataset(cfg.dataset, data_dir or cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed,
-                          image_size=cfg.image_size, max_train_samples=cfg.max_train_samples)
+    bundle = load_for(cfg, data_dir)
     metrics_path = run_dir / "metrics.json"
     metrics = read_json_object(metrics_path) if metrics_path.is_file() else {}
     for split in splits:

@@ -273,7 +273,7 @@ def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = 
     `transform_data(bundle) -> bundle` may change the loaded splits first (the balancing study's
     long-tailed training subset); dataset.json records the resulting sizes."""
     quiet_tensorflow()
-    from keras_digits.data import load_dataset
+    from keras_digits.data import load_for
     from keras_digits.data.datasets import make_datasets
     from keras_digits.evaluate import evaluate_model
     from keras_digits.report import metrics_markdown, plot_confusion, plot_curves, read_history, write_markdown
@@ -282,8 +282,7 @@ def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = 
     run_dir = Path(run_dir)
     strategy = get_strategy(cfg.strategy, cfg.verbose)  # first: may split the CPU before TF sets up devices
     setup_runtime(cfg)
-    bundle = load_dataset(cfg.dataset, cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed,
-                          image_size=cfg.image_size, max_train_samples=cfg.max_train_samples)
+    bundle = load_for(cfg)
     if transform_data is not None:
         bundle = transform_data(bundle)
     pipes = make_datasets(cfg, bundle, replicas=replicas(strategy))

@@ -237,11 +237,10 @@ class DigitsHyperModel(kt.HyperModel):
     @property
     def bundle(self):
         if self._bundle is None:
-            from keras_digits.data import load_dataset
+            from keras_digits.data import load_for
 
             b = self.base
-            self._bundle = load_dataset(b.dataset, b.data_dir, val_split=b.val_split, seed=b.seed,
-                                        image_size=b.image_size, max_train_samples=b.max_train_samples)
+            self._bundle = load_for(b)
             if self._bundle.val is None:
                 raise KerasDigitsError(f"{b.dataset} has no validation split; use --val-split above 0")
         return self._bundle

@@ -71,6 +71,12 @@ def subsample(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> Arrays:
     return kept
 
 
+def load_for(cfg, data_dir: str | os.PathLike | None = None) -> DataBundle:
+    """The dataset a TrainConfig names, split exactly as its run was (`data_dir` overrides the config's)."""
+    return load_dataset(cfg.dataset, data_dir or cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed,
+                        image_size=cfg.image_size, max_train_samples=cfg.max_train_samples)
+
+
 def load_dataset(
     name: str,
     data_dir: str | os.PathLike | None = None,
