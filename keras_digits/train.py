@@ -144,12 +144,32 @@ def default_run_dir(cfg: TrainConfig, root: Path = RUNS_DIR) -> Path:
     return candidate
 
 
-def prepare_run_dir(run_dir: Path, cfg: TrainConfig, overwrite: bool) -> bool:
-    """Create or check the run directory; True when an interrupted run will resume."""
+def staging_dir(run_dir: Path, overwrite: bool) -> Path:
+    """Where to train: `run_dir` itself, or, when --overwrite replaces a finished run there, a sibling
+    `<name>.overwrite` that is swapped in only once the new run has finished (`swap_in`), so that a
+    failed or interrupted rerun leaves the old run whole (and a repeated --overwrite resumes it)."""
+    if not (run_dir / "metrics.json").exists():
+        return run_dir
+    if not overwrite:
+        raise KerasDigitsError(f"{run_dir} already holds a finished run; pass --overwrite or another --run-dir")
+    staged = run_dir.with_name(run_dir.name + ".overwrite")
+    if (staged / "metrics.json").exists():  # finished but never swapped in (killed in between): start over
+        shutil.rmtree(staged)
+    return staged
+
+
+def swap_in(staged: Path, run_dir: Path) -> None:
+    """Replace the finished `run_dir` by the newly finished `staged` run (two renames)."""
+    old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
+    os.replace(run_dir, old)
+    os.replace(staged, run_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> bool:
+    """Create or check the run directory (see `staging_dir`); True when an interrupted run will resume."""
     if (run_dir / "metrics.json").exists():
-        if not overwrite:
-            raise KerasDigitsError(f"{run_dir} already holds a finished run; pass --overwrite or another --run-dir")
-        shutil.rmtree(run_dir)
+        raise KerasDigitsError(f"{run_dir} already holds a finished run; pass --overwrite or another --run-dir")
     resuming = (run_dir / "backup").is_dir()
     if resuming and (run_dir / "config.json").is_file():
         old = read_json_object(run_dir / "config.json")
@@ -289,7 +309,8 @@ def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = 
     with strategy.scope():
         model = build_for(cfg, bundle.input_shape, bundle.num_classes, pipes.input_stats)  # fails before any file
         compile_model(model, cfg)
-    resuming = prepare_run_dir(run_dir, cfg, overwrite)
+    final_dir, run_dir = run_dir, staging_dir(run_dir, overwrite)
+    resuming = prepare_run_dir(run_dir, cfg)
     write_json(run_dir / "config.json", cfg.to_dict())
     write_json(run_dir / "dataset.json", {
         "name": bundle.name, "source": bundle.source, "input_shape": list(bundle.input_shape),
@@ -325,6 +346,8 @@ def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = 
     plot_curves(history, run_dir / "curves.png", title=f"{cfg.arch} on {bundle.name}")
     write_markdown(run_dir / "report.md", metrics_markdown(metrics, f"{cfg.arch} on {bundle.name}"))
     write_json(run_dir / "metrics.json", metrics)  # written last: its presence marks a finished run
+    if run_dir != final_dir:
+        swap_in(run_dir, final_dir)
     return metrics
 
 

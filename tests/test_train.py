@@ -115,6 +115,38 @@ def test_resume_after_interruption(tmp_path, mnist_like_dir):
     assert (run / "metrics.json").exists()
 
 
+def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(tmp_path, mnist_like_dir):
+    """--overwrite trains beside the finished run and swaps it in at the end: a rerun that crashes
+    leaves the old run whole; one that finishes replaces it (no staging folder left behind)."""
+    import keras
+
+    import keras_digits.train as train_mod
+
+    run = tmp_path / "run"
+    base = ["--arch", "dense", "--dataset", "mnist", "--data-dir", str(mnist_like_dir), "--run-dir", str(run),
+            "--verbose", "0", "--no-early-stopping"]
+    assert train_main([*base, "--epochs", "1"]) == 0
+    old_metrics = (run / "metrics.json").read_text()
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("simulated crash")
+
+    original = train_mod.make_callbacks
+    train_mod.make_callbacks = lambda *a, **k: original(*a, **k) + [Crash()]
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train_main([*base, "--epochs", "2", "--overwrite"])
+    finally:
+        train_mod.make_callbacks = original
+    assert (run / "metrics.json").read_text() == old_metrics
+    assert json.loads((run / "config.json").read_text())["epochs"] == 1
+    assert train_main([*base, "--epochs", "2", "--overwrite"]) == 0
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2
+    assert len((run / "history.csv").read_text().strip().splitlines()) == 3
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "mnist.npz") == ["run"]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--arch", "resnet9000"], "unknown arch 'resnet9000'"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),

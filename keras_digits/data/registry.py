@@ -41,6 +41,9 @@ register_dataset(DatasetSpec(
     name="mnist", image_shape=(28, 28, 1), num_classes=10, label_names=DIGIT_NAMES,
     splits=("train", "test"), official_val=False, source="keras-npz", files=("mnist.npz",),
     download="https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz (keras.datasets.mnist)",
+    # Keras' published hash of its download (keras' get_file checks it). Local copies are validated by
+    # shape, dtype and label range, not by bytes: a copy rebuilt from the IDX files holds the same
+    # arrays in a different zip (../shared/data/mnist.npz is one), so a byte hash would reject it.
     checksums={"mnist.npz": "sha256:731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"},
     loader=load_mnist, description="MNIST handwritten digits, 60k train / 10k test, 28x28 grey",
 ))
