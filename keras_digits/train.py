@@ -108,7 +108,11 @@ def _log_lr_cls():
     return LogLearningRate
 
 
-def make_callbacks(cfg: TrainConfig, run_dir: Path, resuming: bool) -> list:
+BACKUP, FINE_TUNE_BACKUP = "backup", "backup-fine-tune"  # BackupAndRestore folders of the two phases
+PHASE_ONE = "phase1.weights.h5", "phase1.json"  # the model after phase one, while phase two runs
+
+
+def make_callbacks(cfg: TrainConfig, run_dir: Path, resuming: bool, backup: str = BACKUP) -> list:
     """EarlyStopping, best-model checkpoint, TensorBoard, CSV log, backup/restore, NaN guard, schedule."""
     import keras
 
@@ -121,7 +125,7 @@ def make_callbacks(cfg: TrainConfig, run_dir: Path, resuming: bool) -> list:
     cbs = [
         _log_lr_cls()(),  # first, so CSVLogger and TensorBoard see the learning rate of each epoch
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), delete_checkpoint=True),
+        keras.callbacks.BackupAndRestore(str(run_dir / backup), delete_checkpoint=True),
         checkpoint,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resuming),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), histogram_freq=0, write_graph=False),
@@ -170,7 +174,7 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> bool:
     """Create or check the run directory (see `staging_dir`); True when an interrupted run will resume."""
     if (run_dir / "metrics.json").exists():
         raise KerasDigitsError(f"{run_dir} already holds a finished run; pass --overwrite or another --run-dir")
-    resuming = (run_dir / "backup").is_dir()
+    resuming = any((run_dir / name).exists() for name in (BACKUP, FINE_TUNE_BACKUP, PHASE_ONE[1]))
     if resuming and (run_dir / "config.json").is_file():
         old = read_json_object(run_dir / "config.json")
         old.pop("verbose", None)
@@ -262,25 +266,45 @@ def unfreeze_from(model, layer_index: int) -> int:
     return sum(1 for layer in base.layers[layer_index:] if layer.trainable)
 
 
-def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, head_callbacks: list, strategy) -> None:
+def save_phase_one(model, run_dir: Path) -> int:
+    """Keep the model as phase one left it, so that a run killed during phase two resumes there
+    instead of training phase one again; returns phase one's epoch count."""
+    from keras_digits.report import read_history
+
+    epochs = len(read_history(run_dir / "history.csv").get("epoch", []))
+    weights, info = (run_dir / name for name in PHASE_ONE)
+    with atomic_path(weights, suffix=".weights.h5") as tmp:
+        model.save_weights(tmp)
+    write_json(info, {"epochs": epochs})  # written second: it marks phase one as done
+    return epochs
+
+
+def load_phase_one(model, run_dir: Path) -> int | None:
+    """Restore a finished phase one (see `save_phase_one`); its epoch count, or None if there is none."""
+    weights, info = (run_dir / name for name in PHASE_ONE)
+    if not (info.is_file() and weights.is_file()):
+        return None
+    import warnings
+
+    with warnings.catch_warnings():  # phase two compiles a new optimizer: phase one's state is not wanted
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(weights)
+    return int(read_json_object(info)["epochs"])
+
+
+def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, done: int, strategy) -> None:
     """Second phase: unfreeze the base from --fine-tune-at and train on at a lower learning rate.
 
     The first phase (cfg.epochs) trained the head with the base frozen; this one runs
     --fine-tune-epochs more (default: as many) at lr x --fine-tune-lr-factor, continuing the same
     history, checkpoint (best by val accuracy over both phases) and TensorBoard log."""
-    from keras_digits.report import read_history
-
-    done = len(read_history(run_dir / "history.csv").get("epoch", [])) or cfg.epochs
     lr = cfg.lr * cfg.fine_tune_lr_factor
     with strategy.scope():
         n = unfreeze_from(model, cfg.fine_tune_at)
         compile_model(model, cfg, lr=lr)
     if cfg.verbose:
         print(f"fine-tuning: {n} base layers from #{cfg.fine_tune_at} unfrozen, lr {lr:g}")
-    callbacks = make_callbacks(cfg, run_dir, resuming=True)
-    for new, old in zip(callbacks, head_callbacks):
-        if type(new).__name__ == "AtomicCheckpoint":
-            new.best = old.best
+    callbacks = make_callbacks(cfg, run_dir, resuming=True, backup=FINE_TUNE_BACKUP)  # best so far from history
     extra = cfg.fine_tune_epochs or cfg.epochs
     model.fit(pipes.train, initial_epoch=done, epochs=done + extra, callbacks=callbacks, verbose=cfg.verbose,
               **pipes.fit_kwargs())
@@ -323,10 +347,18 @@ def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = 
               f"images {bundle.input_shape}, {model.count_params():,} parameters; run dir {run_dir}"
               + (" (resuming)" if resuming else ""))
     start = time.perf_counter()
-    callbacks = make_callbacks(cfg, run_dir, resuming)
-    model.fit(pipes.train, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose, **pipes.fit_kwargs())
+    phase_one = load_phase_one(model, run_dir) if cfg.fine_tune_at is not None and resuming else None
+    if phase_one is None:
+        callbacks = make_callbacks(cfg, run_dir, resuming)
+        model.fit(pipes.train, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose, **pipes.fit_kwargs())
+    elif cfg.verbose:
+        print(f"phase one done earlier ({phase_one} epochs): resuming the fine-tuning phase")
     if cfg.fine_tune_at is not None:
-        fine_tune(model, cfg, pipes, run_dir, callbacks, strategy)
+        if phase_one is None:
+            phase_one = save_phase_one(model, run_dir)
+        fine_tune(model, cfg, pipes, run_dir, phase_one, strategy)
+        for name in PHASE_ONE:
+            (run_dir / name).unlink(missing_ok=True)
     seconds = time.perf_counter() - start
     best = run_dir / "best.keras"
     if not best.exists():

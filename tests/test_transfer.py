@@ -69,3 +69,40 @@ def test_weights_on_a_non_pretrained_arch(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "keras_digits.train", "--arch", "simple_cnn", "--weights",
                            "imagenet", "--run-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "has no pretrained weights" in proc.stderr
+
+
+@pytest.mark.slow
+def test_run_killed_while_fine_tuning_resumes_in_phase_two(tmp_path, mnist_like_dir, capsys):
+    """Phase one is kept when it ends; a rerun after a crash in phase two resumes phase two."""
+    import keras
+
+    import keras_digits.train as train_mod
+
+    run = tmp_path / "run"
+    args = ["--arch", "vgg16", "--image-size", "32", "--dataset", "mnist", "--data-dir", str(mnist_like_dir),
+            "--epochs", "1", "--fine-tune-at", "15", "--fine-tune-epochs", "2", "--max-train-samples", "64",
+            "--batch-size", "16", "--no-early-stopping", "--run-dir", str(run), "--verbose", "0"]
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise RuntimeError("simulated crash")
+
+    original = train_mod.make_callbacks
+
+    def with_crash(*a, **k):
+        cbs = original(*a, **k)
+        return cbs + [Crash()] if k.get("backup") == train_mod.FINE_TUNE_BACKUP else cbs
+
+    train_mod.make_callbacks = with_crash
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train_main(args)
+    finally:
+        train_mod.make_callbacks = original
+    assert (run / "phase1.json").is_file() and (run / train_mod.FINE_TUNE_BACKUP).is_dir()
+    assert train_main([*args[:-1], "1"]) == 0
+    assert "resuming the fine-tuning phase" in capsys.readouterr().out
+    epochs = [int(r.split(",")[0]) for r in (run / "history.csv").read_text().strip().splitlines()[1:]]
+    assert epochs == [0, 1, 2]  # phase one once, phase two's first epoch once, then its second
+    assert not (run / "phase1.json").exists() and not (run / "phase1.weights.h5").exists()
+    assert (run / "metrics.json").is_file()
