@@ -2,6 +2,7 @@
 
     python -m keras_digits.experiment NAME [--quick] [--out reports/NAME] [--data-dir D] [--seeds N]
                                            [--dataset X] [--epochs N] [--max-train-samples N]
+                                           [--image-size N]
     python -m keras_digits.experiment --list
 
 Each writes OUT/NAME.md (the table: mean ± sd over seeds of validation and test accuracy, test
@@ -235,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="first seed (default 42)")
     p.add_argument("--epochs", type=positive_int, help="override the experiment's epochs")
     p.add_argument("--max-train-samples", type=positive_int, help="stratified training subset")
+    p.add_argument("--image-size", type=positive_int, help="override the working resolution (default: per arch)")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras fit verbosity (default 0)")
     return p
 
@@ -250,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.name, args.out, quick=args.quick, seeds=args.seeds,
         command=command_line("keras_digits.experiment", argv),
         dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, epochs=args.epochs,
-        max_train_samples=args.max_train_samples, verbose=args.verbose,
+        max_train_samples=args.max_train_samples, image_size=args.image_size, verbose=args.verbose,
     )
     print(markdown_table(done["summary"]))
     print(f"wrote {done['paths']['md']}")

@@ -133,6 +133,12 @@ def test_experiment_config_layers():
     assert quick.dataset == "digits"
     assert experiment_config(exp, quick=True, epochs=3).epochs == 3  # the command line wins
     assert EXPERIMENTS["cifar_lab"].dataset == "cifar10"
+    from keras_digits.experiment import build_parser
+
+    bn = EXPERIMENTS["batchnorm"]
+    assert experiment_config(bn, quick=True).image_size == 32
+    size = build_parser().parse_args(["batchnorm", "--image-size", "48"]).image_size
+    assert experiment_config(bn, quick=True, image_size=size).image_size == 48
     variants = EXPERIMENTS["lr_batch_epochs"].variants(False)
     assert {(v.factor, v.value) for v in variants} >= {("lr", "0.1"), ("batch_size", "16"), ("epochs", "20")}
 

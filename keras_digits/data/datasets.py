@@ -35,7 +35,6 @@ class Pipelines:
     val: tf.data.Dataset
     class_weight: dict[int, float] | None = None
     input_stats: InputStats | None = None
-    global_batch_size: int | None = None
 
     def fit_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for model.fit."""
@@ -74,7 +73,7 @@ def make_datasets(cfg: Any, bundle: DataBundle, replicas: int = 1) -> Pipelines:
     train = train.with_options(options)
     val = make_pipeline(x_va, y_va, max(batch, 256)).with_options(options)
     stats = normalization_stats(getattr(cfg, "normalize", "none"), x_tr)
-    return Pipelines(train=train, val=val, class_weight=weights, input_stats=stats, global_batch_size=batch)
+    return Pipelines(train=train, val=val, class_weight=weights, input_stats=stats)
 
 
 # ---------------------------------------------------------------------------- input normalisation
