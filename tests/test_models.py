@@ -227,6 +227,17 @@ def test_cifar_cnn_switches():
     assert kinds(both, keras.layers.Dropout) == 3 and kinds(both, keras.layers.BatchNormalization) == 4
 
 
+
+@pytest.mark.parametrize("arch,kwargs", [("simple_cnn", {}), ("alexnet", {"width": 0.125, "batch_norm": True}),
+                                         ("resnet18", {"width": 8}), ("resnet_cifar", {"width": 8, "depth": 1}),
+                                         ("cifar_cnn", {"batch_norm": True})])
+def test_own_models_use_pytorch_batch_norm_momentum(arch, kwargs):
+    """The project's BN layers follow PyTorch's momentum (0.9 in Keras terms), not Keras' 0.99."""
+    model = build_model(arch, (28, 28, 1), 10, **kwargs)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and all(layer.momentum == pytest.approx(0.9) for layer in bns)
+
+
 # ---------------------------------------------------------------- weights
 
 
