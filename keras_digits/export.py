@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 from keras_digits.cli import positive_int, run_cli
 from keras_digits.errors import KerasDigitsError
-from keras_digits.io import atomic_dir, read_json_object, write_json, write_text
+from keras_digits.io import atomic_dir, current_umask, read_json_object, write_json, write_text
 
 SAVED_MODELS_DIR = Path("saved_models")
 SERVING_SIGNATURE = "serving_default"
@@ -151,10 +151,7 @@ def export_model(
 def _usual_permissions(root: Path) -> None:
     """Temporary files and folders are private (0600/0700); give the export the umask's usual modes,
     so a model server running as another user can read it."""
-    import os
-
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     root.chmod(0o777 & ~umask)
     for path in root.rglob("*"):
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -19,7 +18,7 @@ from keras_digits.config import (
     BALANCES, NORMALIZES, OPTIMIZERS, SCHEDULES, STRATEGIES, TrainConfig, load_config_file,
 )
 from keras_digits.errors import KerasDigitsError
-from keras_digits.io import atomic_path, read_json_object, write_json
+from keras_digits.io import atomic_path, read_json_object, replace_dir, write_json
 
 RUNS_DIR = Path("runs")
 
@@ -150,7 +149,7 @@ def default_run_dir(cfg: TrainConfig, root: Path = RUNS_DIR) -> Path:
 
 def staging_dir(run_dir: Path, overwrite: bool) -> Path:
     """Where to train: `run_dir` itself, or, when --overwrite replaces a finished run there, a sibling
-    `<name>.overwrite` that is swapped in only once the new run has finished (`swap_in`), so that a
+    `<name>.overwrite` that replaces it only once the new run has finished, so that a
     failed or interrupted rerun leaves the old run whole (and a repeated --overwrite resumes it)."""
     if not (run_dir / "metrics.json").exists():
         return run_dir
@@ -160,14 +159,6 @@ def staging_dir(run_dir: Path, overwrite: bool) -> Path:
     if (staged / "metrics.json").exists():  # finished but never swapped in (killed in between): start over
         shutil.rmtree(staged)
     return staged
-
-
-def swap_in(staged: Path, run_dir: Path) -> None:
-    """Replace the finished `run_dir` by the newly finished `staged` run (two renames)."""
-    old = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
-    os.replace(run_dir, old)
-    os.replace(staged, run_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> bool:
@@ -379,7 +370,7 @@ def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = 
     write_markdown(run_dir / "report.md", metrics_markdown(metrics, f"{cfg.arch} on {bundle.name}"))
     write_json(run_dir / "metrics.json", metrics)  # written last: its presence marks a finished run
     if run_dir != final_dir:
-        swap_in(run_dir, final_dir)
+        replace_dir(run_dir, final_dir)
     return metrics
 
 
