@@ -19,8 +19,6 @@ from keras_digits.cli import run_cli
 from keras_digits.errors import KerasDigitsError
 from keras_digits.io import write_json
 
-SPLIT_KEYS = ("dataset", "data_dir", "val_split", "seed", "max_train_samples", "image_size")
-
 
 def ensemble_runs(run_dirs: Sequence[str | Path], split: str = "test", data_dir: str | None = None) -> dict:
     """Metrics of each member and of the mean of their softmax outputs on one split."""

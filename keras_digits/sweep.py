@@ -263,7 +263,6 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-
 def plot_summary(summary: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> None:
     """One panel per factor: validation and test accuracy (mean ± sd) against the factor's values."""
     plt = _pyplot()

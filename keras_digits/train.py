@@ -162,9 +162,8 @@ def staging_dir(run_dir: Path, overwrite: bool) -> Path:
 
 
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> bool:
-    """Create or check the run directory (see `staging_dir`); True when an interrupted run will resume."""
-    if (run_dir / "metrics.json").exists():
-        raise KerasDigitsError(f"{run_dir} already holds a finished run; pass --overwrite or another --run-dir")
+    """Create or check `run_dir`, which holds no finished run (`staging_dir` chose it); True when an
+    interrupted run will resume."""
     resuming = any((run_dir / name).exists() for name in (BACKUP, FINE_TUNE_BACKUP, PHASE_ONE[1]))
     if resuming and (run_dir / "config.json").is_file():
         old = read_json_object(run_dir / "config.json")

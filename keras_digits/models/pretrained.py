@@ -75,21 +75,17 @@ def keras_cache_dirs() -> list[str]:
     return dirs
 
 
-def _offline() -> bool:
-    from keras_digits.data.base import offline
-
-    return offline()
-
-
 def resolve_imagenet_weights(app_name: str, weights_file_name: str) -> str:
     """Path of Keras's cached ImageNet weights file for `app_name`; download only when allowed."""
+    from keras_digits.data.base import offline  # lazily: the data package loads scikit-learn
+
     dirs = keras_cache_dirs()
     for d in dirs:
         path = os.path.join(d, weights_file_name)
         if os.path.isfile(path):
             return path
     where = dirs[0]
-    if _offline():
+    if offline():
         raise KerasDigitsError(
             f"--weights imagenet for {app_name}: {weights_file_name} is not in the Keras cache folder {where} "
             f"and KERAS_DIGITS_OFFLINE=1 (no network); copy the file there or use --weights none|PATH"
