@@ -39,12 +39,32 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     try:
         code = main(argv)
     except KerasDigitsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        if exc.filename is None:  # not a path problem: a bug or a system failure, keep the traceback
+            raise
+        print(f"error: {path_error(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except MemoryError:
+        print("error: out of memory; lower --batch-size or --image-size", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     return int(code or 0)
+
+
+def one_line(text: str) -> str:
+    """A message folded onto one line."""
+    return " ".join(text.split()) if "\n" in text else text
+
+
+def path_error(exc: OSError) -> str:
+    """'cannot write PATH: Permission denied' for an OSError about a path."""
+    reason = exc.strerror or type(exc).__name__
+    target = f"{exc.filename}" + (f" -> {exc.filename2}" if getattr(exc, "filename2", None) else "")
+    return f"cannot use {target}: {reason}"
 
 
 def positive_int(text: str) -> int:
@@ -68,8 +88,8 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
     return value
 
 

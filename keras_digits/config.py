@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -58,6 +59,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise KerasDigitsError on values no run could use."""
+        self.check_types()
         if self.epochs <= 0:
             raise KerasDigitsError(f"--epochs must be positive, got {self.epochs}")
         if self.batch_size <= 0:
@@ -85,6 +87,30 @@ class TrainConfig:
         ):
             if value not in allowed:
                 raise KerasDigitsError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+
+    def check_types(self) -> None:
+        """Each field holds its declared type: a whole number for int fields (not a bool, not 2.7), a
+        finite number for float fields, true/false for flags, a string or a JSON object where declared."""
+        for f in fields(self):
+            value, declared = getattr(self, f.name), str(f.type)
+            optional = "None" in declared
+            if value is None:
+                if not optional:
+                    raise KerasDigitsError(f"config key {f.name!r} must not be null")
+                continue
+            kind = next(k for k in ("Mapping", "bool", "int", "float", "str") if k in declared)
+            ok = {
+                "bool": isinstance(value, bool),
+                "int": isinstance(value, int) and not isinstance(value, bool),
+                "float": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                "str": isinstance(value, str),
+                "Mapping": isinstance(value, Mapping),
+            }[kind]
+            if not ok:
+                wanted = {"bool": "true or false", "int": "a whole number", "float": "a finite number",
+                          "str": "a string", "Mapping": "a JSON object"}[kind]
+                raise KerasDigitsError(f"config key {f.name!r} (--{f.name.replace('_', '-')}) must be {wanted}{' or null' if optional else ''}, "
+                                       f"got {value!r} ({type(value).__name__})")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed (validated)."""

@@ -17,27 +17,40 @@ import numpy as np
 
 from keras_digits.cli import run_cli
 from keras_digits.errors import KerasDigitsError
-from keras_digits.io import write_json
+from keras_digits.io import check_output_dir, write_json
+from keras_digits.lock import hold
 
 
 def ensemble_runs(run_dirs: Sequence[str | Path], split: str = "test", data_dir: str | None = None) -> dict:
     """Metrics of each member and of the mean of their softmax outputs on one split."""
     from keras_digits.config import TrainConfig
     from keras_digits.data import load_for
-    from keras_digits.evaluate import classification_metrics, load_run, predict_probs
+    from keras_digits.evaluate import check_compatible, classification_metrics, load_run, predict_probs, same_data
+    from keras_digits.io import read_json_object
 
     if len(run_dirs) < 2:
         raise KerasDigitsError("an ensemble needs at least two --runs")
+    if split != "test":
+        raise KerasDigitsError(f"the members trained on train and chose their checkpoints on val; "
+                               f"score an ensemble on test, not {split!r}")
     members = [load_run(d) for d in run_dirs]
     cfgs = [TrainConfig.from_dict(c) for c, _ in members]
     datasets = {c.dataset for c in cfgs}
     if len(datasets) != 1:
         raise KerasDigitsError(f"members were trained on different datasets: {', '.join(sorted(datasets))}")
-    if split != "test":
-        raise KerasDigitsError(f"the members trained on train and chose their checkpoints on val; "
-                               f"score an ensemble on test, not {split!r}")
+    records = [read_json_object(Path(d) / "dataset.json") if (Path(d) / "dataset.json").is_file() else {}
+               for d in run_dirs]
+    labels = {tuple(r.get("label_names") or ()) for r in records} - {()}
+    if len(labels) > 1:
+        raise KerasDigitsError("members were trained with different label names: "
+                               + "; ".join(f"{d}: {list(r.get('label_names') or [])}" for d, r in zip(run_dirs, records)))
     cfg = cfgs[0]
     bundle = load_for(cfg, data_dir)
+    for d, record, (_, model) in zip(run_dirs, records, members):
+        check_compatible(model, record, bundle, f"member {d}")
+        if not same_data(record, bundle, split):
+            raise KerasDigitsError(f"member {d} was not tested on this {split} split ({bundle.source}): members must "
+                                   "share the data they were trained and tested on")
     x, y = bundle.split(split)
     probs = [predict_probs(model, x) for _, model in members]
     result = {
@@ -66,10 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result = ensemble_runs(args.runs, args.split, args.data_dir)
     out = Path(args.out) if args.out else Path("runs") / ("ensemble-" + "+".join(Path(r).name for r in args.runs))[:120]
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "metrics.json", result)
+    check_output_dir(out, "--out folder")
+    result = ensemble_runs(args.runs, args.split, args.data_dir)
+    with hold(out, "ensemble folder"):
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "metrics.json", result)
     for m in result["members"]:
         print(f"member {m['run']}: {args.split} accuracy {m['accuracy']:.4f}")
     ens = result[args.split]

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from keras_digits.cli import quiet_tensorflow, run_cli
+from keras_digits.cli import one_line, quiet_tensorflow, run_cli
 from keras_digits.errors import KerasDigitsError
 from keras_digits.io import read_json_object, write_json
 
@@ -23,7 +23,11 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: S
     probs = np.asarray(probs, dtype=np.float64)
     n_classes = probs.shape[1]
     labels = list(range(n_classes))
-    pred = probs.argmax(axis=1)
+    bad_rows = ~np.isfinite(probs).all(axis=1)  # a broken model: scored as wrong, never a crash
+    if bad_rows.any():
+        probs = probs.copy()
+        probs[bad_rows] = 0.0
+    pred = np.where(bad_rows, -1, probs.argmax(axis=1))
     eps = 1e-7
     loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], eps, 1.0))))
     p, r, f, s = precision_recall_fscore_support(y_true, pred, labels=labels, zero_division=0)
@@ -31,7 +35,9 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: S
     cm = confusion_matrix(y_true, pred, labels=labels)
     auc = None
     present = np.unique(y_true)
-    if n_classes > 2 and len(present) == n_classes:
+    if bad_rows.any():
+        pass  # no AUC from non-finite scores
+    elif n_classes > 2 and len(present) == n_classes:
         norm = probs / probs.sum(axis=1, keepdims=True)
         auc = float(roc_auc_score(y_true, norm, multi_class="ovr", labels=labels))
     elif n_classes == 2 and len(present) == 2:
@@ -51,6 +57,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: S
             for i in labels
         ],
         "confusion_matrix": cm.tolist(),
+        **({"nonfinite_outputs": int(bad_rows.sum())} if bad_rows.any() else {}),
     }
 
 
@@ -68,42 +75,108 @@ def evaluate_model(model, x: np.ndarray, y: np.ndarray, label_names: Sequence[st
 
 
 def load_run(run_dir: str | Path):
-    """(config dict, keras model) of a finished run directory."""
+    """(config dict, keras model) of a finished run directory; a diverged run, a missing or corrupt
+    model file and a model with non-finite weights are one clear error each."""
+    from keras_digits.rundir import divergence_text, ended, is_diverged
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise KerasDigitsError(f"run directory not found: {run_dir}")
     cfg_path, model_path = run_dir / "config.json", run_dir / "best.keras"
     if not cfg_path.is_file():
         raise KerasDigitsError(f"{run_dir} is not a run directory (no config.json)")
+    metrics = ended(run_dir)
+    if is_diverged(metrics):
+        raise KerasDigitsError(f"{run_dir} diverged at {divergence_text(metrics)} and kept no model; train it again "
+                               "with other settings (e.g. a lower --lr)")
     if not model_path.is_file():
         raise KerasDigitsError(f"{run_dir} has no best.keras (did training finish?)")
+    import zipfile
+
+    if not zipfile.is_zipfile(model_path):
+        raise KerasDigitsError(f"{model_path} is not a Keras model file (corrupt or truncated?)")
     import keras
 
     import keras_digits.models  # noqa: F401  (registers custom layers for deserialisation)
+    from keras_digits.finite import describe_nonfinite, nonfinite_variables
 
     try:
         model = keras.models.load_model(model_path, compile=False)
-    except Exception as exc:
-        raise KerasDigitsError(f"cannot load {model_path}: {exc}") from None
+    except Exception as exc:  # Keras raises many types for a broken archive
+        raise KerasDigitsError(f"cannot load {model_path}: {type(exc).__name__}: {one_line(str(exc))[:300]}") from None
+    bad = nonfinite_variables(model.weights)
+    if bad:
+        raise KerasDigitsError(f"{model_path} holds non-finite values in {describe_nonfinite(bad)}: a diverged model; "
+                               "train it again with other settings")
     return read_json_object(cfg_path), model
 
 
-def rescore_run(run_dir: str | Path, splits: Sequence[str], data_dir: str | None = None) -> dict:
-    """Recompute metrics of a saved run on the given splits and merge them into metrics.json."""
+def check_compatible(model, record: dict, bundle, what: str) -> None:
+    """Refuse, as one clear error, to score `model` (trained on the data `record` describes: a run's
+    dataset.json) on `bundle` when their label names, class count or image shape differ."""
+    outputs = int(model.outputs[0].shape[-1])
+    if bundle.num_classes != outputs:
+        raise KerasDigitsError(f"{what}: the model has {outputs} classes, the data ({bundle.source}) has "
+                               f"{bundle.num_classes}")
+    trained = [str(n) for n in record.get("label_names") or []]
+    if trained and trained != [str(n) for n in bundle.label_names]:
+        diff = [f"{a!r} vs {b!r}" for a, b in zip(trained, bundle.label_names) if a != str(b)][:3]
+        raise KerasDigitsError(f"{what}: the model was trained on labels {trained}, the data ({bundle.source}) has "
+                               f"{list(bundle.label_names)} (first differences: {', '.join(diff)})")
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    if shape != tuple(bundle.input_shape):
+        raise KerasDigitsError(f"{what}: the model takes images of shape {shape}, the data ({bundle.source}) has "
+                               f"{tuple(bundle.input_shape)}")
+
+
+def same_data(record: dict, bundle, split: str) -> bool:
+    """Whether `bundle`'s split is the one the run recorded (fingerprint; older runs: source and size)."""
+    from keras_digits.data.fingerprint import split_fingerprint
+
+    recorded = (record.get("fingerprints") or {}).get(split)
+    if recorded is not None:
+        return recorded == split_fingerprint(*bundle.split(split))
+    size = (record.get("sizes") or {}).get(split)
+    return record.get("source") == bundle.source and size == len(bundle.split(split)[1])
+
+
+def other_metrics_path(run_dir: Path, bundle) -> Path:
+    """metrics-<dataset>-<folder>.json: where scores on data other than the run's own go."""
+    import re
+
+    folder = Path(bundle.source).name or "data"
+    return run_dir / f"metrics-{bundle.name}-{re.sub(r'[^A-Za-z0-9_.+-]+', '_', folder)}.json"
+
+
+def rescore_run(run_dir: str | Path, splits: Sequence[str], data_dir: str | None = None) -> tuple[dict, Path]:
+    """Recompute a saved run's metrics on the given splits; returns (metrics, file written).
+
+    Scores on the run's own data are merged into metrics.json; scores on other data (another
+    --data-dir whose splits differ from those recorded in dataset.json) go to metrics-<dataset>-<folder>.json,
+    so the run's own figures are never replaced by figures on something else."""
     from keras_digits.config import TrainConfig
     from keras_digits.data import load_for
+    from keras_digits.io import check_output_dir
+    from keras_digits.lock import hold
 
     run_dir = Path(run_dir)
     cfg_dict, model = load_run(run_dir)
     cfg = TrainConfig.from_dict(cfg_dict)
+    check_output_dir(run_dir, "run directory")
     bundle = load_for(cfg, data_dir)
-    metrics_path = run_dir / "metrics.json"
-    metrics = read_json_object(metrics_path) if metrics_path.is_file() else {}
-    for split in splits:
-        x, y = bundle.split(split)
-        metrics[split] = evaluate_model(model, x, y, bundle.label_names)
-    write_json(metrics_path, metrics)
-    return metrics
+    record = read_json_object(run_dir / "dataset.json") if (run_dir / "dataset.json").is_file() else {}
+    check_compatible(model, record, bundle, f"cannot score {run_dir} on {bundle.name}")
+    own = all(same_data(record, bundle, split) for split in splits)
+    path = run_dir / "metrics.json" if own else other_metrics_path(run_dir, bundle)
+    with hold(run_dir, "run directory"):
+        metrics = read_json_object(path) if path.is_file() else {}
+        if not own:
+            metrics.update({"dataset": bundle.name, "source": bundle.source})
+        for split in splits:
+            x, y = bundle.split(split)
+            metrics[split] = evaluate_model(model, x, y, bundle.label_names)
+        write_json(path, metrics)
+    return metrics, path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,7 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
     splits = args.split or ["test"]
-    metrics = rescore_run(args.run, splits, args.data_dir)
+    metrics, path = rescore_run(args.run, splits, args.data_dir)
+    if path.name != "metrics.json":
+        print(f"note: {metrics['source']} is not the data this run was trained and tested on; "
+              f"its scores go to {path}, not metrics.json", file=sys.stderr)
     for split in splits:
         m = metrics[split]
         auc = "" if m["auc"] is None else f"  auc {m['auc']:.4f}"

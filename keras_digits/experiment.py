@@ -40,6 +40,8 @@ from typing import Any, Callable, Sequence
 from keras_digits.cli import positive_int, run_cli
 from keras_digits.config import TrainConfig
 from keras_digits.errors import KerasDigitsError
+from keras_digits.io import check_output_dir
+from keras_digits.lock import hold
 from keras_digits.sweep import (
     Variant, command_line, describe_config, markdown_table, quiet_retracing_warnings, run_grid, summarize,
     write_results,
@@ -208,14 +210,15 @@ def run_experiment(name: str, out: str | Path | None = None, *, quick: bool = Fa
                                "version of keras_digits.models")
     base = experiment_config(exp, quick=quick, **overrides)
     n_seeds = seeds or (1 if quick else exp.seeds)
-    out = Path(out) if out else Path("reports") / name
+    out = check_output_dir(Path(out) if out else Path("reports") / name, "--out")
     variants = exp.variants(quick)
-    results = run_grid(base, variants, n_seeds, out, transform_data=exp.transform_data, log=log)
     intro = (f"{exp.about}\n\nBase configuration: {describe_config(base)}; {n_seeds} seed(s) per setting "
              f"(seed {base.seed} + i)."
              + ("\n\n**Quick mode**: a smoke-sized run (small subset, few epochs, one seed); not for conclusions."
                 if quick else ""))
-    paths = write_results(out, name, results, title=exp.title, intro=intro, command=command, curves=True)
+    with hold(out, "experiment folder"):
+        results = run_grid(base, variants, n_seeds, out, transform_data=exp.transform_data, log=log)
+        paths = write_results(out, name, results, title=exp.title, intro=intro, command=command, curves=True)
     return {"paths": paths, "summary": summarize(results), "results": results, "base": base}
 
 

@@ -33,7 +33,11 @@ from typing import Any, Sequence
 
 from keras_digits.cli import positive_int, run_cli
 from keras_digits.errors import KerasDigitsError
-from keras_digits.io import atomic_dir, current_umask, read_json_object, write_json, write_text
+from keras_digits.finite import describe_nonfinite, nonfinite_variables
+from keras_digits.io import (
+    atomic_dir, check_output_dir, clean_stale_temps, current_umask, read_json_object, write_json, write_text,
+)
+from keras_digits.lock import hold
 
 SAVED_MODELS_DIR = Path("saved_models")
 SERVING_SIGNATURE = "serving_default"
@@ -120,6 +124,12 @@ def export_model(
     label_names = [str(n) for n in label_names]
     if len(label_names) != num_classes:
         raise KerasDigitsError(f"{len(label_names)} label names for a model with {num_classes} outputs")
+    broken = [n for n in label_names if any(c in n for c in "\n\r")]
+    if broken:
+        raise KerasDigitsError(f"label name {broken[0]!r} holds a line break; assets/labels.txt needs one name a line")
+    bad = nonfinite_variables(model.weights)
+    if bad:
+        raise KerasDigitsError(f"the model holds non-finite values in {describe_nonfinite(bad)}; not exported")
     if export_dir.exists() and not overwrite:
         raise KerasDigitsError(f"{export_dir} already exists; pass --overwrite or another --version")
     config = dict(config or {})
@@ -174,7 +184,7 @@ def export_run(
     if version <= 0:
         raise KerasDigitsError(f"--version must be a positive integer, got {version}")
     out = Path(out) if out is not None else SAVED_MODELS_DIR / run_dir.resolve().name
-    version_dir = out / str(version)
+    version_dir = check_output_dir(out / str(version), "export folder")
     if version_dir.exists() and not overwrite:  # checked before the (slow) model load
         raise KerasDigitsError(f"{version_dir} already exists; pass --overwrite or another --version")
     dataset = _read_json(run_dir / "dataset.json")
@@ -185,7 +195,9 @@ def export_run(
     label_names = (dataset or {}).get("label_names") or [str(i) for i in range(num_classes)]
     if dataset is None:
         print(f"note: {run_dir} has no dataset.json; labels are the class ids 0..{num_classes - 1}", file=sys.stderr)
-    return export_model(model, version_dir, label_names, config=config, dataset=dataset, overwrite=overwrite)
+    with hold(version_dir, "export folder"):
+        clean_stale_temps(out, version_dir.name)  # left by an export that was killed
+        return export_model(model, version_dir, label_names, config=config, dataset=dataset, overwrite=overwrite)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,57 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp_path.unlink()
 
 
+def _check_parent(path: Path, what: str) -> None:
+    from keras_digits.errors import KerasDigitsError
+
+    for ancestor in path.parents:
+        if ancestor.exists() or ancestor.is_symlink():
+            if not ancestor.is_dir():
+                raise KerasDigitsError(f"{what} {path}: {ancestor} is a file, not a folder")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise KerasDigitsError(f"{what} {path}: cannot write in {ancestor} (permission denied)")
+            return
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Refuse, as one clear error, a folder that cannot be created or written: an existing file in its
+    place, a file among its parents, or a parent this user cannot write."""
+    from keras_digits.errors import KerasDigitsError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise KerasDigitsError(f"{what} {path} is a file, not a folder")
+    if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+        raise KerasDigitsError(f"{what} {path}: cannot write in it (permission denied)")
+    if not path.exists():
+        _check_parent(path, what)
+    return path
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Refuse, as one clear error, a file path that is a folder or whose folder cannot be written."""
+    from keras_digits.errors import KerasDigitsError
+
+    path = Path(path)
+    if path.is_dir():
+        raise KerasDigitsError(f"{what} {path} is a folder; give a file name")
+    _check_parent(path, what)
+    return path
+
+
+def clean_stale_temps(folder: str | os.PathLike, name: str = "*") -> int:
+    """Remove the hidden temporaries that `atomic_path` / `atomic_dir` leave in `folder` for files or
+    folders called `name` (default: any) when their process is killed; call only while holding the
+    lock of what they belong to. Returns how many were removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stale = [p for pattern in (f".{name}.*.tmp", f".{name}.*.tmp.*", f".{name}.old-*") for p in folder.glob(pattern)]
+    for item in stale:
+        shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
+    return len(stale)
+
+
 def current_umask() -> int:
     """The process's umask (read by setting and restoring it)."""
     mask = os.umask(0)

@@ -41,11 +41,15 @@ import numpy as np
 from keras_digits.cli import positive_int, run_cli
 from keras_digits.data.folder import list_images, read_image
 from keras_digits.errors import KerasDigitsError
-from keras_digits.io import atomic_path
+from keras_digits.io import atomic_path, check_output_file
 
 CSV_COLUMNS = ("file", "label", "class_id", "confidence", "top_k")
 SIGNATURE = "serving_default"
 PROGRESS_MIN_FILES = 200  # --progress defaults to on for at least this many files when stderr is a terminal
+
+
+class NonFiniteOutput(KerasDigitsError):
+    """The model returned NaN or inf probabilities."""
 
 
 @dataclass
@@ -111,6 +115,12 @@ class Predictor:
         if missing:
             raise KerasDigitsError(f"{self.model_dir}: the {SIGNATURE} signature lacks output(s) {sorted(missing)}")
         self.num_classes = int(outputs["probabilities"].shape[-1])
+        from keras_digits.finite import describe_nonfinite, nonfinite_variables
+
+        bad = nonfinite_variables(getattr(self._loaded, "variables", []))
+        if bad:
+            raise KerasDigitsError(f"{self.model_dir} holds non-finite values in {describe_nonfinite(bad)}: "
+                                   "a diverged model; not used")
 
     def predict_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(probabilities, class ids, labels) for a uint8 batch (N, H, W, C) of one size."""
@@ -118,7 +128,11 @@ class Predictor:
 
         out = self._fn(**{self._input_name: tf.constant(images, dtype=tf.uint8)})
         labels = [b.decode("utf-8", "replace") for b in out["label"].numpy()]
-        return out["probabilities"].numpy(), out["class_id"].numpy().astype(int), labels
+        probs = out["probabilities"].numpy()
+        if not np.isfinite(probs).all():
+            raise NonFiniteOutput(f"{self.model_dir} returned non-finite probabilities: the model is broken "
+                                  "(a diverged training?); nothing predicted")
+        return probs, out["class_id"].numpy().astype(int), labels
 
     def predict_images(self, images: Sequence[np.ndarray], batch_size: int = 64):
         """Results for images of any sizes, in input order; same-shape images share batches.
@@ -136,11 +150,15 @@ class Predictor:
                     probs, ids, labels = self.predict_batch(np.stack([images[i] for i in part]))
                     for j, i in enumerate(part):
                         results[i] = (i, probs[j], int(ids[j]), labels[j])
+                except NonFiniteOutput:
+                    raise
                 except Exception as exc:  # noqa: BLE001 - isolate the bad image below
                     for i in part:
                         try:
                             probs, ids, labels = self.predict_batch(images[i][None])
                             results[i] = (i, probs[0], int(ids[0]), labels[0])
+                        except NonFiniteOutput:
+                            raise
                         except Exception as single:  # noqa: BLE001
                             results[i] = (i, single if len(part) > 1 else exc)
         for i in range(len(images)):
@@ -277,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.out:
+        check_output_file(args.out, "--out")
     files, skipped = find_images(args.paths)  # usage errors before the (slow) model load
     if not files and not skipped:
         raise KerasDigitsError("no files found in " + ", ".join(args.paths))

@@ -31,7 +31,7 @@ from typing import Sequence
 
 from keras_digits.cli import positive_int, run_cli
 from keras_digits.errors import KerasDigitsError
-from keras_digits.io import atomic_path
+from keras_digits.io import atomic_path, check_output_file
 
 FORMATS = {"ids": ("id", "label"), "kaggle": ("ImageId", "Label")}
 
@@ -102,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.id_width < 0:
         raise KerasDigitsError(f"--id-width must be >= 0, got {args.id_width}")
+    check_output_file(args.out, "--out")
     images_dir = Path(args.images)
     if not images_dir.is_dir():
         raise KerasDigitsError(f"images folder not found: {images_dir}")

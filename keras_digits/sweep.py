@@ -38,12 +38,14 @@ import numpy as np
 
 from keras_digits.cli import positive_int, run_cli
 from keras_digits.config import TrainConfig
-from keras_digits.errors import KerasDigitsError
+from keras_digits.errors import KerasDigitsError, TrainingDiverged
 from keras_digits.report import pyplot as _pyplot
-from keras_digits.io import read_json_object, save_figure, write_text
+from keras_digits.io import check_output_dir, read_json_object, save_figure, write_text
+from keras_digits.lock import hold
+from keras_digits.rundir import is_diverged
 
-COLUMNS = ("factor", "value", "seed", "val_accuracy", "test_accuracy", "test_f1", "epochs_run", "train_seconds",
-           "run_dir")
+COLUMNS = ("factor", "value", "seed", "status", "val_accuracy", "test_accuracy", "test_f1", "epochs_run",
+           "train_seconds", "run_dir")
 
 
 @dataclass(frozen=True)
@@ -183,13 +185,18 @@ def run_grid(
                 raise KerasDigitsError(f"{run_dir} holds a finished run with another configuration; "
                                        "use another --out or delete that run")
             metrics, trained = read_json_object(metrics_path), False
-            log(f"{label}: done before, read back")
+            log(f"{label}: done before, read back" + (" (diverged)" if is_diverged(metrics) else ""))
         else:
             start = time.perf_counter()
-            metrics, trained = train_and_evaluate(cfg, run_dir, transform_data=transform_data), True
-            log(f"{label}: val {metrics['val']['accuracy']:.4f}"
-                + (f", test {metrics['test']['accuracy']:.4f}" if "test" in metrics else "")
-                + f" ({time.perf_counter() - start:.0f} s)")
+            try:
+                metrics, trained = train_and_evaluate(cfg, run_dir, transform_data=transform_data), True
+            except TrainingDiverged as exc:  # recorded in the run's metrics.json; the grid goes on
+                metrics, trained = read_json_object(metrics_path), True
+                log(f"{label}: {exc}")
+            if not is_diverged(metrics):
+                log(f"{label}: val {metrics['val']['accuracy']:.4f}"
+                    + (f", test {metrics['test']['accuracy']:.4f}" if "test" in metrics else "")
+                    + f" ({time.perf_counter() - start:.0f} s)")
         result = RunResult(variant, seed, run_dir, metrics, trained)
         done[key] = result
         results.append(result)
@@ -206,6 +213,7 @@ def result_rows(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     """One flat row per run (the CSV)."""
     return [{
         "factor": r.variant.factor, "value": r.variant.value, "seed": r.seed,
+        "status": r.metrics.get("status", "finished"),
         "val_accuracy": _get(r.metrics, "val", "accuracy"), "test_accuracy": _get(r.metrics, "test", "accuracy"),
         "test_f1": _get(r.metrics, "test", "f1"), "epochs_run": r.metrics.get("epochs_run", float("nan")),
         "train_seconds": r.metrics.get("train_seconds", float("nan")), "run_dir": r.run_dir.name,
@@ -230,7 +238,8 @@ def summarize(results: Sequence[RunResult]) -> list[dict[str, Any]]:
         variants.setdefault(key, r.variant)
     summary = []
     for key, rows in groups.items():
-        s: dict[str, Any] = {"factor": key[0], "value": key[1], "x": variants[key].x, "n": len(rows)}
+        s: dict[str, Any] = {"factor": key[0], "value": key[1], "x": variants[key].x, "n": len(rows),
+                             "diverged": sum(row["status"] == "diverged" for row in rows)}
         for metric in ("val_accuracy", "test_accuracy", "test_f1", "epochs_run", "train_seconds"):
             s[metric], s[f"{metric}_sd"] = _mean_sd([row[metric] for row in rows])
         summary.append(s)
@@ -257,6 +266,8 @@ def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
         val = _fmt(s["val_accuracy"], s["val_accuracy_sd"])
         if s.get("best"):
             val = f"**{val}**"
+        if s.get("diverged"):
+            val = f"{val} (diverged: {s['diverged']} of {s['n']})"
         lines.append(f"| {s['factor']} | {s['value']} | {s['n']} | {val} | "
                      f"{_fmt(s['test_accuracy'], s['test_accuracy_sd'])} | {_fmt(s['test_f1'], s['test_f1_sd'])} | "
                      f"{_fmt(s['epochs_run'], float('nan'), 1)} | {_fmt(s['train_seconds'], float('nan'), 0)} |")
@@ -368,7 +379,8 @@ def write_results(
     parts += [markdown_table(summary), "",
               "Mean ± sample standard deviation over the seeds. **Bold**: the best setting of each factor by "
               "validation accuracy, the only thing used to choose; test accuracy is reported, never used to "
-              "choose. Training seconds are fit time on the machine that ran it.", "",
+              "choose. Training seconds are fit time on the machine that ran it. A run whose loss became "
+              "non-finite is marked diverged and left out of the means.", "",
               f"![accuracy per setting]({paths['png'].name})"]
     if "curves" in paths:
         parts += ["", f"![validation accuracy per epoch (first seed)]({paths['curves'].name})"]
@@ -431,12 +443,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = config_from_args(argparse.Namespace(**given))
     variants = parse_vary(vary)
     quiet_retracing_warnings()
-    out = Path(out) if out else Path("reports") / f"sweep-{base.dataset}-{base.arch}"
-    results = run_grid(base, variants, seeds, out)
-    paths = write_results(out, "sweep", results, title=f"Sweep: {base.arch} on {base.dataset}",
-                          intro=f"One factor at a time around the base configuration {describe_config(base)}; "
-                                f"{seeds} seed(s) per setting (seed {base.seed} + i).",
-                          command=command_line("keras_digits.sweep", argv), curves=True)
+    out = check_output_dir(Path(out) if out else Path("reports") / f"sweep-{base.dataset}-{base.arch}", "--out")
+    with hold(out, "sweep folder"):
+        results = run_grid(base, variants, seeds, out)
+        paths = write_results(out, "sweep", results, title=f"Sweep: {base.arch} on {base.dataset}",
+                              intro=f"One factor at a time around the base configuration {describe_config(base)}; "
+                                    f"{seeds} seed(s) per setting (seed {base.seed} + i).",
+                              command=command_line("keras_digits.sweep", argv), curves=True)
     print(markdown_table(summarize(results)))
     print(f"wrote {paths['md']}, {paths['csv'].name}, {paths['png'].name}")
     return 0

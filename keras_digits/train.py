@@ -17,10 +17,18 @@ from keras_digits.cli import fraction, positive_float, positive_int, quiet_tenso
 from keras_digits.config import (
     BALANCES, NORMALIZES, OPTIMIZERS, SCHEDULES, STRATEGIES, TrainConfig, load_config_file,
 )
-from keras_digits.errors import KerasDigitsError
-from keras_digits.io import atomic_path, read_json_object, replace_dir, write_json
+from keras_digits.callbacks import (  # noqa: F401  (schedule_* re-exported: train is where users look)
+    BACKUP, FINE_TUNE_BACKUP, diverged_at, make_callbacks, schedule_callbacks, schedule_lr,
+)
+from keras_digits.errors import KerasDigitsError, TrainingDiverged
+from keras_digits.io import atomic_path, check_output_dir, clean_stale_temps, read_json_object, replace_dir, write_json
+from keras_digits.lock import hold
+from keras_digits.rundir import (  # noqa: F401  (default_run_dir re-exported for the CLI and tests)
+    RUNS_DIR, default_run_dir, divergence_text, prepare_run_dir, record_divergence, staging_dir,
+)
 
-RUNS_DIR = Path("runs")
+PHASE_ONE = "phase1.weights.h5", "phase1.json"  # the model after phase one, while phase two runs
+TRAINED = "trained.json"  # training ended, scoring not yet done: a rerun only scores
 
 
 # ---------------------------------------------------------------------------- optimisers, schedules
@@ -43,139 +51,6 @@ def make_optimizer(cfg: TrainConfig, lr: float | None = None):
     if cfg.optimizer == "rmsprop":
         return keras.optimizers.RMSprop(lr, momentum=0.0, weight_decay=wd)
     raise KerasDigitsError(f"unknown optimizer {cfg.optimizer!r}")
-
-
-def schedule_lr(cfg: TrainConfig, epoch: int, base_lr: float | None = None) -> float:
-    """Learning rate for an epoch (0-based) under the step or cosine schedule."""
-    base = cfg.lr if base_lr is None else base_lr
-    if cfg.schedule == "step":  # x0.1 at 50% and 75% of the epochs (the MedMNIST recipe)
-        return base * (0.1 ** sum(epoch >= cfg.epochs * f for f in (0.5, 0.75)))
-    if cfg.schedule == "cosine":
-        warm = cfg.warmup_epochs
-        if epoch < warm:
-            return base * (epoch + 1) / (warm + 1)
-        span = max(1, cfg.epochs - warm)
-        return base * 0.5 * (1 + math.cos(math.pi * (epoch - warm) / span))
-    return base
-
-
-def schedule_callbacks(cfg: TrainConfig) -> list:
-    """Callbacks that implement --schedule."""
-    import keras
-
-    if cfg.schedule == "plateau":
-        return [keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.1, patience=max(1, cfg.patience // 2),
-                                                  min_lr=cfg.lr * 1e-3, verbose=cfg.verbose)]
-    if cfg.schedule in ("step", "cosine"):
-        return [keras.callbacks.LearningRateScheduler(lambda e, lr: schedule_lr(cfg, e), verbose=0)]
-    return []
-
-
-# ---------------------------------------------------------------------------- callbacks
-def _atomic_checkpoint_cls():
-    import keras
-
-    class AtomicCheckpoint(keras.callbacks.Callback):
-        """Save the model with the best monitored value to `path` via a temporary file."""
-
-        def __init__(self, path: Path, monitor: str = "val_accuracy"):
-            super().__init__()
-            self.path, self.monitor = Path(path), monitor
-            self.best = -np.inf
-
-        def on_epoch_end(self, epoch, logs=None):
-            value = (logs or {}).get(self.monitor)
-            if value is None or not np.isfinite(value) or value <= self.best:
-                return
-            self.best = float(value)
-            with atomic_path(self.path) as tmp:
-                self.model.save(tmp)
-
-    return AtomicCheckpoint
-
-
-def _log_lr_cls():
-    import keras
-
-    class LogLearningRate(keras.callbacks.Callback):
-        """Put the optimizer's current learning rate into each epoch's logs (history.csv column)."""
-
-        def on_epoch_end(self, epoch, logs=None):
-            if logs is not None and "learning_rate" not in logs:
-                logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
-    return LogLearningRate
-
-
-BACKUP, FINE_TUNE_BACKUP = "backup", "backup-fine-tune"  # BackupAndRestore folders of the two phases
-PHASE_ONE = "phase1.weights.h5", "phase1.json"  # the model after phase one, while phase two runs
-
-
-def make_callbacks(cfg: TrainConfig, run_dir: Path, resuming: bool, backup: str = BACKUP) -> list:
-    """EarlyStopping, best-model checkpoint, TensorBoard, CSV log, backup/restore, NaN guard, schedule."""
-    import keras
-
-    checkpoint = _atomic_checkpoint_cls()(run_dir / "best.keras", monitor="val_accuracy")
-    if resuming and (run_dir / "best.keras").exists() and (run_dir / "history.csv").exists():
-        from keras_digits.report import read_history
-
-        seen = [v for v in read_history(run_dir / "history.csv").get("val_accuracy", []) if np.isfinite(v)]
-        checkpoint.best = max(seen, default=-np.inf)  # a resumed run keeps its best model unless beaten
-    cbs = [
-        _log_lr_cls()(),  # first, so CSVLogger and TensorBoard see the learning rate of each epoch
-        keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.BackupAndRestore(str(run_dir / backup), delete_checkpoint=True),
-        checkpoint,
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resuming),
-        keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), histogram_freq=0, write_graph=False),
-    ]
-    if cfg.early_stopping and cfg.patience > 0:
-        cbs.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience,
-                                                 restore_best_weights=True, verbose=cfg.verbose))
-    return cbs + schedule_callbacks(cfg)
-
-
-# ---------------------------------------------------------------------------- run directory
-def default_run_dir(cfg: TrainConfig, root: Path = RUNS_DIR) -> Path:
-    """runs/<dataset>-<arch>-s<seed>[-N]: the first such folder that does not hold a finished run,
-    so rerunning an interrupted command resumes it and a finished run is never overwritten."""
-    base = root / f"{cfg.dataset}-{cfg.arch}-s{cfg.seed}"
-    candidate, n = base, 1
-    while (candidate / "metrics.json").exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
-
-
-def staging_dir(run_dir: Path, overwrite: bool) -> Path:
-    """Where to train: `run_dir` itself, or, when --overwrite replaces a finished run there, a sibling
-    `<name>.overwrite` that replaces it only once the new run has finished, so that a
-    failed or interrupted rerun leaves the old run whole (and a repeated --overwrite resumes it)."""
-    if not (run_dir / "metrics.json").exists():
-        return run_dir
-    if not overwrite:
-        raise KerasDigitsError(f"{run_dir} already holds a finished run; pass --overwrite or another --run-dir")
-    staged = run_dir.with_name(run_dir.name + ".overwrite")
-    if (staged / "metrics.json").exists():  # finished but never swapped in (killed in between): start over
-        shutil.rmtree(staged)
-    return staged
-
-
-def prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> bool:
-    """Create or check `run_dir`, which holds no finished run (`staging_dir` chose it); True when an
-    interrupted run will resume."""
-    resuming = any((run_dir / name).exists() for name in (BACKUP, FINE_TUNE_BACKUP, PHASE_ONE[1]))
-    if resuming and (run_dir / "config.json").is_file():
-        old = read_json_object(run_dir / "config.json")
-        old.pop("verbose", None)
-        new = cfg.to_dict()
-        new.pop("verbose", None)
-        if old != new:
-            raise KerasDigitsError(
-                f"{run_dir} holds an interrupted run with a different config; pass --overwrite or another --run-dir"
-            )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return resuming
 
 
 # ---------------------------------------------------------------------------- the seam
@@ -282,12 +157,13 @@ def load_phase_one(model, run_dir: Path) -> int | None:
     return int(read_json_object(info)["epochs"])
 
 
-def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, done: int, strategy) -> None:
+def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, done: int, strategy) -> dict | None:
     """Second phase: unfreeze the base from --fine-tune-at and train on at a lower learning rate.
 
     The first phase (cfg.epochs) trained the head with the base frozen; this one runs
     --fine-tune-epochs more (default: as many) at lr x --fine-tune-lr-factor, continuing the same
-    history, checkpoint (best by val accuracy over both phases) and TensorBoard log."""
+    history, checkpoint (best by val accuracy over both phases) and TensorBoard log. Returns where
+    it diverged, or None."""
     lr = cfg.lr * cfg.fine_tune_lr_factor
     with strategy.scope():
         n = unfreeze_from(model, cfg.fine_tune_at)
@@ -298,22 +174,75 @@ def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, done: int, strategy
     extra = cfg.fine_tune_epochs or cfg.epochs
     model.fit(pipes.train, initial_epoch=done, epochs=done + extra, callbacks=callbacks, verbose=cfg.verbose,
               **pipes.fit_kwargs())
+    return diverged_at(callbacks)
+
+
+def fit_phases(model, cfg: TrainConfig, pipes, run_dir: Path, resuming: bool, strategy) -> dict | None:
+    """Train (both phases with --fine-tune-at), resuming where an interrupted run stopped; returns
+    where training diverged, or None. A run whose training ended (TRAINED written) is not trained again."""
+    if resuming and (run_dir / TRAINED).is_file():
+        if cfg.verbose:
+            print("training finished earlier: scoring the saved best model")
+        return None
+    phase_one = load_phase_one(model, run_dir) if cfg.fine_tune_at is not None and resuming else None
+    if phase_one is None:
+        callbacks = make_callbacks(cfg, run_dir, resuming)
+        model.fit(pipes.train, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose, **pipes.fit_kwargs())
+        if (where := diverged_at(callbacks)) is not None:
+            return where
+    elif cfg.verbose:
+        print(f"phase one done earlier ({phase_one} epochs): resuming the fine-tuning phase")
+    if cfg.fine_tune_at is not None:
+        if phase_one is None:
+            phase_one = save_phase_one(model, run_dir)
+        if (where := fine_tune(model, cfg, pipes, run_dir, phase_one, strategy)) is not None:
+            return where
+        for name in PHASE_ONE:
+            (run_dir / name).unlink(missing_ok=True)
+    write_json(run_dir / TRAINED, {"ended": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return None
+
+
+def score_run(cfg: TrainConfig, bundle, run_dir: Path) -> dict:
+    """Score the run's best model on val (and test), write the plots, report.md and metrics.json."""
+    from keras_digits.evaluate import evaluate_model, load_run
+    from keras_digits.report import metrics_markdown, plot_confusion, plot_curves, read_history, write_markdown
+
+    if not (run_dir / "best.keras").exists():
+        raise KerasDigitsError("training produced no finite validation accuracy; no model saved")
+    _, model = load_run(run_dir)
+    metrics: dict[str, Any] = {"status": "finished", "val": evaluate_model(model, *bundle.val, bundle.label_names)}
+    if cfg.evaluate_test:
+        metrics["test"] = evaluate_model(model, *bundle.test, bundle.label_names)
+    history = read_history(run_dir / "history.csv")
+    metrics["train_seconds"] = float(np.nansum(history.get("epoch_seconds", [])))
+    metrics["epochs_run"] = len(history.get("loss", []))
+    final = "test" if "test" in metrics else "val"
+    plot_confusion(np.asarray(metrics[final]["confusion_matrix"]), bundle.label_names,
+                   run_dir / "confusion_matrix.png", title=f"{cfg.arch} on {bundle.name} ({final})")
+    plot_curves(history, run_dir / "curves.png", title=f"{cfg.arch} on {bundle.name}")
+    write_markdown(run_dir / "report.md", metrics_markdown(metrics, f"{cfg.arch} on {bundle.name}"))
+    write_json(run_dir / "metrics.json", metrics)  # written last: its presence marks a finished run
+    (run_dir / TRAINED).unlink(missing_ok=True)
+    return metrics
 
 
 def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = False,
                        transform_data=None) -> dict:
     """Train `cfg` into `run_dir` and score it; returns metrics ({"val": ..., "test": ...}).
 
-    `transform_data(bundle) -> bundle` may change the loaded splits first (the balancing study's
-    long-tailed training subset); dataset.json records the resulting sizes."""
+    The run directory is held by this process alone (a lock beside it). A run whose loss or weights
+    stop being finite ends as diverged: recorded in metrics.json, no model kept, TrainingDiverged
+    raised. `transform_data(bundle) -> bundle` may change the loaded splits first (the balancing
+    study's long-tailed training subset); dataset.json records the resulting sizes."""
     quiet_tensorflow()
     from keras_digits.data import load_for
     from keras_digits.data.datasets import make_datasets
-    from keras_digits.evaluate import evaluate_model
-    from keras_digits.report import metrics_markdown, plot_confusion, plot_curves, read_history, write_markdown
+    from keras_digits.data.fingerprint import dataset_record
     from keras_digits.strategy import get_strategy, replicas
 
-    run_dir = Path(run_dir)
+    final_dir = check_output_dir(Path(run_dir), "run directory")
+    check_fits_in_memory(cfg)
     strategy = get_strategy(cfg.strategy, cfg.verbose)  # first: may split the CPU before TF sets up devices
     setup_runtime(cfg)
     bundle = load_for(cfg)
@@ -323,54 +252,45 @@ def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = 
     with strategy.scope():
         model = build_for(cfg, bundle.input_shape, bundle.num_classes, pipes.input_stats)  # fails before any file
         compile_model(model, cfg)
-    final_dir, run_dir = run_dir, staging_dir(run_dir, overwrite)
-    resuming = prepare_run_dir(run_dir, cfg)
-    write_json(run_dir / "config.json", cfg.to_dict())
-    write_json(run_dir / "dataset.json", {
-        "name": bundle.name, "source": bundle.source, "input_shape": list(bundle.input_shape),
-        "num_classes": bundle.num_classes, "label_names": list(bundle.label_names),
-        "sizes": {s: int(len(bundle.split(s)[1])) for s in ("train", "val", "test")},
-    })
-    (x_tr, y_tr), (x_va, y_va) = bundle.train, bundle.val
-    if cfg.verbose:
-        print(f"{cfg.arch} on {bundle.name}: train {len(y_tr)}, val {len(y_va)}, test {len(bundle.test[1])} "
-              f"images {bundle.input_shape}, {model.count_params():,} parameters; run dir {run_dir}"
-              + (" (resuming)" if resuming else ""))
-    start = time.perf_counter()
-    phase_one = load_phase_one(model, run_dir) if cfg.fine_tune_at is not None and resuming else None
-    if phase_one is None:
-        callbacks = make_callbacks(cfg, run_dir, resuming)
-        model.fit(pipes.train, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose, **pipes.fit_kwargs())
-    elif cfg.verbose:
-        print(f"phase one done earlier ({phase_one} epochs): resuming the fine-tuning phase")
-    if cfg.fine_tune_at is not None:
-        if phase_one is None:
-            phase_one = save_phase_one(model, run_dir)
-        fine_tune(model, cfg, pipes, run_dir, phase_one, strategy)
-        for name in PHASE_ONE:
-            (run_dir / name).unlink(missing_ok=True)
-    seconds = time.perf_counter() - start
-    best = run_dir / "best.keras"
-    if not best.exists():
-        raise KerasDigitsError("training produced no finite validation accuracy (diverged?); no model saved")
-    from keras_digits.evaluate import load_run
+    with hold(final_dir, "run directory"):
+        run_dir = staging_dir(final_dir, overwrite)
+        resuming = prepare_run_dir(run_dir, cfg)
+        clean_stale_temps(run_dir)
+        write_json(run_dir / "config.json", cfg.to_dict())
+        write_json(run_dir / "dataset.json", dataset_record(bundle))
+        if cfg.verbose:
+            print(f"{cfg.arch} on {bundle.name}: train {len(bundle.train[1])}, val {len(bundle.val[1])}, "
+                  f"test {len(bundle.test[1])} images {bundle.input_shape}, {model.count_params():,} parameters; "
+                  f"run dir {run_dir}" + (" (resuming)" if resuming else ""))
+        where = fit_phases(model, cfg, pipes, run_dir, resuming, strategy)
+        if where is not None:
+            from keras_digits.report import read_history
 
-    _, model = load_run(run_dir)
-    metrics: dict[str, Any] = {"val": evaluate_model(model, x_va, y_va, bundle.label_names)}
-    if cfg.evaluate_test:
-        metrics["test"] = evaluate_model(model, *bundle.test, bundle.label_names)
-    history = read_history(run_dir / "history.csv")
-    metrics["train_seconds"] = seconds
-    metrics["epochs_run"] = len(history.get("loss", []))
-    final = "test" if "test" in metrics else "val"
-    plot_confusion(np.asarray(metrics[final]["confusion_matrix"]), bundle.label_names,
-                   run_dir / "confusion_matrix.png", title=f"{cfg.arch} on {bundle.name} ({final})")
-    plot_curves(history, run_dir / "curves.png", title=f"{cfg.arch} on {bundle.name}")
-    write_markdown(run_dir / "report.md", metrics_markdown(metrics, f"{cfg.arch} on {bundle.name}"))
-    write_json(run_dir / "metrics.json", metrics)  # written last: its presence marks a finished run
-    if run_dir != final_dir:
-        replace_dir(run_dir, final_dir)
+            history = read_history(run_dir / "history.csv")
+            metrics = record_divergence(run_dir, where, len(history.get("loss", [])),
+                                        float(np.nansum(history.get("epoch_seconds", []))))
+            raise TrainingDiverged(f"training diverged at {divergence_text(metrics)}; no model kept, recorded in "
+                                   f"{run_dir / 'metrics.json'}; try a lower --lr")
+        metrics = score_run(cfg, bundle, run_dir)
+        if run_dir != final_dir:
+            replace_dir(run_dir, final_dir)
     return metrics
+
+
+def check_fits_in_memory(cfg: TrainConfig) -> None:
+    """Refuse an --image-size whose training batch cannot fit in this machine's memory (its first
+    layers' activations and their gradients: about 64 float32 maps per RGB channel), before any
+    data is loaded at that size."""
+    if cfg.image_size is None:
+        return  # each arch's default size fits
+    import psutil
+
+    needed = cfg.batch_size * cfg.image_size ** 2 * 3 * 4 * 64
+    available = psutil.virtual_memory().available
+    if needed > available:
+        raise KerasDigitsError(f"--image-size {cfg.image_size} with --batch-size {cfg.batch_size} needs about "
+                               f"{needed / 2**30:,.1f} GiB for one training batch; {available / 2**30:.1f} GiB are "
+                               "free: lower --image-size or --batch-size")
 
 
 # ---------------------------------------------------------------------------- CLI

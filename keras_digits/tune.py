@@ -106,7 +106,8 @@ from keras_tuner.src.engine import trial as trial_module  # noqa: E402
 
 from keras_digits.config import BALANCES, TrainConfig  # noqa: E402
 from keras_digits.errors import KerasDigitsError  # noqa: E402
-from keras_digits.io import write_json, write_text  # noqa: E402
+from keras_digits.io import check_output_dir, write_json, write_text  # noqa: E402
+from keras_digits.lock import hold  # noqa: E402
 
 TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVES = ("val_accuracy", "val_loss", "accuracy", "loss")
@@ -211,6 +212,12 @@ def check_fixed(base: TrainConfig, fixed: dict[str, Any]) -> None:
     if unknown:
         raise KerasDigitsError(f"--fixed: no hyperparameter {', '.join(unknown)} in this search; "
                                f"known: {', '.join(hp.values)}")
+    from keras_digits.models.registry import _kind_ok
+
+    for name, value in fixed.items():
+        ok, wanted = _kind_ok(hp.values[name], value)
+        if not ok:
+            raise KerasDigitsError(f"--fixed {name}: must be {wanted}, got {value!r}")
 
 
 # ============================================================================ the hypermodel
@@ -717,6 +724,10 @@ def validate_args(args: argparse.Namespace) -> None:
         raise KerasDigitsError(f"--worker-timeout must be >= 0, got {args.worker_timeout}")
     if args.run_dir and not args.retrain_best:
         raise KerasDigitsError("--run-dir is for --retrain-best")
+    if args.project is not None and (not args.project.strip() or args.project in (".", "..")
+                                     or any(sep in args.project for sep in ("/", "\\", os.sep))):
+        raise KerasDigitsError(f"--project {args.project!r} must be a plain folder name (no path separators); "
+                               "use --directory for where projects go")
 
 
 def search_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -760,6 +771,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         hypermodel.bundle  # noqa: B018  (load the data now: a missing file is one error, not failed trials)
     oracle = make_oracle(args.tuner, hypermodel.objective, args.max_trials, args.max_epochs, args.seed, fixed)
     oracle.worker_timeout = args.worker_timeout if role == "chief" else None
+    if role != "worker":  # workers share the chief's project folder by design
+        check_output_dir(project_dir, "tuner project")
+        with hold(project_dir, "tuner project"):
+            return run_search(args, argv, role, project, directory, project_dir, overwrite, settings, hypermodel,
+                              oracle)
+    return run_search(args, argv, role, project, directory, project_dir, overwrite, settings, hypermodel, oracle)
+
+
+def run_search(args, argv, role, project, directory, project_dir, overwrite, settings, hypermodel, oracle) -> int:
+    """Run the search (single process, chief or worker), then report and optionally retrain the best."""
 
     def report(o=None) -> TrainConfig | None:
         return write_reports(o if o is not None else tuner.oracle, project_dir, hypermodel)

@@ -241,7 +241,7 @@ def test_pathmnist_trains_with_auc(tmp_path, pathmnist_dir):
 
 @pytest.mark.parametrize("args,needle", [
     (["--momentum", "1.5", "--optimizer", "sgd"], "--momentum must be in [0, 1]"),
-    (["--arch", "simple_cnn", "--model-kwargs", '{"filters": 32}'], "cannot build"),
+    (["--arch", "simple_cnn", "--model-kwargs", '{"filters": 32}'], "'filters' must be a non-empty list of whole numbers"),
     (["--arch", "simple_cnn", "--model-kwargs", '{"conv_dropout": 1.5}'], "cannot build"),
 ])
 def test_bad_option_values_are_clear(tmp_path, capsys, args, needle):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,5 +104,11 @@ def load_dataset(
     if max_train_samples is not None:
         train = subsample(*train, max_train_samples, seed)
     label_names = tuple(raw.label_names or spec.label_names or [str(i) for i in range(int(train[1].max()) + 1)])
+    missing = sorted(set(range(len(label_names))) - set(np.unique(train[1]).tolist()))
+    if missing:
+        shown = ", ".join(repr(label_names[i]) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        print(f"warning: {len(missing)} of {len(label_names)} classes have no training image ({shown})"
+              + (f"; --max-train-samples {max_train_samples} is too few" if max_train_samples else ""),
+              file=sys.stderr)
     return DataBundle(name=name, train=train, val=val, test=test, label_names=label_names,
                       source=raw.source or str(Path(folder or "")))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -97,6 +98,36 @@ def resolve_image_size(name: str, input_shape: tuple[int, ...], image_size: int 
     return size
 
 
+def _kind_ok(default: Any, value: Any) -> tuple[bool, str]:
+    """Whether `value` has the type of a builder default, and that type in words."""
+    if isinstance(default, bool):
+        return isinstance(value, bool), "true or false"
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    if isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, "a finite number"
+    if isinstance(default, str):
+        return isinstance(value, str), "a string"
+    if isinstance(default, (tuple, list)) and default:
+        ok = isinstance(value, (list, tuple)) and len(value) > 0 and all(_kind_ok(default[0], v)[0] for v in value)
+        return ok, f"a non-empty list of {_kind_ok(default[0], default[0])[1].removeprefix('a ')}s"
+    return True, "any value"
+
+
+def check_kwarg_types(info: ModelInfo, kwargs: dict[str, Any]) -> None:
+    """Each --model-kwargs value has the type of the builder's default for it ({"batch_norm": "maybe"}
+    and {"filters": 2.7} are refused, naming the key and the type wanted)."""
+    params = inspect.signature(info.builder).parameters
+    for key, value in kwargs.items():
+        param = params.get(key)
+        if param is None or param.default is inspect.Parameter.empty or param.default is None:
+            continue
+        ok, wanted = _kind_ok(param.default, value)
+        if not ok:
+            raise KerasDigitsError(f"{info.name} option {key!r} must be {wanted}, got {value!r} ({type(value).__name__})")
+
+
 def build_model(
     name: str,
     input_shape: tuple[int, ...],
@@ -112,6 +143,7 @@ def build_model(
         raise KerasDigitsError(
             f"{name} does not take option(s) {', '.join(unknown)}; it takes: {', '.join(sorted(accepted)) or 'none'}"
         )
+    check_kwarg_types(info, kwargs)
     if num_classes < 2:
         raise KerasDigitsError(f"num_classes must be at least 2, got {num_classes}")
     if len(input_shape) != 3 or input_shape[-1] not in (1, 3):

@@ -1,0 +1,108 @@
+"""The run directory: where a run goes, whether it is finished, diverged or interrupted, and the
+`--overwrite` staging folder.
+
+A run's `metrics.json` is written last and marks it as ended: either finished (it holds the scores)
+or diverged (`"status": "diverged"`, with where it diverged; such a run keeps no model).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from keras_digits.config import TrainConfig
+from keras_digits.errors import KerasDigitsError, TrainingDiverged
+from keras_digits.io import read_json_object, write_json
+
+RUNS_DIR = Path("runs")
+INTERRUPTED_MARKERS = ("backup", "backup-fine-tune", "phase1.json", "trained.json")  # left by a run that did not end
+
+
+def ended(run_dir: Path) -> dict[str, Any] | None:
+    """The metrics.json of a run that ended (finished or diverged), else None."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        return None
+    return read_json_object(path, "run metrics")
+
+
+def is_diverged(metrics: dict[str, Any] | None) -> bool:
+    return bool(metrics) and metrics.get("status") == "diverged"
+
+
+def divergence_text(metrics: dict[str, Any]) -> str:
+    """'epoch 2, batch 7 (loss nan)' from a diverged run's metrics."""
+    where = metrics.get("diverged") or {}
+    batch = f", batch {where['batch']}" if where.get("batch") else ""
+    return f"epoch {where.get('epoch', '?')}{batch} (loss {where.get('loss', '?')})"
+
+
+def same_config(run_dir: Path, cfg: TrainConfig) -> bool:
+    """Whether `run_dir/config.json` holds `cfg` (verbosity aside)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        return False
+    old, new = read_json_object(path), cfg.to_dict()
+    old.pop("verbose", None)
+    new.pop("verbose", None)
+    return old == new
+
+
+def default_run_dir(cfg: TrainConfig, root: Path = RUNS_DIR) -> Path:
+    """runs/<dataset>-<arch>-s<seed>[-N]: the first such folder that does not hold an ended run, so
+    rerunning an interrupted command resumes it and a finished run is never overwritten; a run of
+    the same config that diverged is returned too, so rerunning it reports that instead of training
+    the same divergence again in a new folder."""
+    base = root / f"{cfg.dataset}-{cfg.arch}-s{cfg.seed}"
+    candidate, n = base, 1
+    while (metrics := ended(candidate)) is not None:
+        if is_diverged(metrics) and same_config(candidate, cfg):
+            return candidate
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def staging_dir(run_dir: Path, overwrite: bool) -> Path:
+    """Where to train: `run_dir` itself, or, when --overwrite replaces an ended run there, a sibling
+    `<name>.overwrite` that replaces it only once the new run has finished, so that a failed or
+    interrupted rerun leaves the old run whole (and a repeated --overwrite resumes it)."""
+    metrics = ended(run_dir)
+    if metrics is None:
+        return run_dir
+    if not overwrite:
+        if is_diverged(metrics):
+            raise TrainingDiverged(f"{run_dir} holds a run that diverged at {divergence_text(metrics)}; change "
+                                   "the settings (e.g. a lower --lr) or pass --overwrite to train it again")
+        raise KerasDigitsError(f"{run_dir} already holds a finished run; pass --overwrite or another --run-dir")
+    staged = run_dir.with_name(run_dir.name + ".overwrite")
+    if ended(staged) is not None:  # ended but never swapped in (killed in between, or diverged): start over
+        shutil.rmtree(staged)
+    return staged
+
+
+def prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> bool:
+    """Create or check `run_dir`, which holds no ended run (`staging_dir` chose it); True when an
+    interrupted run will resume."""
+    resuming = any((run_dir / name).exists() for name in INTERRUPTED_MARKERS)
+    if resuming and (run_dir / "config.json").is_file() and not same_config(run_dir, cfg):
+        raise KerasDigitsError(
+            f"{run_dir} holds an interrupted run with a different config; pass --overwrite or another --run-dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return resuming
+
+
+def record_divergence(run_dir: Path, where: dict[str, Any], epochs_run: int, seconds: float) -> dict[str, Any]:
+    """End a diverged run: no model kept (its weights are not finite, or it stopped short), metrics.json
+    says where it diverged, so a rerun of the same command reports it instead of looping."""
+    for name in ("best.keras", *INTERRUPTED_MARKERS, "phase1.weights.h5"):  # noqa: B007
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    metrics = {"status": "diverged", "diverged": where, "epochs_run": epochs_run, "train_seconds": seconds}
+    write_json(run_dir / "metrics.json", metrics)
+    return metrics
