@@ -130,12 +130,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
         """Build from a mapping; unknown keys are a user error."""
-        data = {k.replace("-", "_"): v for k, v in data.items()}
-        unknown = sorted(set(data) - cls.field_names())
-        if unknown:
-            raise KerasDigitsError(
-                f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(cls.field_names()))}"
-            )
+        data = known_keys(data)
         try:
             return cls(**data)
         except TypeError as exc:
@@ -149,9 +144,23 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise KerasDigitsError(f"config file not found: {path}")
     from keras_digits.io import read_json_object
 
-    data = read_json_object(path, "config file")
+    return known_keys(read_json_object(path, "config file"), f"config file {path}: ")
+
+
+def known_keys(data: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """`data` with dashes in keys read as underscores; a key that is no TrainConfig field is an error."""
     data = {k.replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(data) - TrainConfig.field_names())
     if unknown:
-        raise KerasDigitsError(f"config file {path}: unknown key(s) {', '.join(unknown)}")
+        raise KerasDigitsError(f"{where}unknown config key(s) {', '.join(unknown)}; "
+                               f"known: {', '.join(sorted(TrainConfig.field_names()))}")
     return data
+
+
+def comparable(cfg_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A config dict as compared between runs: verbosity aside, tuples as the lists JSON reads back."""
+    import json
+
+    d = dict(cfg_dict)
+    d.pop("verbose", None)
+    return json.loads(json.dumps(d))

@@ -8,7 +8,6 @@ The ensemble's metrics are written in the run metrics format beside each member'
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence

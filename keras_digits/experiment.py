@@ -19,7 +19,7 @@ Experiments (see EXPERIMENTS for the exact settings):
 * balancing: --balance none / class_weight / resample, each with and without early stopping, on a
   long-tailed training subset (class c keeps 20**(-c/9) of the largest class; validation and test
   untouched), since on balanced MNIST there is nothing to balance.
-* augmentation: --augment none / light / strong (the dataset-safe presets of keras_digits.augment).
+* augmentation: --augment none / light / strong (the dataset-safe presets of keras_digits.data.augment).
 * batchnorm: AlexNet without and with BatchNormalization after each conv.
 * simple_cnn_ablation: simple_cnn with BN + dropout, dropout only, BN only, neither.
 * optimizers: SGD (lr 0.01, momentum 0.9), Adam, NAdam, Adagrad, AdamW (lr 0.001, Keras defaults).
@@ -40,12 +40,12 @@ from typing import Any, Callable, Sequence
 from keras_digits.cli import positive_int, run_cli
 from keras_digits.config import TrainConfig
 from keras_digits.errors import KerasDigitsError
+from keras_digits.flags import FILES, add_train_flags, given_options
 from keras_digits.io import check_output_dir
 from keras_digits.lock import hold
-from keras_digits.sweep import (
-    Variant, command_line, describe_config, markdown_table, quiet_retracing_warnings, run_grid, summarize,
-    write_results,
-)
+from keras_digits.grid import Variant, run_grid
+from keras_digits.grid_report import markdown_table, summarize, write_results
+from keras_digits.sweep import command_line, describe_config, quiet_retracing_warnings
 
 SKEW_RATIO = 20.0
 QUICK = {"max_train_samples": 300, "epochs": 1, "batch_size": 32, "patience": 1}
@@ -64,7 +64,6 @@ class Experiment:
     seeds: int = 3
     quick_base: dict[str, Any] = field(default_factory=dict)  # on top of QUICK
     transform_data: Callable | None = None
-    needs_archs: tuple[str, ...] = ()
 
 
 def _v(factor: str, value: str, **changes: Any) -> Variant:
@@ -137,7 +136,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     ),
     Experiment(
         "augmentation", "Data augmentation",
-        "Training-batch augmentation with the dataset-safe presets of keras_digits.augment (digits: small "
+        "Training-batch augmentation with the dataset-safe presets of keras_digits.data.augment (digits: small "
         "rotations, shifts and zooms, never flips; light = every op with probability 0.1, the reports' "
         "setting; strong = 0.3-0.5 and larger magnitudes). Validation and test are never augmented.",
         "mnist", {"arch": "simple_cnn", "epochs": 15}, _augmentation,
@@ -148,7 +147,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         "BatchNormalization after each of its five convolutions, otherwise identical. Quick mode uses width "
         "0.125 and 32 px images.",
         "mnist", {"arch": "alexnet", "epochs": 10, "max_train_samples": 20000}, _batchnorm,
-        quick_base={"image_size": 32}, needs_archs=("alexnet",),
+        quick_base={"image_size": 32},
     ),
     Experiment(
         "simple_cnn_ablation", "simple_cnn ablation: batch normalisation and dropout",
@@ -175,17 +174,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
         "parameters), the CNN with dropout, with BatchNormalization, and a ResNet-20-style residual net "
         "(resnet_cifar; quick mode: width 8, one block per stage).",
         "cifar10", {"epochs": 20, "batch_size": 64, "patience": 5}, _cifar_lab,
-        needs_archs=("cifar_cnn", "resnet_cifar"),
     ),
 )}
-
-
-def missing_archs(exp: Experiment) -> list[str]:
-    """Architectures the experiment needs that are not registered (yet)."""
-    from keras_digits.models import list_models
-
-    known = set(list_models())
-    return [a for a in exp.needs_archs if a not in known]
 
 
 def experiment_config(exp: Experiment, *, quick: bool = False, **overrides: Any) -> TrainConfig:
@@ -204,10 +194,6 @@ def run_experiment(name: str, out: str | Path | None = None, *, quick: bool = Fa
     if name not in EXPERIMENTS:
         raise KerasDigitsError(f"unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")
     exp = EXPERIMENTS[name]
-    missing = missing_archs(exp)
-    if missing:
-        raise KerasDigitsError(f"experiment {name} needs arch(s) {', '.join(missing)}, not registered in this "
-                               "version of keras_digits.models")
     base = experiment_config(exp, quick=quick, **overrides)
     n_seeds = seeds or (1 if quick else exp.seeds)
     out = check_output_dir(Path(out) if out else Path("reports") / name, "--out")
@@ -223,24 +209,21 @@ def run_experiment(name: str, out: str | Path | None = None, *, quick: bool = Fa
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The experiment's own options plus the shared training flags (which override its base settings)."""
     lines = "\n".join(f"  {e.name:<20} {e.title} (default dataset {e.dataset})" for e in EXPERIMENTS.values())
     p = argparse.ArgumentParser(
         prog="python -m keras_digits.experiment",
-        description="Run one of the reports' experiments and write its table and figures.",
+        description="Run one of the reports' experiments and write its table and figures. Training flags "
+                    "override the experiment's base settings (its dataset, epochs, arch...; verbosity 0).",
         epilog="experiments:\n" + lines, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", nargs="?", choices=list(EXPERIMENTS), metavar="NAME", help="experiment to run")
-    p.add_argument("--list", action="store_true", help="list the experiments and exit")
-    p.add_argument("--quick", action="store_true", help="smoke-sized: few hundred images, 1-2 epochs, 1 seed")
-    p.add_argument("--out", help="report folder (default reports/NAME)")
-    p.add_argument("--dataset", help="run on another dataset than the experiment's default")
-    p.add_argument("--data-dir", help="folder holding the dataset file(s) (default $KERAS_DIGITS_DATA)")
-    p.add_argument("--seeds", type=positive_int, help="seeds per setting (default 3; 1 with --quick)")
-    p.add_argument("--seed", type=int, help="first seed (default 42)")
-    p.add_argument("--epochs", type=positive_int, help="override the experiment's epochs")
-    p.add_argument("--max-train-samples", type=positive_int, help="stratified training subset")
-    p.add_argument("--image-size", type=positive_int, help="override the working resolution (default: per arch)")
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), help="Keras fit verbosity (default 0)")
+    g = p.add_argument_group("experiment")
+    g.add_argument("--list", action="store_true", help="list the experiments and exit")
+    g.add_argument("--quick", action="store_true", help="smoke-sized: few hundred images, 1-2 epochs, 1 seed")
+    g.add_argument("--seeds", type=positive_int, help="seeds per setting (default: 3; 1 with --quick)")
+    groups = add_train_flags(p)
+    groups[FILES].add_argument("--out", help="report folder (default: reports/NAME)")
     return p
 
 
@@ -251,12 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{e.name:<20} {e.title} (default dataset {e.dataset}, {e.seeds} seeds)")
         return 0
     quiet_retracing_warnings()
-    done = run_experiment(
-        args.name, args.out, quick=args.quick, seeds=args.seeds,
-        command=command_line("keras_digits.experiment", argv),
-        dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, epochs=args.epochs,
-        max_train_samples=args.max_train_samples, image_size=args.image_size, verbose=args.verbose,
-    )
+    done = run_experiment(args.name, args.out, quick=args.quick, seeds=args.seeds,
+                          command=command_line("keras_digits.experiment", argv), **given_options(args))
     print(markdown_table(done["summary"]))
     print(f"wrote {done['paths']['md']}")
     return 0

@@ -167,10 +167,6 @@ def _usual_permissions(root: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    return read_json_object(path) if path.is_file() else None
-
-
 def export_run(
     run_dir: str | Path,
     out: str | Path | None = None,
@@ -187,7 +183,7 @@ def export_run(
     version_dir = check_output_dir(out / str(version), "export folder")
     if version_dir.exists() and not overwrite:  # checked before the (slow) model load
         raise KerasDigitsError(f"{version_dir} already exists; pass --overwrite or another --version")
-    dataset = _read_json(run_dir / "dataset.json")
+    dataset = read_json_object(run_dir / "dataset.json") if (run_dir / "dataset.json").is_file() else None
     from keras_digits.evaluate import load_run
 
     config, model = load_run(run_dir)

@@ -125,15 +125,23 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
-def read_json_object(path: str | os.PathLike, what: str = "") -> dict[str, Any]:
-    """Read a JSON file that must hold an object; bad JSON is a KerasDigitsError naming the file."""
+def read_json_object(path: str | os.PathLike, what: str = "", lenient: bool = False) -> dict[str, Any]:
+    """Read a JSON file that must hold an object; bad JSON is a KerasDigitsError naming the file.
+    `lenient`: a missing, unreadable or malformed file reads as {} (bookkeeping files another process
+    may be rewriting)."""
     from keras_digits.errors import KerasDigitsError
 
     label = f"{what} {path}".strip()
     try:
         data = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:
+        if lenient:
+            return {}
+        if isinstance(exc, OSError):
+            raise
         raise KerasDigitsError(f"{label} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) and lenient:
+        return {}
     if not isinstance(data, dict):
         raise KerasDigitsError(f"{label} must hold a JSON object")
     return data

@@ -255,6 +255,13 @@ class Progress:
         self.stream.flush()
 
 
+def make_progress(total: int, wanted: bool | None = None, label: str = "predict") -> Progress | None:
+    """A progress line when asked (`wanted`), or by default when stderr is a terminal and there are at
+    least PROGRESS_MIN_FILES files; None otherwise."""
+    show = wanted if wanted is not None else (sys.stderr.isatty() and total >= PROGRESS_MIN_FILES)
+    return Progress(total, label=label) if show and total else None
+
+
 def format_row(pred: Prediction, k: int) -> list[str]:
     """One CSV row in CSV_COLUMNS order."""
     top = ";".join(f"{cid}:{p:.4f}" for cid, p in pred.top_k(k))
@@ -311,11 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"skipped {path}: {reason}", file=sys.stderr)
 
     progress = None
-    show = args.progress if args.progress is not None else (sys.stderr.isatty() and len(files) >= PROGRESS_MIN_FILES)
     for path, reason in skipped:
         on_error(path, reason)
-    if show and files:
-        progress = Progress(len(files))
+    progress = make_progress(len(files), args.progress)
     preds = predictor.predict_files(files, args.batch_size, on_error=on_error, progress=progress)
     try:
         if args.out:

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from keras_digits.config import TrainConfig
+from keras_digits.config import TrainConfig, comparable
 from keras_digits.errors import KerasDigitsError, TrainingDiverged
 from keras_digits.io import read_json_object, write_json
 
@@ -43,10 +43,7 @@ def same_config(run_dir: Path, cfg: TrainConfig) -> bool:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         return False
-    old, new = read_json_object(path), cfg.to_dict()
-    old.pop("verbose", None)
-    new.pop("verbose", None)
-    return old == new
+    return comparable(read_json_object(path)) == comparable(cfg.to_dict())
 
 
 def default_run_dir(cfg: TrainConfig, root: Path = RUNS_DIR) -> Path:

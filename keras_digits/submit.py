@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from keras_digits.data.folder import list_images
-    from keras_digits.predict import Predictor, Progress, PROGRESS_MIN_FILES
+    from keras_digits.predict import Predictor, make_progress
 
     args = build_parser().parse_args(argv)
     if args.id_width < 0:
@@ -115,8 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         submission_id(path.stem, args.format, args.id_width)
     predictor = Predictor(args.model)
     failed: list[str] = []
-    progress = Progress(len(files), label="submit") if sys.stderr.isatty() and len(files) >= PROGRESS_MIN_FILES \
-        else None
+    progress = make_progress(len(files), label="submit")
     try:
         preds = list(predictor.predict_files(files, args.batch_size,
                                              on_error=lambda p, why: failed.append(f"{p}: {why}"),

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -13,18 +10,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from keras_digits.cli import fraction, positive_float, positive_int, quiet_tensorflow, run_cli
-from keras_digits.config import (
-    BALANCES, NORMALIZES, OPTIMIZERS, SCHEDULES, STRATEGIES, TrainConfig, load_config_file,
-)
+from keras_digits.cli import quiet_tensorflow, run_cli
+from keras_digits.config import TrainConfig
+from keras_digits.flags import FILES, add_train_flags, config_from_args  # noqa: F401  (config_from_args: API)
 from keras_digits.callbacks import (  # noqa: F401  (schedule_* re-exported: train is where users look)
-    BACKUP, FINE_TUNE_BACKUP, diverged_at, make_callbacks, schedule_callbacks, schedule_lr,
+    FINE_TUNE_BACKUP, diverged_at, make_callbacks, schedule_callbacks, schedule_lr,
 )
 from keras_digits.errors import KerasDigitsError, TrainingDiverged
 from keras_digits.io import atomic_path, check_output_dir, clean_stale_temps, read_json_object, replace_dir, write_json
 from keras_digits.lock import hold
 from keras_digits.rundir import (  # noqa: F401  (default_run_dir re-exported for the CLI and tests)
-    RUNS_DIR, default_run_dir, divergence_text, prepare_run_dir, record_divergence, staging_dir,
+    default_run_dir, divergence_text, prepare_run_dir, record_divergence, staging_dir,
 )
 
 PHASE_ONE = "phase1.weights.h5", "phase1.json"  # the model after phase one, while phase two runs
@@ -73,8 +69,8 @@ def setup_runtime(cfg: TrainConfig) -> None:
 def build_for(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int, input_stats=None):
     """Build the configured model (weights, freezing, --normalize layer, float32 output under mixed
     precision) for a dataset's input shape; `input_stats` is `Pipelines.input_stats`."""
-    from keras_digits.data.datasets import add_input_normalization, normalization_stats
     from keras_digits.models import build_model, model_info
+    from keras_digits.models.normalize import add_input_normalization, imagenet_stats
     from keras_digits.strategy import float32_outputs
 
     kwargs: dict[str, Any] = dict(cfg.model_kwargs)
@@ -95,7 +91,7 @@ def build_for(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int, 
         if input_stats is None and cfg.normalize == "dataset":
             raise KerasDigitsError("--normalize dataset needs the training split's statistics: "
                                    "build_for(..., input_stats=make_datasets(cfg, bundle).input_stats)")
-        stats = input_stats or normalization_stats(cfg.normalize, channels=input_shape[-1])
+        stats = input_stats if cfg.normalize == "dataset" else imagenet_stats(input_shape[-1])
         model = add_input_normalization(model, stats)
     return float32_outputs(model)
 
@@ -294,85 +290,18 @@ def check_fits_in_memory(cfg: TrainConfig) -> None:
 
 
 # ---------------------------------------------------------------------------- CLI
-def _bool_flag(p, name: str, help: str) -> None:
-    p.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction,
-                   default=argparse.SUPPRESS, help=help)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The train CLI; every option defaults to TrainConfig's value (config file < flags)."""
-    from keras_digits.augment import SPEC_HELP as AUGMENT_HELP
-    from keras_digits.data import list_datasets
-    from keras_digits.models import list_models
-
-    d = TrainConfig()
-    S = argparse.SUPPRESS
+    """The train CLI: the shared training flags (keras_digits.flags) plus --run-dir and --overwrite."""
     p = argparse.ArgumentParser(
         prog="python -m keras_digits.train",
         description="Train and evaluate an image classifier; writes config, history, best model, "
                     "TensorBoard logs, metrics and plots into a run directory.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    g = p.add_argument_group("what to train")
-    g.add_argument("--arch", default=S, help=f"architecture ({d.arch}); one of: {', '.join(list_models())}")
-    g.add_argument("--dataset", default=S, help=f"dataset ({d.dataset}); one of: {', '.join(list_datasets())}")
-    g.add_argument("--data-dir", default=S, help="folder holding the dataset's standard file(s) "
-                   "(default $KERAS_DIGITS_DATA, then library caches, then download)")
-    g.add_argument("--image-size", type=positive_int, default=S, help="working resolution (default: per arch)")
-    g.add_argument("--val-split", type=fraction, default=S,
-                   help=f"validation fraction carved from train where no official split exists ({d.val_split})")
-    g.add_argument("--max-train-samples", type=positive_int, default=S, help="stratified training subset (quick runs)")
-    g.add_argument("--model-kwargs", type=json.loads, default=S,
-                   help='JSON object of architecture options, e.g. \'{"batch_norm": false}\'')
-    g = p.add_argument_group("how to train")
-    g.add_argument("--epochs", type=positive_int, default=S, help=f"maximum epochs ({d.epochs})")
-    g.add_argument("--batch-size", type=positive_int, default=S, help=f"batch size ({d.batch_size})")
-    g.add_argument("--lr", type=positive_float, default=S, help=f"learning rate ({d.lr})")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=S, help=f"optimizer ({d.optimizer})")
-    g.add_argument("--momentum", type=float, default=S, help=f"SGD momentum ({d.momentum})")
-    g.add_argument("--weight-decay", type=float, default=S, help=f"weight decay ({d.weight_decay})")
-    g.add_argument("--schedule", choices=SCHEDULES, default=S, help=f"learning-rate schedule ({d.schedule})")
-    g.add_argument("--warmup-epochs", type=int, default=S, help=f"cosine warm-up epochs ({d.warmup_epochs})")
-    g.add_argument("--patience", type=int, default=S, help=f"early-stopping patience in epochs ({d.patience})")
-    _bool_flag(p, "early-stopping", f"stop when val accuracy stalls ({d.early_stopping})")
-    g.add_argument("--balance", choices=BALANCES, default=S, help=f"class balancing ({d.balance})")
-    g.add_argument("--augment", default=S, help=f"{AUGMENT_HELP} ({d.augment})")
-    g.add_argument("--normalize", choices=NORMALIZES, default=S, help=f"input normalisation ({d.normalize})")
-    g.add_argument("--weights", default=S, help="none | imagenet | PATH (pretrained families)")
-    _bool_flag(p, "freeze-base", "train the head with the pretrained base frozen")
-    g.add_argument("--fine-tune-at", type=int, default=S,
-                   help="two phases: --epochs with the base frozen, then unfreeze base layers from N on")
-    g.add_argument("--fine-tune-epochs", type=positive_int, default=S, help="epochs of the second phase (--epochs)")
-    g.add_argument("--fine-tune-lr-factor", type=positive_float, default=S,
-                   help=f"second-phase learning rate = lr x this ({d.fine_tune_lr_factor})")
-    g = p.add_argument_group("runtime")
-    g.add_argument("--seed", type=int, default=S, help=f"random seed ({d.seed})")
-    _bool_flag(p, "deterministic", "TF op determinism: identical metrics for one seed on CPU")
-    _bool_flag(p, "mixed-precision", "mixed_float16 on GPU")
-    g.add_argument("--strategy", choices=STRATEGIES, default=S, help=f"distribution strategy ({d.strategy})")
-    _bool_flag(p, "jit-compile", f"XLA compilation ({d.jit_compile}; slower on CPU)")
-    _bool_flag(p, "evaluate-test", "score the test split at the end")
-    g.add_argument("--verbose", type=int, choices=(0, 1, 2), default=S, help="Keras fit verbosity (1 = progress bar)")
-    g = p.add_argument_group("files")
-    g.add_argument("--config", default=S, help="JSON file of options (a run's config.json or best_config.json); "
-                   "flags given on the command line win")
-    g.add_argument("--run-dir", default=S, help="output folder (default runs/<dataset>-<arch>-s<seed>)")
-    g.add_argument("--overwrite", action="store_true", help="replace a finished run in --run-dir")
+    groups = add_train_flags(p)
+    groups[FILES].add_argument("--run-dir", default=argparse.SUPPRESS,
+                               help="output folder (default: runs/<dataset>-<arch>-s<seed>)")
+    groups[FILES].add_argument("--overwrite", action="store_true", help="replace a finished run in --run-dir")
     return p
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Defaults < config file < flags."""
-    given = vars(args).copy()
-    data: dict[str, Any] = {}
-    if "config" in given:
-        data.update(load_config_file(given.pop("config")))
-    given.pop("run_dir", None)
-    given.pop("overwrite", None)
-    data.update(given)
-    if "model_kwargs" in data and not isinstance(data["model_kwargs"], dict):
-        raise KerasDigitsError("--model-kwargs must be a JSON object")
-    return TrainConfig.from_dict(data)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

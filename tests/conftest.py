@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -67,3 +68,51 @@ def pathmnist_dir(tmp_path) -> Path:
         arrays[f"{split}_labels"] = y.reshape(-1, 1)
     np.savez_compressed(tmp_path / "pathmnist.npz", **arrays)
     return tmp_path
+
+
+# ---------------------------------------------------------------------------- a tiny exported model
+def build_tiny_export(base: Path) -> dict[str, Path]:
+    """Train a tiny simple_cnn_v1 run on a learnable mnist.npz and export it to base/saved_models/tiny/1.
+
+    Done once per test session (both export and predict tests use it): the result is kept under `base`."""
+    paths = {"data": base / "data", "run": base / "run", "models": base / "saved_models" / "tiny"}
+    paths["model"] = paths["models"] / "1"
+    if (base / "done").exists():
+        return paths
+    if base.exists():
+        shutil.rmtree(base)
+    paths["data"].mkdir(parents=True)
+    x_tr, y_tr = make_images(300, (28, 28), 10, seed=1)
+    x_te, y_te = make_images(100, (28, 28), 10, seed=2)
+    np.savez_compressed(paths["data"] / "mnist.npz", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+    from keras_digits.config import TrainConfig
+    from keras_digits.export import export_run
+    from keras_digits.train import train_and_evaluate
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KERAS_HOME", str(base / "keras_home"))
+        mp.setenv("KERAS_DIGITS_OFFLINE", "1")
+        cfg = TrainConfig(arch="simple_cnn_v1", dataset="mnist", data_dir=str(paths["data"]), epochs=2, verbose=0)
+        train_and_evaluate(cfg, paths["run"])
+        export_run(paths["run"], paths["models"], version=1)
+    (base / "done").write_text("ok\n")
+    return paths
+
+
+def tiny_test_split(paths: dict[str, Path]) -> tuple[np.ndarray, np.ndarray]:
+    """The test split of the tiny run: uint8 (N, 28, 28, 1) images and labels."""
+    with np.load(paths["data"] / "mnist.npz") as d:
+        return d["x_test"][..., None], d["y_test"].astype(int)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    """The tiny exported run (built once per session, see build_tiny_export)."""
+    return build_tiny_export(tmp_path_factory.getbasetemp() / "tiny_export")
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    return lines[0]

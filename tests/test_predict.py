@@ -16,12 +16,7 @@ from PIL import Image
 
 from keras_digits.cli import run_cli
 from keras_digits.errors import KerasDigitsError
-from test_export import build_tiny_export, one_error_line, tiny_test_split
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict[str, Path]:
-    return build_tiny_export(tmp_path_factory.getbasetemp() / "tiny_export")
+from conftest import one_error_line, tiny_test_split
 
 
 @pytest.fixture(scope="module")

@@ -188,7 +188,7 @@ def test_a_second_process_on_a_held_run_dir_gets_one_line_and_exit_2(tmp_path):
 def test_export_sweep_and_tune_targets_are_locked(tmp_path, capsys):
     from keras_digits.export import main as export_main
     from keras_digits.sweep import main as sweep_main
-    from keras_digits.tune import main as tune_main
+    from keras_digits.tune.cli import main as tune_main
 
     foreign = json.dumps({"pid": 1, "host": "elsewhere", "since": "today"})
     (tmp_path / ".sweep.lock").write_text(foreign)
@@ -336,7 +336,7 @@ def test_an_image_size_that_cannot_fit_is_refused(tmp_path, capsys):
 
 
 def test_tune_fixed_values_and_project_names_are_checked(tmp_path, capsys):
-    from keras_digits.tune import main as tune_main
+    from keras_digits.tune.cli import main as tune_main
 
     base = ["--arch", "dense", "--max-trials", "1", "--max-epochs", "1", "--directory", str(tmp_path / "t")]
     assert run_cli(tune_main, [*base, "--fixed", "lr=abc"]) == 2

@@ -178,7 +178,7 @@ def test_skewed_training_split_is_long_tailed():
     "rotate", "rotate=0.3", "rot90=0.5", "zoom=:0.2", "brightness=1:0.5,shear=0:0.1",
 ])
 def test_augment_spec_parses(spec):
-    from keras_digits.augment import parse_spec
+    from keras_digits.data.augment import parse_spec
 
     ops = parse_spec(spec)
     assert [o.name for o in ops] == [p.split("=")[0] for p in spec.split(",")]
@@ -186,7 +186,7 @@ def test_augment_spec_parses(spec):
 
 
 def test_augment_spec_defaults():
-    from keras_digits.augment import DEFAULT_PROB, parse_spec
+    from keras_digits.data.augment import DEFAULT_PROB, parse_spec
 
     (op,) = parse_spec("rotate")
     assert op.prob == DEFAULT_PROB == 0.1 and op.param == 10.0
@@ -201,7 +201,7 @@ def test_augment_spec_defaults():
     ("zoom=0.1:0", "parameter"),
 ])
 def test_bad_augment_spec_is_one_clear_line(spec, words):
-    from keras_digits.augment import make_augment
+    from keras_digits.data.augment import make_augment
 
     with pytest.raises(KerasDigitsError) as err:
         make_augment(spec, "mnist")
@@ -209,7 +209,7 @@ def test_bad_augment_spec_is_one_clear_line(spec, words):
 
 
 def test_colour_ops_refuse_greyscale():
-    from keras_digits.augment import make_augment
+    from keras_digits.data.augment import make_augment
 
     with pytest.raises(KerasDigitsError, match="RGB"):
         make_augment("hue=0.5:0.1", "mnist", channels=1)
@@ -217,7 +217,7 @@ def test_colour_ops_refuse_greyscale():
 
 
 def test_presets_are_dataset_safe():
-    from keras_digits.augment import AUGMENTS, make_augment, parse_spec, resolve_spec
+    from keras_digits.data.augment import AUGMENTS, make_augment, parse_spec, resolve_spec
 
     for dataset in ("mnist", "digits", "svhn", "folder", "some_new_set"):
         for preset in ("light", "strong"):
@@ -260,7 +260,7 @@ def test_validation_never_augmented_training_is(mnist_like_dir):
 def test_augment_probability_is_per_image():
     import tensorflow as tf
 
-    from keras_digits.augment import augment_dataset, make_augment
+    from keras_digits.data.augment import augment_dataset, make_augment
 
     x = np.tile(np.arange(64, dtype=np.uint8).reshape(1, 8, 8, 1) * 3, (2000, 1, 1, 1))
     ds = tf.data.Dataset.from_tensors((x, np.zeros(2000, np.int32)))
@@ -298,9 +298,12 @@ def test_normalization_stats_from_training_split_only():
     x = bundle.train[0].astype(np.float64) / 255
     assert stats[0] == pytest.approx((x.mean(),)) and stats[1] == pytest.approx((x.std(),))
     assert make_datasets(TrainConfig(), bundle).input_stats is None
-    rgb = normalization_stats("imagenet", np.zeros((1, 4, 4, 3), np.uint8))
+    from keras_digits.models.normalize import imagenet_stats
+
+    assert normalization_stats("imagenet", bundle.train[0]) is None  # the model's constants, not the data's
+    rgb = imagenet_stats(3)
     assert rgb[0] == pytest.approx((0.485, 0.456, 0.406))
-    grey = normalization_stats("imagenet", np.zeros((1, 4, 4, 1), np.uint8))
+    grey = imagenet_stats(1)
     assert len(grey[0]) == 1 and grey[0][0] == pytest.approx(np.mean((0.485, 0.456, 0.406)))
     chunked = normalization_stats("dataset", bundle.train[0], chunk=7)
     assert chunked[0] == pytest.approx(stats[0]) and chunked[1] == pytest.approx(stats[1])
@@ -309,7 +312,7 @@ def test_normalization_stats_from_training_split_only():
 def test_normalization_layer_standardises_raw_pixels():
     import keras
 
-    from keras_digits.data.datasets import add_input_normalization
+    from keras_digits.models.normalize import add_input_normalization
     from keras_digits.models import build_model
 
     model = build_model("dense", (8, 8, 1), 3)

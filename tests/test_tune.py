@@ -16,7 +16,7 @@ import pytest
 
 kt = pytest.importorskip("keras_tuner")
 
-from keras_digits import tune  # noqa: E402
+from keras_digits.tune import cli as tune_cli, space as tune_space  # noqa: E402
 from keras_digits.cli import run_cli  # noqa: E402
 from keras_digits.config import TrainConfig, load_config_file  # noqa: E402
 from keras_digits.models import model_info  # noqa: E402
@@ -76,7 +76,7 @@ def test_declared_space_defaults_are_builder_defaults(arch):
 def test_trial_config_defaults_are_train_defaults():
     base = TrainConfig(arch="simple_cnn", dataset="digits", epochs=3)
     hp = kt.HyperParameters()
-    cfg = tune.trial_config(base, hp)
+    cfg = tune_space.trial_config(base, hp)
     d = TrainConfig()
     for name in ("batch_size", "optimizer", "lr", "schedule", "augment", "balance"):
         assert getattr(cfg, name) == getattr(d, name), name
@@ -87,14 +87,14 @@ def test_trial_config_defaults_are_train_defaults():
         "model/conv_dropout", "model/dense_dropout"}
     # values already on hp are read back, not redrawn
     hp.values["lr"], hp.values["model/base_filters"] = 0.005, 16
-    cfg = tune.trial_config(base, hp)
+    cfg = tune_space.trial_config(base, hp)
     assert cfg.lr == 0.005 and list(cfg.model_kwargs["filters"]) == [16, 32, 64]
 
 
 @pytest.mark.parametrize("arch", ["alexnet", "resnet18", "resnet_cifar", "cifar_cnn", "vgg16"])
 def test_generic_space_for_undeclared_archs(arch):
     hp = kt.HyperParameters()
-    kwargs = tune.generic_space(arch)(hp)
+    kwargs = tune_space.generic_space(arch)(hp)
     defaults = builder_defaults(arch)
     assert set(kwargs) <= {"width", "dropout", "batch_norm"} & set(defaults)
     assert {k: defaults[k] for k in kwargs} == kwargs  # defaults map to the builder's defaults
@@ -102,11 +102,11 @@ def test_generic_space_for_undeclared_archs(arch):
 
 def test_generic_space_values():
     hp = kt.HyperParameters()
-    tune.generic_space("resnet18")(hp)
+    tune_space.generic_space("resnet18")(hp)
     assert hp.values == {"width": 64}
     assert hp.space[0].values == [32, 64]
     hp = kt.HyperParameters()
-    tune.generic_space("alexnet")(hp)
+    tune_space.generic_space("alexnet")(hp)
     assert set(hp.values) == {"width", "dropout", "batch_norm"}
 
 
@@ -121,7 +121,7 @@ def test_generic_space_values():
     (["--fixed", "nope=3"], "no hyperparameter nope"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, needle):
-    code = run_cli(tune.main, ["--directory", str(tmp_path), *args])
+    code = run_cli(tune_cli.main, ["--directory", str(tmp_path), *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0]
@@ -152,12 +152,12 @@ def resumed_search(tmp_path_factory):
     project = root / "p"
     saved = {k: os.environ.pop(k) for k in DIST_ENV if k in os.environ}
     try:
-        assert run_cli(tune.main, [*args, "--max-trials", "2"]) == 0
+        assert run_cli(tune_cli.main, [*args, "--max-trials", "2"]) == 0
         first = {name: (t["status"], t["hyperparameters"]["values"], t["score"])
                  for name, t in read_trials(project).items()}
         first_info = {p.parent.name: p.read_text() for p in project.glob("trial_*/run_info.json")}
         first_ckpt = {p.parent.name: p.stat().st_mtime_ns for p in project.glob("trial_*/checkpoint*")}
-        assert run_cli(tune.main, [*args, "--max-trials", "3"]) == 0
+        assert run_cli(tune_cli.main, [*args, "--max-trials", "3"]) == 0
     finally:
         os.environ.update(saved)
     return {"root": root, "project": project, "args": args, "first": first, "first_info": first_info,
@@ -238,13 +238,13 @@ def test_tensorboard_hparams_logged(resumed_search):
 
 def test_changed_search_is_refused(resumed_search, capsys):
     args = [a if a != "simple_cnn" else "dense" for a in resumed_search["args"]]
-    assert run_cli(tune.main, [*args, "--max-trials", "3"]) == 2
+    assert run_cli(tune_cli.main, [*args, "--max-trials", "3"]) == 2
     assert "holds a search with arch='simple_cnn'" in capsys.readouterr().err
 
 
 def test_retrain_best(resumed_search, tmp_path):
     run_dir = tmp_path / "tuned"
-    assert run_cli(tune.main, [*resumed_search["args"], "--max-trials", "3", "--retrain-best",
+    assert run_cli(tune_cli.main, [*resumed_search["args"], "--max-trials", "3", "--retrain-best",
                                "--run-dir", str(run_dir)]) == 0
     assert len(read_trials(resumed_search["project"])) == 3  # the search was complete: no new trial
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -261,7 +261,7 @@ def test_other_tuners(tmp_path, kind):
             "--fixed", "augment=none"]
     if kind == "hyperband":
         args[args.index("--max-epochs") + 1] = "2"
-    assert run_cli(tune.main, args) == 0
+    assert run_cli(tune_cli.main, args) == 0
     project = tmp_path / f"digits-dense-{kind}"
     trials = read_trials(project)
     assert len(trials) == 3 and all(t["status"] == "COMPLETED" for t in trials.values())

@@ -48,7 +48,7 @@ def balanced_pipeline(
     """Class-balanced training batches of (uint8 images, int32 labels); see the module docstring."""
     import tensorflow as tf
 
-    from keras_digits.augment import augment_dataset
+    from keras_digits.data.augment import augment_dataset
 
     y = np.asarray(y).astype(np.int64).ravel()
     classes = [int(c) for c in np.unique(y)]

@@ -13,9 +13,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from keras_digits.errors import KerasDigitsError
+from keras_digits.offline import OFFLINE_ENV, offline  # noqa: F401  (the loaders import it from here)
 
 DATA_ENV = "KERAS_DIGITS_DATA"
-OFFLINE_ENV = "KERAS_DIGITS_OFFLINE"
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
@@ -60,11 +60,6 @@ def data_dir_from(arg: str | os.PathLike | None) -> Path | None:
     if not path.is_dir():
         raise KerasDigitsError(f"data directory is not a folder: {path}")
     return path
-
-
-def offline() -> bool:
-    """True when downloads are switched off ($KERAS_DIGITS_OFFLINE=1)."""
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def keras_cache_dir() -> Path:

@@ -1,5 +1,5 @@
 """tf.data pipelines from uint8 arrays: index shuffling and batched gathers (augmentation is added on
-top by keras_digits.augment.augment_dataset, class balancing by keras_digits.data.balance)."""
+top by keras_digits.data.augment.augment_dataset, class balancing by keras_digits.data.balance)."""
 
 from __future__ import annotations
 

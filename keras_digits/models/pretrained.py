@@ -77,7 +77,7 @@ def keras_cache_dirs() -> list[str]:
 
 def resolve_imagenet_weights(app_name: str, weights_file_name: str) -> str:
     """Path of Keras's cached ImageNet weights file for `app_name`; download only when allowed."""
-    from keras_digits.data.base import offline  # lazily: the data package loads scikit-learn
+    from keras_digits.offline import offline
 
     dirs = keras_cache_dirs()
     for d in dirs:

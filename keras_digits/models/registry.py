@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from keras_digits.errors import KerasDigitsError
@@ -24,7 +24,6 @@ class ModelInfo:
     channels: int | None = None  # 3: needs RGB (grey inputs are repeated); None: any
     pretrained: bool = False  # accepts --weights imagenet
     search_space: Callable[..., dict[str, Any]] | None = None  # hp -> builder kwargs (tuner)
-    defaults: dict[str, Any] = field(default_factory=dict)
 
     def kwargs_accepted(self) -> set[str]:
         """Keyword arguments the builder takes."""
@@ -98,7 +97,7 @@ def resolve_image_size(name: str, input_shape: tuple[int, ...], image_size: int 
     return size
 
 
-def _kind_ok(default: Any, value: Any) -> tuple[bool, str]:
+def kind_matches(default: Any, value: Any) -> tuple[bool, str]:
     """Whether `value` has the type of a builder default, and that type in words."""
     if isinstance(default, bool):
         return isinstance(value, bool), "true or false"
@@ -110,8 +109,8 @@ def _kind_ok(default: Any, value: Any) -> tuple[bool, str]:
     if isinstance(default, str):
         return isinstance(value, str), "a string"
     if isinstance(default, (tuple, list)) and default:
-        ok = isinstance(value, (list, tuple)) and len(value) > 0 and all(_kind_ok(default[0], v)[0] for v in value)
-        return ok, f"a non-empty list of {_kind_ok(default[0], default[0])[1].removeprefix('a ')}s"
+        ok = isinstance(value, (list, tuple)) and len(value) > 0 and all(kind_matches(default[0], v)[0] for v in value)
+        return ok, f"a non-empty list of {kind_matches(default[0], default[0])[1].removeprefix('a ')}s"
     return True, "any value"
 
 
@@ -123,7 +122,7 @@ def check_kwarg_types(info: ModelInfo, kwargs: dict[str, Any]) -> None:
         param = params.get(key)
         if param is None or param.default is inspect.Parameter.empty or param.default is None:
             continue
-        ok, wanted = _kind_ok(param.default, value)
+        ok, wanted = kind_matches(param.default, value)
         if not ok:
             raise KerasDigitsError(f"{info.name} option {key!r} must be {wanted}, got {value!r} ({type(value).__name__})")
 

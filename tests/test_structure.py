@@ -1,0 +1,97 @@
+"""The layout keeps the architecture visible: data and models do not import each other, modules stay
+small, KerasTuner internals stay in one module, and every command that trains takes the same flags."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+PACKAGE = REPO / "keras_digits"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at the top or inside functions."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("layer,other", [("data", "models"), ("models", "data")])
+def test_data_and_models_do_not_import_each_other(layer, other):
+    for path in sorted((PACKAGE / layer).rglob("*.py")):
+        bad = sorted(m for m in imported_modules(path) if m == f"keras_digits.{other}"
+                     or m.startswith(f"keras_digits.{other}.") or m == f"keras_digits.{other}")
+        assert not bad, f"{path.relative_to(REPO)} imports {bad}"
+
+
+def test_modules_stay_small():
+    big = {str(p.relative_to(REPO)): n for p in PACKAGE.rglob("*.py")
+           if (n := len(p.read_text().splitlines())) > 400}
+    assert not big, f"modules over 400 lines: {big}"
+
+
+def test_only_tune_distributed_touches_keras_tuner_internals():
+    users = sorted(str(p.relative_to(REPO)) for p in PACKAGE.rglob("*.py")
+                   if any(m.startswith("keras_tuner.src") for m in imported_modules(p)))
+    assert users == ["keras_digits/tune/distributed.py"]
+
+
+def _help(module: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _parsers():
+    from keras_digits.experiment import build_parser as experiment
+    from keras_digits.sweep import build_parser as sweep
+    from keras_digits.train import build_parser as train
+    from keras_digits.tune.cli import build_parser as tune
+
+    return {"train": train(), "tune": tune(), "sweep": sweep(), "experiment": experiment()}
+
+
+def test_every_command_that_trains_lists_the_same_training_flags():
+    from keras_digits.flags import FLAGS
+
+    seen: dict[str, dict[str, str]] = {}
+    for name, parser in _parsers().items():
+        options = [o for a in parser._actions for o in a.option_strings]
+        assert len(options) == len(set(options)), f"{name} lists a flag twice"
+        helps = {o: a.help for a in parser._actions for o in a.option_strings}
+        for flag in FLAGS:
+            assert flag.option in helps, f"{name} lacks {flag.option}"
+        assert "--config" in helps
+        seen[name] = {flag.option: helps[flag.option] for flag in FLAGS}
+    assert seen["tune"] == seen["train"] == seen["sweep"] == seen["experiment"]  # same help, same default
+    assert "(default: 15)" in seen["train"]["--epochs"] and "(default: 0.001)" in seen["train"]["--lr"]
+    for module in ("keras_digits.train", "keras_digits.tune", "keras_digits.sweep", "keras_digits.experiment"):
+        assert "--val-split" in _help(module)
+
+
+def test_boolean_flags_sit_in_their_groups():
+    text = _help("keras_digits.train")
+    groups = re.split(r"\n(?=[a-z ]+:\n)", text)
+    runtime = next(g for g in groups if g.startswith("runtime:"))
+    how = next(g for g in groups if g.startswith("how to train:"))
+    assert "--deterministic" in runtime and "--jit-compile" in runtime and "--evaluate-test" in runtime
+    assert "--early-stopping" in how and "--freeze-base" in how
+
+
+def test_importing_the_tune_package_starts_no_tensorflow():
+    code = "import sys, keras_digits.tune; print('tensorflow' in sys.modules, 'keras_tuner' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.stdout.split() == ["False", "False"], proc.stderr
