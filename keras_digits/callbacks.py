@@ -1,5 +1,6 @@
 """The Keras callbacks of a training run: learning-rate schedules, the atomic best-model checkpoint, the
-learning-rate log, the divergence guard, and `make_callbacks`, which puts them together."""
+learning-rate log, the divergence guard, the per-epoch random state, resumable early stopping, and
+`make_callbacks`, which puts them together."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from keras_digits.finite import model_is_finite
 from keras_digits.io import atomic_path
 
 BACKUP, FINE_TUNE_BACKUP = "backup", "backup-fine-tune"  # BackupAndRestore folders of the two phases
+SEED_STRIDE = 2 ** 20  # epoch e's Dropout (SeedGenerator) draws start at counter e x SEED_STRIDE
 
 
 # ---------------------------------------------------------------------------- schedules
@@ -129,6 +131,97 @@ def _divergence_guard_cls():
     return DivergenceGuard
 
 
+def _epoch_random_state_cls():
+    import keras
+
+    class EpochRandomState(keras.callbacks.Callback):
+        """Make epoch e's randomness a function of (seed, e), so that a run resumed in a new process
+        draws what the uninterrupted run would have drawn.
+
+        BackupAndRestore restores weights (BatchNorm statistics included), optimizer state and the
+        epoch number, but not the random state: a tf.data shuffle's reshuffling and every Keras
+        SeedGenerator (Dropout masks) restart with the process, so the first resumed epoch replayed
+        epoch 0's batches with epoch 0's masks, which the weights had already fitted (training
+        accuracy ~1, then a worse epoch). At the start of each epoch this sets the pipelines'
+        epoch variable (`Pipelines.epoch`: order, resampling, augmentation) and restarts every
+        SeedGenerator of the model at counter epoch x SEED_STRIDE (its seed part is fixed at build)."""
+
+        def __init__(self, epoch_var=None):
+            super().__init__()
+            self.epoch_var = epoch_var
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if self.epoch_var is not None:
+                self.epoch_var.assign(epoch)
+            for v in self.model.variables:
+                if v.name == "seed_generator_state":  # Keras SeedGenerator: [seed, counter]
+                    seed = int(keras.ops.convert_to_numpy(v)[0])
+                    v.assign(np.array([seed, epoch * SEED_STRIDE], dtype=v.dtype))
+
+    return EpochRandomState
+
+
+def _early_stopping_cls():
+    import keras
+
+    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+        """EarlyStopping whose best value, best epoch and patience count survive a restart: replayed
+        from this fit's history.csv rows (epoch >= `first_epoch`), the best weights from best.keras."""
+
+        def __init__(self, run_dir: Path, first_epoch: int = 0, **kwargs):
+            super().__init__(**kwargs)
+            self.run_dir, self.first_epoch = Path(run_dir), first_epoch
+
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            path = self.run_dir / "history.csv"  # CSVLogger, earlier in the list, has truncated it if fresh
+            if not path.exists():
+                return
+            from keras_digits.report import read_history
+
+            history = read_history(path)
+            rows = [(int(e), v) for e, v in zip(history.get("epoch", []), history.get(self.monitor, []))
+                    if e >= self.first_epoch and np.isfinite(v)]
+            if not rows:
+                return
+            if self.monitor_op is None:
+                self._set_monitor_op()
+            for epoch, value in rows:  # EarlyStopping.on_epoch_end's bookkeeping
+                self.wait += 1
+                if self._is_improvement(value, self.best):
+                    self.best, self.best_epoch = value, epoch
+                    if self.baseline is None or self._is_improvement(value, self.baseline):
+                        self.wait = 0
+            best = self.run_dir / "best.keras"
+            if self.restore_best_weights and best.exists():
+                self.best_weights = keras.saving.load_model(best, compile=False).get_weights()
+
+    return ResumableEarlyStopping
+
+
+def _training_ended_cls():
+    import time
+
+    import keras
+
+    from keras_digits.io import write_json
+
+    class TrainingEnded(keras.callbacks.Callback):
+        """Write `path` (train.TRAINED) when the last fit of a run ends without diverging. It sits
+        before BackupAndRestore, whose on_train_end deletes the backup: with the marker written only
+        after fit returned, a kill in between left neither, and the rerun trained from scratch."""
+
+        def __init__(self, path: Path, guard):
+            super().__init__()
+            self.path, self.guard = Path(path), guard
+
+        def on_train_end(self, logs=None):
+            if self.guard.diverged is None:
+                write_json(self.path, {"ended": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+    return TrainingEnded
+
+
 def diverged_at(callbacks: list) -> dict[str, Any] | None:
     """Where the run's DivergenceGuard stopped it, or None."""
     for cb in callbacks:
@@ -137,9 +230,13 @@ def diverged_at(callbacks: list) -> dict[str, Any] | None:
     return None
 
 
-def make_callbacks(cfg: TrainConfig, run_dir: Path, resuming: bool, backup: str = BACKUP) -> list:
-    """Divergence guard, backup/restore, best-model checkpoint, CSV log, TensorBoard, early stopping,
-    schedule (in that order: the guard sees every batch first, the log sees the learning rate)."""
+def make_callbacks(cfg: TrainConfig, run_dir: Path, resuming: bool, backup: str = BACKUP, *,
+                   epoch_var=None, first_epoch: int = 0, ended: Path | None = None) -> list:
+    """Divergence guard, per-epoch random state, backup/restore, best-model checkpoint, CSV log,
+    TensorBoard, early stopping, schedule (in that order: the guard sees every batch first, the log
+    sees the learning rate). `epoch_var`: the training pipelines' `Pipelines.epoch`; `first_epoch`:
+    this fit's first epoch (phase two's), where early stopping starts counting; `ended`: the marker
+    to write when this (the run's last) fit ends."""
     import keras
 
     checkpoint = _atomic_checkpoint_cls()(run_dir / "best.keras", monitor="val_accuracy")
@@ -148,15 +245,18 @@ def make_callbacks(cfg: TrainConfig, run_dir: Path, resuming: bool, backup: str 
 
         seen = [v for v in read_history(run_dir / "history.csv").get("val_accuracy", []) if np.isfinite(v)]
         checkpoint.best = max(seen, default=-np.inf)  # a resumed run keeps its best model unless beaten
+    guard = _divergence_guard_cls()()
     cbs = [
-        _divergence_guard_cls()(),
+        guard,
+        _epoch_random_state_cls()(epoch_var),
         _epoch_log_cls()(),  # before CSVLogger and TensorBoard, so they see its columns
+        *([_training_ended_cls()(ended, guard)] if ended is not None else []),  # before BackupAndRestore
         keras.callbacks.BackupAndRestore(str(run_dir / backup), delete_checkpoint=True),
         checkpoint,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resuming),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), histogram_freq=0, write_graph=False),
     ]
     if cfg.early_stopping and cfg.patience > 0:
-        cbs.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.patience,
-                                                 restore_best_weights=True, verbose=cfg.verbose))
+        cbs.append(_early_stopping_cls()(run_dir, first_epoch, monitor="val_accuracy", mode="max",
+                                         patience=cfg.patience, restore_best_weights=True, verbose=cfg.verbose))
     return cbs + schedule_callbacks(cfg)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -166,7 +165,8 @@ def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, done: int, strategy
         compile_model(model, cfg, lr=lr)
     if cfg.verbose:
         print(f"fine-tuning: {n} base layers from #{cfg.fine_tune_at} unfrozen, lr {lr:g}")
-    callbacks = make_callbacks(cfg, run_dir, resuming=True, backup=FINE_TUNE_BACKUP)  # best so far from history
+    callbacks = make_callbacks(cfg, run_dir, resuming=True, backup=FINE_TUNE_BACKUP,  # best so far from history
+                               epoch_var=pipes.epoch, first_epoch=done, ended=run_dir / TRAINED)
     extra = cfg.fine_tune_epochs or cfg.epochs
     model.fit(pipes.train, initial_epoch=done, epochs=done + extra, callbacks=callbacks, verbose=cfg.verbose,
               **pipes.fit_kwargs())
@@ -182,7 +182,8 @@ def fit_phases(model, cfg: TrainConfig, pipes, run_dir: Path, resuming: bool, st
         return None
     phase_one = load_phase_one(model, run_dir) if cfg.fine_tune_at is not None and resuming else None
     if phase_one is None:
-        callbacks = make_callbacks(cfg, run_dir, resuming)
+        callbacks = make_callbacks(cfg, run_dir, resuming, epoch_var=pipes.epoch,
+                                   ended=run_dir / TRAINED if cfg.fine_tune_at is None else None)
         model.fit(pipes.train, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose, **pipes.fit_kwargs())
         if (where := diverged_at(callbacks)) is not None:
             return where
@@ -195,8 +196,7 @@ def fit_phases(model, cfg: TrainConfig, pipes, run_dir: Path, resuming: bool, st
             return where
         for name in PHASE_ONE:
             (run_dir / name).unlink(missing_ok=True)
-    write_json(run_dir / TRAINED, {"ended": time.strftime("%Y-%m-%d %H:%M:%S")})
-    return None
+    return None  # TRAINED was written by the last fit's TrainingEnded callback
 
 
 def score_run(cfg: TrainConfig, bundle, run_dir: Path) -> dict:
@@ -235,6 +235,7 @@ def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = 
     from keras_digits.data import load_for
     from keras_digits.data.datasets import make_datasets
     from keras_digits.data.fingerprint import dataset_record
+    from keras_digits.data.pipeline import epoch_variable
     from keras_digits.strategy import get_strategy, replicas
 
     final_dir = check_output_dir(Path(run_dir), "run directory")
@@ -244,7 +245,7 @@ def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = 
     bundle = load_for(cfg)
     if transform_data is not None:
         bundle = transform_data(bundle)
-    pipes = make_datasets(cfg, bundle, replicas=replicas(strategy))
+    pipes = make_datasets(cfg, bundle, replicas=replicas(strategy), epoch=epoch_variable())  # see EpochRandomState
     with strategy.scope():
         model = build_for(cfg, bundle.input_shape, bundle.num_classes, pipes.input_stats)  # fails before any file
         compile_model(model, cfg)

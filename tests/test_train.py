@@ -260,3 +260,73 @@ def test_corrupt_run_config_is_clear(digits_run, tmp_path, capsys):
     (broken / "config.json").write_text('{"arch": "simple')
     assert run_cli(eval_main, ["--run", str(broken)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def _digits_args(run: Path, epochs: int = 3) -> list[str]:
+    return ["--arch", "simple_cnn", "--dataset", "digits", "--seed", "1", "--epochs", str(epochs),
+            "--batch-size", "64", "--run-dir", str(run), "--verbose", "0", "--no-early-stopping", "--deterministic"]
+
+
+def test_resumed_run_continues_the_interrupted_one(tmp_path):
+    """A run interrupted mid-epoch and resumed has the uninterrupted run's history, row for row: the
+    resumed epochs get their own data order and Dropout masks, not a replay of epoch 0's (with which
+    the restored weights scored ~100% training accuracy and then fell back)."""
+    import keras
+
+    import keras_digits.train as train_mod
+
+    assert train_main(_digits_args(tmp_path / "whole")) == 0
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 1 and batch == 5:
+                raise RuntimeError("simulated crash")
+
+    run = tmp_path / "resumed"
+    original = train_mod.make_callbacks
+    train_mod.make_callbacks = lambda *a, **k: original(*a, **k) + [Crash()]
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train_main(_digits_args(run))
+    finally:
+        train_mod.make_callbacks = original
+    assert train_main(_digits_args(run)) == 0
+
+    def rows(path: Path) -> list[dict]:  # everything but the wall times
+        import csv
+
+        with open(path, newline="") as fh:
+            return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in csv.DictReader(fh)]
+
+    assert rows(run / "history.csv") == rows(tmp_path / "whole" / "history.csv")
+
+
+def test_run_killed_as_training_ends_is_scored_not_retrained(tmp_path, monkeypatch):
+    """Killed inside fit's end (BackupAndRestore has deleted its backup): the rerun only scores."""
+    import keras
+
+    import keras_digits.train as train_mod
+
+    class Crash(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            raise RuntimeError("killed as training ended")
+
+    run = tmp_path / "run"
+    original = train_mod.make_callbacks
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "make_callbacks", lambda *a, **k: original(*a, **k) + [Crash()])
+        with pytest.raises(RuntimeError, match="as training ended"):
+            train_main(_digits_args(run, epochs=2))
+    assert not (run / "backup").exists() and (run / "trained.json").exists()
+    history = (run / "history.csv").read_text()
+
+    def no_fit(*a, **k):
+        raise AssertionError("retrained a run whose training had ended")
+
+    monkeypatch.setattr(keras.Model, "fit", no_fit)
+    assert train_main(_digits_args(run, epochs=2)) == 0
+    assert (run / "history.csv").read_text() == history
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 2

@@ -299,11 +299,18 @@ def make_augment(spec: str | None, dataset: str, seed: int = 0, *, channels: int
     return augment
 
 
-def augment_dataset(ds, augment: Callable | None, seed: int):
-    """Map `augment` over a dataset of (uint8 images, labels) batches with per-batch stateless seeds."""
+def augment_dataset(ds, augment: Callable | None, seed: int, epoch=None):
+    """Map `augment` over a dataset of (uint8 images, labels) batches with per-batch stateless seeds;
+    with `epoch` (`keras_digits.data.pipeline.epoch_variable`) they are a function of (seed, epoch)."""
     if augment is None:
         return ds
     import tensorflow as tf
 
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    return tf.data.Dataset.zip(ds, seeds).map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    from keras_digits.data.pipeline import per_epoch, seed_stream, with_cardinality
+
+    if epoch is None:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    else:
+        seeds = per_epoch(seed_stream, seed, epoch)
+    out = tf.data.Dataset.zip(ds, seeds).map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return with_cardinality(out, ds.cardinality()) if epoch is not None else out

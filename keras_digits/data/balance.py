@@ -37,6 +37,31 @@ def class_weights(y: np.ndarray, num_classes: int | None = None) -> dict[int, fl
     return {int(c): float(inv[c]) for c in range(k)}
 
 
+def balanced_indices(y: np.ndarray, classes: list[int], total: int, key):
+    """`total` training indices drawn class-balanced with stateless randomness keyed on `key` (an int64
+    tensor): each sample's class uniformly at random, and each class's indices in turns of fresh
+    permutations (the k-th draw of class c is the k-th element of its permutations laid end to end)."""
+    import tensorflow as tf
+
+    from keras_digits.data.pipeline import stateless_key
+
+    k = len(classes)
+    choice = tf.random.stateless_uniform([total], seed=stateless_key(key, 0), minval=0, maxval=k, dtype=tf.int32)
+    order = tf.argsort(choice, stable=True)  # draws grouped by class, in draw order within a class
+    starts = tf.cumsum(tf.math.bincount(choice, minlength=k, maxlength=k), exclusive=True)
+    ranked = tf.range(total, dtype=tf.int32) - tf.gather(starts, tf.gather(choice, order))
+    rank = tf.scatter_nd(order[:, None], ranked, [total])  # the k-th draw of its class
+    streams, offsets, at = [], [], 0
+    for j, c in enumerate(classes):
+        idx = np.flatnonzero(y == c).astype(np.int64)
+        turns = -(-total // len(idx))  # enough permutations for every draw going to this class
+        noise = tf.random.stateless_uniform([turns, len(idx)], seed=stateless_key(key, 1 + j))
+        streams.append(tf.reshape(tf.gather(idx, tf.argsort(noise, axis=1)), [-1]))
+        offsets.append(at)
+        at += turns * len(idx)
+    return tf.gather(tf.concat(streams, axis=0), tf.gather(tf.constant(offsets, tf.int32), choice) + rank)
+
+
 def balanced_pipeline(
     x: np.ndarray,
     y: np.ndarray,
@@ -44,6 +69,7 @@ def balanced_pipeline(
     *,
     seed: int = 0,
     augment: Callable | None = None,
+    epoch=None,
 ):
     """Class-balanced training batches of (uint8 images, int32 labels); see the module docstring."""
     import tensorflow as tf
@@ -57,19 +83,24 @@ def balanced_pipeline(
                                f"images < batch size {batch_size}")
     images = tf.constant(x)
     labels = tf.constant(y.astype(np.int32))
-    streams = []
-    for c in classes:
-        idx = np.flatnonzero(y == c)
-        streams.append(tf.data.Dataset.from_tensor_slices(idx)
-                       .shuffle(len(idx), seed=seed + 1 + c, reshuffle_each_iteration=True).repeat())
-    weights = [1.0 / len(classes)] * len(classes)
-    ds = tf.data.Dataset.sample_from_datasets(streams, weights=weights, seed=seed,
-                                              rerandomize_each_iteration=True)
     steps = len(y) // batch_size
-    ds = ds.batch(batch_size, drop_remainder=True).take(steps)
+    if epoch is None:  # each pass draws anew (the tuner's pipelines)
+        streams = [tf.data.Dataset.from_tensor_slices(np.flatnonzero(y == c))
+                   .shuffle(int((y == c).sum()), seed=seed + 1 + c, reshuffle_each_iteration=True).repeat()
+                   for c in classes]
+        ds = tf.data.Dataset.sample_from_datasets(streams, weights=[1.0 / len(classes)] * len(classes), seed=seed,
+                                                  rerandomize_each_iteration=True)
+    else:  # epoch e's draw is a function of (seed, e): a resumed run continues it
+        from keras_digits.data.pipeline import per_epoch
+
+        ds = per_epoch(lambda key: tf.data.Dataset.from_tensor_slices(
+            balanced_indices(y, classes, steps * batch_size, key)), seed, epoch)
+    from keras_digits.data.pipeline import with_cardinality
+
+    ds = with_cardinality(ds.batch(batch_size, drop_remainder=True).take(steps), steps)
     ds = ds.map(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = augment_dataset(ds, augment, seed)
+    ds = augment_dataset(ds, augment, seed, epoch)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -27,6 +27,7 @@ class Pipelines:
     val: tf.data.Dataset
     class_weight: dict[int, float] | None = None
     input_stats: InputStats | None = None
+    epoch: Any = None  # the tf.Variable `train`'s randomness is keyed on (pipeline.epoch_variable), if any
 
     def fit_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for model.fit."""
@@ -36,10 +37,14 @@ class Pipelines:
         return kw
 
 
-def make_datasets(cfg: Any, bundle: DataBundle, replicas: int = 1) -> Pipelines:
+def make_datasets(cfg: Any, bundle: DataBundle, replicas: int = 1, epoch: Any = None) -> Pipelines:
     """Training batches (shuffled or class-balanced, augmented when asked) and validation batches
     (never augmented, never resampled). `cfg.batch_size` is per replica: with a distribution
-    strategy of `replicas` replicas the pipelines yield global batches of batch_size x replicas."""
+    strategy of `replicas` replicas the pipelines yield global batches of batch_size x replicas.
+
+    With `epoch` (`keras_digits.data.pipeline.epoch_variable()`, set by the caller at each epoch's
+    start) the training order, resampling and augmentation are a function of (seed, epoch), so a
+    resumed run continues them; without it they change with every pass over the dataset."""
     from keras_digits.data.augment import augment_dataset, make_augment
     from keras_digits.data.balance import balanced_pipeline, class_weights
     from keras_digits.data.pipeline import make_pipeline
@@ -51,11 +56,11 @@ def make_datasets(cfg: Any, bundle: DataBundle, replicas: int = 1) -> Pipelines:
     balance = cfg.balance
     weights = None
     if balance == "resample":
-        train = balanced_pipeline(x_tr, y_tr, batch, seed=cfg.seed, augment=augment)
+        train = balanced_pipeline(x_tr, y_tr, batch, seed=cfg.seed, augment=augment, epoch=epoch)
     else:
-        train = make_pipeline(x_tr, y_tr, batch, training=True, seed=cfg.seed)
+        train = make_pipeline(x_tr, y_tr, batch, training=True, seed=cfg.seed, epoch=epoch)
         if augment is not None:
-            train = augment_dataset(train, augment, cfg.seed).prefetch(tf.data.AUTOTUNE)
+            train = augment_dataset(train, augment, cfg.seed, epoch).prefetch(tf.data.AUTOTUNE)
         if balance == "class_weight":
             weights = class_weights(y_tr, bundle.num_classes)
         elif balance not in ("none", "", None):
@@ -65,7 +70,7 @@ def make_datasets(cfg: Any, bundle: DataBundle, replicas: int = 1) -> Pipelines:
     train = train.with_options(options)
     val = make_pipeline(x_va, y_va, max(batch, 256)).with_options(options)
     stats = normalization_stats(cfg.normalize, x_tr)
-    return Pipelines(train=train, val=val, class_weight=weights, input_stats=stats)
+    return Pipelines(train=train, val=val, class_weight=weights, input_stats=stats, epoch=epoch)
 
 
 # ---------------------------------------------------------------------------- input normalisation
