@@ -49,6 +49,12 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except MemoryError:
         print("error: out of memory; lower --batch-size or --image-size", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Exception as exc:  # TensorFlow's out-of-memory (a GPU's, typically) without importing TF here
+        if type(exc).__name__ != "ResourceExhaustedError":
+            raise
+        print("error: out of memory on the device (ResourceExhaustedError); lower --batch-size or --image-size",
+              file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -70,6 +70,14 @@ class TrainConfig:
             raise KerasDigitsError(f"--momentum must be in [0, 1], got {self.momentum}")
         if self.weight_decay < 0:
             raise KerasDigitsError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_epochs < 0:
+            raise KerasDigitsError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        if self.verbose not in (0, 1, 2):
+            raise KerasDigitsError(f"--verbose must be 0, 1 or 2, got {self.verbose}")
+        if self.fine_tune_at is not None and self.fine_tune_at < 0:
+            raise KerasDigitsError(f"--fine-tune-at must be >= 0, got {self.fine_tune_at}")
+        if self.fine_tune_epochs is not None and self.fine_tune_epochs <= 0:
+            raise KerasDigitsError(f"--fine-tune-epochs must be positive, got {self.fine_tune_epochs}")
         if self.patience < 0:
             raise KerasDigitsError(f"--patience must be >= 0, got {self.patience}")
         if not 0 <= self.val_split < 1:

@@ -25,7 +25,7 @@ def ensemble_runs(run_dirs: Sequence[str | Path], split: str = "test", data_dir:
     from keras_digits.config import TrainConfig
     from keras_digits.data import load_for
     from keras_digits.evaluate import check_compatible, classification_metrics, load_run, predict_probs, same_data
-    from keras_digits.io import read_json_object
+    from keras_digits.rundir import dataset_record
 
     if len(run_dirs) < 2:
         raise KerasDigitsError("an ensemble needs at least two --runs")
@@ -37,8 +37,7 @@ def ensemble_runs(run_dirs: Sequence[str | Path], split: str = "test", data_dir:
     datasets = {c.dataset for c in cfgs}
     if len(datasets) != 1:
         raise KerasDigitsError(f"members were trained on different datasets: {', '.join(sorted(datasets))}")
-    records = [read_json_object(Path(d) / "dataset.json") if (Path(d) / "dataset.json").is_file() else {}
-               for d in run_dirs]
+    records = [dataset_record(Path(d)) for d in run_dirs]
     labels = {tuple(r.get("label_names") or ()) for r in records} - {()}
     if len(labels) > 1:
         raise KerasDigitsError("members were trained with different label names: "

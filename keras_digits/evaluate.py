@@ -74,9 +74,10 @@ def evaluate_model(model, x: np.ndarray, y: np.ndarray, label_names: Sequence[st
     return classification_metrics(y, predict_probs(model, x, batch_size), label_names)
 
 
-def load_run(run_dir: str | Path):
-    """(config dict, keras model) of a finished run directory; a diverged run, a missing or corrupt
-    model file and a model with non-finite weights are one clear error each."""
+def load_run(run_dir: str | Path, finished: bool = True):
+    """(config dict, keras model) of a finished run directory (`finished=False`: one whose training
+    ended, being scored); an unfinished or diverged run, a missing or corrupt model file and a model
+    with non-finite weights are one clear error each."""
     from keras_digits.rundir import divergence_text, ended, is_diverged
 
     run_dir = Path(run_dir)
@@ -89,6 +90,9 @@ def load_run(run_dir: str | Path):
     if is_diverged(metrics):
         raise KerasDigitsError(f"{run_dir} diverged at {divergence_text(metrics)} and kept no model; train it again "
                                "with other settings (e.g. a lower --lr)")
+    if finished and metrics is None:
+        raise KerasDigitsError(f"{run_dir} has not finished training (no metrics.json); run its train command again "
+                               "to resume it")
     if not model_path.is_file():
         raise KerasDigitsError(f"{run_dir} has no best.keras (did training finish?)")
     import zipfile
@@ -141,11 +145,14 @@ def same_data(record: dict, bundle, split: str) -> bool:
 
 
 def other_metrics_path(run_dir: Path, bundle) -> Path:
-    """metrics-<dataset>-<folder>.json: where scores on data other than the run's own go."""
+    """metrics-<dataset>-<folder>-<test fingerprint>.json: where scores on data other than the run's own
+    go (the fingerprint keeps two trees whose folders share a name apart)."""
     import re
 
-    folder = Path(bundle.source).name or "data"
-    return run_dir / f"metrics-{bundle.name}-{re.sub(r'[^A-Za-z0-9_.+-]+', '_', folder)}.json"
+    from keras_digits.data.fingerprint import split_fingerprint
+
+    folder = re.sub(r"[^A-Za-z0-9_.+-]+", "_", Path(bundle.source).name or "data")
+    return run_dir / f"metrics-{bundle.name}-{folder}-{split_fingerprint(*bundle.test)[:8]}.json"
 
 
 def rescore_run(run_dir: str | Path, splits: Sequence[str], data_dir: str | None = None) -> tuple[dict, Path]:
@@ -158,13 +165,14 @@ def rescore_run(run_dir: str | Path, splits: Sequence[str], data_dir: str | None
     from keras_digits.data import load_for
     from keras_digits.io import check_output_dir
     from keras_digits.lock import hold
+    from keras_digits.rundir import dataset_record
 
     run_dir = Path(run_dir)
     cfg_dict, model = load_run(run_dir)
     cfg = TrainConfig.from_dict(cfg_dict)
     check_output_dir(run_dir, "run directory")
     bundle = load_for(cfg, data_dir)
-    record = read_json_object(run_dir / "dataset.json") if (run_dir / "dataset.json").is_file() else {}
+    record = dataset_record(run_dir)
     check_compatible(model, record, bundle, f"cannot score {run_dir} on {bundle.name}")
     own = all(same_data(record, bundle, split) for split in splits)
     path = run_dir / "metrics.json" if own else other_metrics_path(run_dir, bundle)

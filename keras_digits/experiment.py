@@ -198,6 +198,11 @@ def run_experiment(name: str, out: str | Path | None = None, *, quick: bool = Fa
     n_seeds = seeds or (1 if quick else exp.seeds)
     out = check_output_dir(Path(out) if out else Path("reports") / name, "--out")
     variants = exp.variants(quick)
+    varied = sorted({k for v in variants for k in v.changes if k != "model_kwargs"} & set(
+        k for k, v in overrides.items() if v is not None))
+    if varied:
+        print(f"note: the {name} study sets {', '.join('--' + k.replace('_', '-') for k in varied)} in its own "
+              "settings; the value given is overridden there", file=sys.stderr)
     intro = (f"{exp.about}\n\nBase configuration: {describe_config(base)}; {n_seeds} seed(s) per setting "
              f"(seed {base.seed} + i)."
              + ("\n\n**Quick mode**: a smoke-sized run (small subset, few epochs, one seed); not for conclusions."

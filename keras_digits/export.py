@@ -35,7 +35,7 @@ from keras_digits.cli import positive_int, run_cli
 from keras_digits.errors import KerasDigitsError
 from keras_digits.finite import describe_nonfinite, nonfinite_variables
 from keras_digits.io import (
-    atomic_dir, check_output_dir, clean_stale_temps, current_umask, read_json_object, write_json, write_text,
+    atomic_dir, check_output_dir, clean_stale_temps, current_umask, write_json, write_text,
 )
 from keras_digits.lock import hold
 
@@ -183,7 +183,9 @@ def export_run(
     version_dir = check_output_dir(out / str(version), "export folder")
     if version_dir.exists() and not overwrite:  # checked before the (slow) model load
         raise KerasDigitsError(f"{version_dir} already exists; pass --overwrite or another --version")
-    dataset = read_json_object(run_dir / "dataset.json") if (run_dir / "dataset.json").is_file() else None
+    from keras_digits.rundir import dataset_record
+
+    dataset = dataset_record(run_dir) or None
     from keras_digits.evaluate import load_run
 
     config, model = load_run(run_dir)

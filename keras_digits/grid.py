@@ -130,7 +130,10 @@ def run_grid(
     for variant in variants:
         for i in range(seeds):
             try:
-                cfg = base.replace(**dict(variant.changes), seed=base.seed + i)
+                changes = dict(variant.changes)
+                if "model_kwargs" in changes:  # a setting's architecture options add to the base's
+                    changes["model_kwargs"] = {**dict(base.model_kwargs), **dict(changes["model_kwargs"])}
+                cfg = base.replace(**changes, seed=base.seed + i)
             except TypeError as exc:
                 raise KerasDigitsError(f"bad setting {variant.factor}={variant.value}: {exc}") from None
             plan.append((variant, base.seed + i, cfg))

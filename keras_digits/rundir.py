@@ -27,6 +27,12 @@ def ended(run_dir: Path) -> dict[str, Any] | None:
     return read_json_object(path, "run metrics")
 
 
+def dataset_record(run_dir: Path) -> dict[str, Any]:
+    """The run's dataset.json ({} for runs that have none)."""
+    path = Path(run_dir) / "dataset.json"
+    return read_json_object(path, "run dataset record") if path.is_file() else {}
+
+
 def is_diverged(metrics: dict[str, Any] | None) -> bool:
     return bool(metrics) and metrics.get("status") == "diverged"
 
@@ -67,11 +73,13 @@ def staging_dir(run_dir: Path, overwrite: bool) -> Path:
     interrupted rerun leaves the old run whole (and a repeated --overwrite resumes it)."""
     metrics = ended(run_dir)
     if metrics is None:
+        if overwrite and interrupted(run_dir):  # --overwrite replaces an interrupted run too: start it over
+            shutil.rmtree(run_dir)
         return run_dir
     if not overwrite:
         if is_diverged(metrics):
-            raise TrainingDiverged(f"{run_dir} holds a run that diverged at {divergence_text(metrics)}; change "
-                                   "the settings (e.g. a lower --lr) or pass --overwrite to train it again")
+            raise TrainingDiverged(f"{run_dir} holds a run that diverged at {divergence_text(metrics)}; use another "
+                                   "--run-dir (with other settings, e.g. a lower --lr) or pass --overwrite")
         raise KerasDigitsError(f"{run_dir} already holds a finished run; pass --overwrite or another --run-dir")
     staged = run_dir.with_name(run_dir.name + ".overwrite")
     if ended(staged) is not None:  # ended but never swapped in (killed in between, or diverged): start over
@@ -79,10 +87,15 @@ def staging_dir(run_dir: Path, overwrite: bool) -> Path:
     return staged
 
 
+def interrupted(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a run that started and did not end."""
+    return any((Path(run_dir) / name).exists() for name in INTERRUPTED_MARKERS)
+
+
 def prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> bool:
     """Create or check `run_dir`, which holds no ended run (`staging_dir` chose it); True when an
     interrupted run will resume."""
-    resuming = any((run_dir / name).exists() for name in INTERRUPTED_MARKERS)
+    resuming = interrupted(run_dir)
     if resuming and (run_dir / "config.json").is_file() and not same_config(run_dir, cfg):
         raise KerasDigitsError(
             f"{run_dir} holds an interrupted run with a different config; pass --overwrite or another --run-dir"

@@ -206,7 +206,7 @@ def score_run(cfg: TrainConfig, bundle, run_dir: Path) -> dict:
 
     if not (run_dir / "best.keras").exists():
         raise KerasDigitsError("training produced no finite validation accuracy; no model saved")
-    _, model = load_run(run_dir)
+    _, model = load_run(run_dir, finished=False)
     metrics: dict[str, Any] = {"status": "finished", "val": evaluate_model(model, *bundle.val, bundle.label_names)}
     if cfg.evaluate_test:
         metrics["test"] = evaluate_model(model, *bundle.test, bundle.label_names)

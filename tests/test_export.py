@@ -173,7 +173,7 @@ def test_default_out_is_saved_models_slash_run_name(tiny, tmp_path, monkeypatch)
 
     run = tmp_path / "my-run"
     run.mkdir()
-    for name in ("config.json", "dataset.json", "best.keras"):
+    for name in ("config.json", "dataset.json", "best.keras", "metrics.json"):
         shutil.copy(tiny["run"] / name, run / name)
     monkeypatch.chdir(tmp_path)
     assert export_run("my-run") == Path("saved_models") / "my-run" / "1"

@@ -150,39 +150,53 @@ def test_a_sweep_with_a_diverging_setting_finishes_the_rest(tmp_path):
 
 
 # ---------------------------------------------------------------------------- 2. one process per folder
-def test_lock_is_exclusive_and_stale_locks_are_taken_over(tmp_path):
+class LockHolder:
+    """Another process holding the locks of some folders (as a training in progress would)."""
+
+    def __init__(self, *folders: Path):
+        code = ("import sys, time\nfrom keras_digits.lock import acquire\n"
+                "for f in sys.argv[1:]:\n    acquire(f)\nprint('ready', flush=True)\ntime.sleep(300)\n")
+        self.proc = subprocess.Popen([sys.executable, "-c", code, *map(str, folders)], stdout=subprocess.PIPE,
+                                     text=True, cwd=REPO)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
+
+
+def test_lock_is_exclusive_and_freed_when_its_holder_dies(tmp_path):
     from keras_digits.lock import acquire, lock_path, release
 
     target = tmp_path / "run"
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    lock_path(target).write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename, "started": 1.0}))
-    lock = acquire(target, "run directory")  # the holder is gone: taken over
+    holder = LockHolder(target)
+    try:
+        with pytest.raises(KerasDigitsError, match=f"in use by pid {holder.proc.pid} on "):
+            acquire(target, "run directory")
+        with pytest.raises(KerasDigitsError, match="in use"):  # another spelling of the same folder
+            acquire(tmp_path / "x" / ".." / "run")
+    finally:
+        holder.kill()  # SIGKILL: its lock file stays behind, its OS lock does not
+    assert lock_path(target).exists()
+    lock = acquire(target, "run directory")
     assert json.loads(lock.read_text())["pid"] == os.getpid()
     release(lock)
     assert not lock.exists()
-    lock_path(target).write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "today"}))
-    with pytest.raises(KerasDigitsError, match="in use by pid 1 on elsewhere since today"):
-        acquire(target, "run directory")
 
 
 def test_a_second_process_on_a_held_run_dir_gets_one_line_and_exit_2(tmp_path):
-    from keras_digits.lock import hold
-
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    try:
-        lock = tmp_path / ".run.lock"
-        lock.write_text(json.dumps({"pid": holder.pid, "host": os.uname().nodename, "since": "now"}))
+    with LockHolder(run) as holder:
         proc = cli("keras_digits.train", *TINY, "--run-dir", str(run))
         assert proc.returncode == 2
-        one_error_line(proc.stderr, f"run directory {run} is in use by pid {holder.pid}")
+        one_error_line(proc.stderr, f"run directory {run} is in use by pid {holder.proc.pid}")
         assert not (run / "metrics.json").exists()
-    finally:
-        holder.kill()
-        holder.wait()
-    with hold(run):  # the holder died: its lock is stale now
-        pass
 
 
 def test_export_sweep_and_tune_targets_are_locked(tmp_path, capsys):
@@ -190,21 +204,16 @@ def test_export_sweep_and_tune_targets_are_locked(tmp_path, capsys):
     from keras_digits.sweep import main as sweep_main
     from keras_digits.tune.cli import main as tune_main
 
-    foreign = json.dumps({"pid": 1, "host": "elsewhere", "since": "today"})
-    (tmp_path / ".sweep.lock").write_text(foreign)
-    assert run_cli(sweep_main, [*TINY, "--vary", "lr=0.01", "--out", str(tmp_path / "sweep")]) == 2
-    one_error_line(capsys.readouterr().err, "sweep folder")
-    (tmp_path / "tuning").mkdir()
-    (tmp_path / "tuning" / ".proj.lock").write_text(foreign)
-    assert run_cli(tune_main, ["--arch", "dense", "--max-trials", "1", "--max-epochs", "1", "--directory",
-                               str(tmp_path / "tuning"), "--project", "proj", "--verbose", "0"]) == 2
-    one_error_line(capsys.readouterr().err, "tuner project")
     run = tmp_path / "run"
     assert train([*TINY, "--run-dir", str(run)]) == 0
-    (tmp_path / "sm").mkdir()
-    (tmp_path / "sm" / ".1.lock").write_text(foreign)
-    assert run_cli(export_main, ["--run", str(run), "--out", str(tmp_path / "sm")]) == 2
-    one_error_line(capsys.readouterr().err, "export folder")
+    with LockHolder(tmp_path / "sweep", tmp_path / "tuning" / "proj", tmp_path / "sm" / "1"):
+        assert run_cli(sweep_main, [*TINY, "--vary", "lr=0.01", "--out", str(tmp_path / "sweep")]) == 2
+        one_error_line(capsys.readouterr().err, "sweep folder")
+        assert run_cli(tune_main, ["--arch", "dense", "--max-trials", "1", "--max-epochs", "1", "--directory",
+                                   str(tmp_path / "tuning"), "--project", "proj", "--verbose", "0"]) == 2
+        one_error_line(capsys.readouterr().err, "tuner project")
+        assert run_cli(export_main, ["--run", str(run), "--out", str(tmp_path / "sm")]) == 2
+        one_error_line(capsys.readouterr().err, "export folder")
 
 
 def test_a_killed_exports_temp_folder_is_cleaned_on_the_next_export(tmp_path):
@@ -254,7 +263,8 @@ def test_evaluate_refuses_other_labels_and_keeps_the_runs_own_metrics(tmp_path, 
     assert run_cli(evaluate_main, ["--run", str(run), "--data-dir", str(same_labels)]) == 0
     assert "not the data this run was trained" in capsys.readouterr().err
     assert (run / "metrics.json").read_text() == before
-    assert json.loads((run / "metrics-folder-t5.json").read_text())["test"]["n"] > 0
+    other = list(run.glob("metrics-folder-t5-*.json"))
+    assert len(other) == 1 and json.loads(other[0].read_text())["test"]["n"] > 0
     assert run_cli(evaluate_main, ["--run", str(run)]) == 0  # its own data: metrics.json, same figures
     assert json.loads((run / "metrics.json").read_text())["test"] == json.loads(before)["test"]
 
@@ -413,6 +423,9 @@ def test_garbage_model_file_is_named_as_such(tmp_path):
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "best.keras").write_bytes(b"garbage")
+    with pytest.raises(KerasDigitsError, match="has not finished training"):  # no metrics.json yet
+        load_run(tmp_path)
+    (tmp_path / "metrics.json").write_text('{"status": "finished"}')
     with pytest.raises(KerasDigitsError, match="not a Keras model file"):
         load_run(tmp_path)
 
@@ -461,3 +474,42 @@ def test_epoch_keyed_pipelines_repeat_per_epoch_and_differ_between_epochs():
         assert (first == again).all() and (labels() == first).all() and not (second == first).all()
         assert ds.cardinality().numpy() == len(first) // 8 or ds.cardinality().numpy() == -(-len(first) // 8)
     del tf
+
+
+def test_evaluate_and_export_refuse_an_unfinished_run(tmp_path, capsys):
+    """An interrupted run (no metrics.json) must be resumed, not scored into a fake finished run."""
+    from keras_digits.evaluate import main as evaluate_main
+    from keras_digits.export import main as export_main
+
+    run = tmp_path / "run"
+    assert train([*TINY, "--run-dir", str(run)]) == 0
+    (run / "metrics.json").unlink()
+    (run / "backup").mkdir()
+    assert run_cli(evaluate_main, ["--run", str(run)]) == 2
+    one_error_line(capsys.readouterr().err, "has not finished training")
+    assert not (run / "metrics.json").exists()
+    assert run_cli(export_main, ["--run", str(run), "--out", str(tmp_path / "sm")]) == 2
+    one_error_line(capsys.readouterr().err, "has not finished training")
+
+
+def test_tune_pins_typed_flags_but_not_a_config_file(tmp_path):
+    from keras_digits.config import TrainConfig
+    from keras_digits.tune.cli import pins_from_flags
+
+    base = TrainConfig(arch="dense")
+    assert pins_from_flags(base, {"lr": 0.01, "seed": 3}) == {"lr": 0.01}
+    assert "model/dropout" in pins_from_flags(base, {"model_kwargs": {"dropout": 0.5}})
+
+
+def test_overwrite_replaces_an_interrupted_run_with_another_config(tmp_path):
+    from keras_digits.config import TrainConfig
+    from keras_digits.io import write_json
+    from keras_digits.rundir import prepare_run_dir, staging_dir
+
+    run = tmp_path / "run"
+    (run / "backup").mkdir(parents=True)
+    write_json(run / "config.json", TrainConfig(lr=0.5).to_dict())
+    with pytest.raises(KerasDigitsError, match="different config"):
+        prepare_run_dir(staging_dir(run, overwrite=False), TrainConfig())
+    assert prepare_run_dir(staging_dir(run, overwrite=True), TrainConfig()) is False
+    assert not (run / "backup").exists()

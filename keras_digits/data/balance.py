@@ -51,15 +51,16 @@ def balanced_indices(y: np.ndarray, classes: list[int], total: int, key):
     starts = tf.cumsum(tf.math.bincount(choice, minlength=k, maxlength=k), exclusive=True)
     ranked = tf.range(total, dtype=tf.int32) - tf.gather(starts, tf.gather(choice, order))
     rank = tf.scatter_nd(order[:, None], ranked, [total])  # the k-th draw of its class
-    streams, offsets, at = [], [], 0
-    for j, c in enumerate(classes):
+    counts = tf.math.bincount(choice, minlength=k, maxlength=k)
+    streams, lengths = [], []
+    for j, c in enumerate(classes):  # as many permutations as this epoch's draws of the class need
         idx = np.flatnonzero(y == c).astype(np.int64)
-        turns = -(-total // len(idx))  # enough permutations for every draw going to this class
-        noise = tf.random.stateless_uniform([turns, len(idx)], seed=stateless_key(key, 1 + j))
+        turns = (counts[j] + len(idx) - 1) // len(idx)
+        noise = tf.random.stateless_uniform(tf.stack([turns, len(idx)]), seed=stateless_key(key, 1 + j))
         streams.append(tf.reshape(tf.gather(idx, tf.argsort(noise, axis=1)), [-1]))
-        offsets.append(at)
-        at += turns * len(idx)
-    return tf.gather(tf.concat(streams, axis=0), tf.gather(tf.constant(offsets, tf.int32), choice) + rank)
+        lengths.append(turns * len(idx))
+    offsets = tf.cumsum(tf.stack(lengths), exclusive=True)
+    return tf.gather(tf.concat(streams, axis=0), tf.gather(offsets, choice) + rank)
 
 
 def balanced_pipeline(

@@ -22,20 +22,20 @@ WIDE_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")  # more than 8 bits a
 def to_uint8_range(values: np.ndarray, mode: str) -> np.ndarray:
     """Scale a 16-bit, 32-bit integer or float grey image into 0..255 (uint8) without clipping it.
 
-    16-bit: x * 255 / 65535 (the full nominal range, as scikit-image's img_as_ubyte). 32-bit integers
-    and floats: used as they are when already within 0..255, x * 255 when a float image lies within
-    0..1, x * 255 / 65535 for integers within 0..65535, and otherwise stretched from their minimum to
-    their maximum. A constant image maps to 0."""
-    x = np.asarray(values, dtype=np.float64)
-    finite = x[np.isfinite(x)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and 255 < hi <= 65535):
+    Integers by their nominal range, the same for every image of a dataset: 16-bit (and PIL's 32-bit
+    "I", which holds 16-bit data) as x * 255 / 65535, as scikit-image's img_as_ubyte does. Floats
+    have no nominal range: within 0..1 they are x * 255, otherwise stretched from their minimum to their
+    maximum (a constant image maps to 0)."""
+    x = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
+    if mode == "F":
+        lo, hi = float(x.min(initial=0.0)), float(x.max(initial=0.0))
+        if lo >= 0 and hi <= 1:
+            x = x * 255.0
+        else:
+            x = (x - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(x)
+    else:
         x = x * (255.0 / 65535.0)
-    elif lo >= 0 and hi <= 1 and mode == "F":
-        x = x * 255.0
-    elif not (lo >= 0 and hi <= 255):
-        x = (x - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(x)
-    return np.clip(np.rint(np.nan_to_num(x, nan=0.0)), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
 def read_image(path: Path, size: int | None, mode: str | None = None) -> np.ndarray:

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "'Hyperparameter search').",
         epilog="Training flags set the base configuration of every trial. A flag that names a searched "
                "hyperparameter (--batch-size, --optimizer, --lr, --schedule, --augment, --balance, or a "
-               "--model-kwargs key the arch's space searches) pins it, like --fixed. --epochs is the epochs "
+               "--model-kwargs key the arch's space searches) pins it, like --fixed; a --config file sets the base "
+               "configuration and pins nothing. --epochs is the epochs "
                "per trial (Hyperband: the most). Resuming a project, the search settings not given again "
                "(arch, dataset, tuner, objective, seed, epochs, subset, image size, pins) are the project's.")
     groups = add_train_flags(p)
@@ -151,6 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     model_info(base.arch)  # unknown names raise KerasDigitsError listing the known ones
     get_spec(base.dataset)
+    from keras_digits.train import check_fits_in_memory
+
+    check_fits_in_memory(base)
     quiet_tensorflow()
     from keras_digits.tune.distributed import role_from_env
     from keras_digits.tune.space import check_fixed, parse_fixed
@@ -163,7 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if role == "worker" and (overwrite or args.retrain_best):
         print("note: --overwrite and --retrain-best are for the chief; this worker ignores them", file=sys.stderr)
         overwrite = False
-    fixed = {**pins_from_flags(base, given), **parse_fixed(args.fixed)}
+    typed = {k: v for k, v in vars(args).items() if k in TrainConfig.field_names()}  # not --config's values
+    fixed = {**pins_from_flags(base, typed), **parse_fixed(args.fixed)}
     if not fixed and not args.fixed and "fixed" in stored:
         fixed = dict(stored["fixed"])
     check_fixed(base, fixed)
