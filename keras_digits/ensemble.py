@@ -16,7 +16,7 @@ import numpy as np
 
 from keras_digits.cli import run_cli
 from keras_digits.errors import KerasDigitsError
-from keras_digits.io import check_output_dir, write_json
+from keras_digits.io import check_output_dir, write_json, write_text
 from keras_digits.lock import hold
 
 
@@ -80,14 +80,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path("runs") / ("ensemble-" + "+".join(Path(r).name for r in args.runs))[:120]
     check_output_dir(out, "--out folder")
     result = ensemble_runs(args.runs, args.split, args.data_dir)
+    from keras_digits.html_report import ensemble_page
+
     with hold(out, "ensemble folder"):
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "metrics.json", result)
+        write_text(out / "report.html", ensemble_page(result, out))
     for m in result["members"]:
         print(f"member {m['run']}: {args.split} accuracy {m['accuracy']:.4f}")
     ens = result[args.split]
     print(f"ensemble of {len(result['members'])}: {args.split} accuracy {ens['accuracy']:.4f} "
-          f"(loss {ens['loss']:.4f}); metrics in {out / 'metrics.json'}")
+          f"(loss {ens['loss']:.4f}); metrics in {out / 'metrics.json'}, page {out / 'report.html'}")
     return 0
 
 

@@ -182,8 +182,16 @@ def rescore_run(run_dir: str | Path, splits: Sequence[str], data_dir: str | None
             metrics.update({"dataset": bundle.name, "source": bundle.source})
         for split in splits:
             x, y = bundle.split(split)
-            metrics[split] = evaluate_model(model, x, y, bundle.label_names)
+            probs = predict_probs(model, x)
+            metrics[split] = classification_metrics(y, probs, bundle.label_names)
+            if own:  # the report's curves and galleries follow the run's own latest scores
+                from keras_digits.predictions import save_predictions
+
+                save_predictions(run_dir, split, x, y, probs)
         write_json(path, metrics)
+        from keras_digits.html_report import write_run_page
+
+        write_run_page(run_dir)  # every command that adds results to a run updates its page
     return metrics, path
 
 

@@ -173,7 +173,8 @@ def write_results(
     command: str | None = None,
     curves: bool = False,
 ) -> dict[str, Path]:
-    """OUT/<stem>.md (table), OUT/<stem>.csv (runs), OUT/<stem>.png and optionally OUT/<stem>_curves.png."""
+    """OUT/<stem>.md (table), OUT/<stem>.csv (runs), OUT/<stem>.png, optionally OUT/<stem>_curves.png, and
+    OUT/<stem>.html (the table and figure, linking each run's report.html)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / f"{stem}.md", "csv": out / f"{stem}.csv", "png": out / f"{stem}.png"}
@@ -203,4 +204,9 @@ def write_results(
         parts += ["", f"![validation accuracy per epoch (first seed)]({paths['curves'].name})"]
     parts += ["", f"Per-run numbers: [{paths['csv'].name}]({paths['csv'].name}); run directories under `runs/`."]
     write_text(paths["md"], "\n".join(parts) + "\n")
+    from keras_digits.html_report import grid_page
+
+    runs = list(dict.fromkeys((r.run_dir.name, r.run_dir) for r in results))
+    paths["html"] = out / f"{stem}.html"
+    write_text(paths["html"], grid_page(out, title, markdown_table(summary), paths["png"], runs))
     return paths

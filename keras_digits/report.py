@@ -1,4 +1,6 @@
-"""Plots and markdown for a run: learning curves, confusion matrix, metrics table."""
+"""Plots and markdown for a run (learning curves, confusion matrix, ROC and precision-recall curves,
+metrics table), and `python -m keras_digits.report --run RUN`, which (re)writes the run's report.html
+from what its directory holds."""
 
 from __future__ import annotations
 
@@ -34,8 +36,8 @@ def read_history(path: str | Path) -> dict[str, list[float]]:
     return cols
 
 
-def plot_curves(history: dict[str, list[float]], path: str | Path, title: str = "") -> None:
-    """Loss and accuracy per epoch, train vs validation."""
+def plot_curves_figure(history: dict[str, list[float]], title: str = ""):
+    """Loss and accuracy per epoch, train vs validation, as a matplotlib figure."""
     plt = pyplot()
     epochs = np.asarray(history.get("epoch", range(len(history.get("loss", []))))) + 1
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -49,12 +51,56 @@ def plot_curves(history: dict[str, list[float]], path: str | Path, title: str = 
         ax.legend()
     if title:
         fig.suptitle(title)
+    return fig
+
+
+def plot_curves(history: dict[str, list[float]], path: str | Path, title: str = "") -> None:
+    """Loss and accuracy per epoch, train vs validation, saved to `path`."""
+    fig = plot_curves_figure(history, title)
     save_figure(fig, path)
-    plt.close(fig)
+    pyplot().close(fig)
+
+
+def plot_roc_pr_figure(y: np.ndarray, probs: np.ndarray, names: Sequence[str]):
+    """One-vs-rest ROC and precision-recall curves per class; returns (figure, [(roc_auc, ap)] per class)."""
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+    plt = pyplot()
+    y = np.asarray(y).astype(int)
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(11, 4.6))
+    colors = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    scores = []
+    for c, name in enumerate(names):
+        truth = (y == c).astype(int)
+        if truth.min() == truth.max():  # a class absent from (or alone in) the split has no curve
+            scores.append((None, None))
+            continue
+        fpr, tpr, _ = roc_curve(truth, probs[:, c])
+        prec, rec, _ = precision_recall_curve(truth, probs[:, c])
+        roc_auc, ap = float(auc(fpr, tpr)), float(average_precision_score(truth, probs[:, c]))
+        scores.append((roc_auc, ap))
+        label = f"{str(name)[:16]}"
+        roc_ax.plot(fpr, tpr, lw=1.2, color=colors(c % colors.N), label=f"{label} ({roc_auc:.3f})")
+        pr_ax.plot(rec, prec, lw=1.2, color=colors(c % colors.N), label=f"{label} ({ap:.3f})")
+    roc_ax.plot([0, 1], [0, 1], ls=":", color="grey")
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (AUC)")
+    pr_ax.set(xlabel="recall", ylabel="precision", title="precision-recall (average precision)")
+    for ax in (roc_ax, pr_ax):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right" if ax is roc_ax else "lower left")
+    fig.tight_layout()
+    return fig, scores
 
 
 def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: str | Path, title: str = "") -> None:
-    """Confusion matrix, counts annotated, rows = true class."""
+    """Confusion matrix, counts annotated, rows = true class, saved to `path`."""
+    fig = plot_confusion_figure(cm, labels, title)
+    save_figure(fig, path)
+    pyplot().close(fig)
+
+
+def plot_confusion_figure(cm: np.ndarray, labels: Sequence[str], title: str = ""):
+    """Confusion matrix, counts annotated, rows = true class, as a matplotlib figure."""
     plt = pyplot()
     cm = np.asarray(cm)
     n = len(labels)
@@ -75,8 +121,7 @@ def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: str | Path, titl
                         color="white" if frac > 0.5 else "black")
     if title:
         ax.set_title(title)
-    save_figure(fig, path)
-    plt.close(fig)
+    return fig
 
 
 def metrics_markdown(metrics: dict, title: str = "") -> str:
@@ -97,3 +142,31 @@ def metrics_markdown(metrics: dict, title: str = "") -> str:
 def write_markdown(path: str | Path, text: str) -> None:
     """Write a markdown report atomically."""
     write_text(path, text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    from keras_digits.errors import KerasDigitsError
+    from keras_digits.html_report import write_run_page
+
+    p = argparse.ArgumentParser(prog="python -m keras_digits.report",
+                                description="(Re)write a finished run's self-contained report.html from its directory.")
+    p.add_argument("--run", required=True, help="run directory written by keras_digits.train")
+    args = p.parse_args(argv)
+    run = Path(args.run)
+    if not (run / "config.json").is_file():
+        raise KerasDigitsError(f"{run} is not a run directory (no config.json)")
+    path = write_run_page(run)
+    if path is None:
+        raise KerasDigitsError(f"{run} has not finished (or diverged): no report; run its train command again")
+    print(f"report written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from keras_digits.cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -116,3 +116,18 @@ def record_divergence(run_dir: Path, where: dict[str, Any], epochs_run: int, sec
     metrics = {"status": "diverged", "diverged": where, "epochs_run": epochs_run, "train_seconds": seconds}
     write_json(run_dir / "metrics.json", metrics)
     return metrics
+
+
+def software_versions() -> dict[str, str]:
+    """What the run was trained with (environment.json): Python, the main libraries, the machine."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "platform": platform.platform(terse=True),
+           "processor": platform.processor() or platform.machine()}
+    for package in ("tensorflow", "keras", "numpy", "scikit-learn", "keras-tuner"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

@@ -19,7 +19,7 @@ from keras_digits.errors import KerasDigitsError, TrainingDiverged
 from keras_digits.io import atomic_path, check_output_dir, clean_stale_temps, read_json_object, replace_dir, write_json
 from keras_digits.lock import hold
 from keras_digits.rundir import (  # noqa: F401  (default_run_dir re-exported for the CLI and tests)
-    default_run_dir, divergence_text, prepare_run_dir, record_divergence, staging_dir,
+    default_run_dir, divergence_text, prepare_run_dir, record_divergence, software_versions, staging_dir,
 )
 
 PHASE_ONE = "phase1.weights.h5", "phase1.json"  # the model after phase one, while phase two runs
@@ -200,16 +200,23 @@ def fit_phases(model, cfg: TrainConfig, pipes, run_dir: Path, resuming: bool, st
 
 
 def score_run(cfg: TrainConfig, bundle, run_dir: Path) -> dict:
-    """Score the run's best model on val (and test), write the plots, report.md and metrics.json."""
-    from keras_digits.evaluate import evaluate_model, load_run
+    """Score the run's best model on val (and test); write the predictions the report needs, the plots,
+    report.md, metrics.json (last: it marks the run finished), report.html and TensorBoard images."""
+    from keras_digits.evaluate import classification_metrics, load_run, predict_probs
+    from keras_digits.html_report import write_run_page
+    from keras_digits.predictions import save_predictions
     from keras_digits.report import metrics_markdown, plot_confusion, plot_curves, read_history, write_markdown
+    from keras_digits.tb_images import log_result_images
 
     if not (run_dir / "best.keras").exists():
         raise KerasDigitsError("training produced no finite validation accuracy; no model saved")
     _, model = load_run(run_dir, finished=False)
-    metrics: dict[str, Any] = {"status": "finished", "val": evaluate_model(model, *bundle.val, bundle.label_names)}
-    if cfg.evaluate_test:
-        metrics["test"] = evaluate_model(model, *bundle.test, bundle.label_names)
+    metrics: dict[str, Any] = {"status": "finished"}
+    for split in ("val", "test") if cfg.evaluate_test else ("val",):
+        x, y = bundle.split(split)
+        probs = predict_probs(model, x)
+        metrics[split] = classification_metrics(y, probs, bundle.label_names)
+        save_predictions(run_dir, split, x, y, probs)
     history = read_history(run_dir / "history.csv")
     metrics["train_seconds"] = float(np.nansum(history.get("epoch_seconds", [])))
     metrics["epochs_run"] = len(history.get("loss", []))
@@ -218,7 +225,9 @@ def score_run(cfg: TrainConfig, bundle, run_dir: Path) -> dict:
                    run_dir / "confusion_matrix.png", title=f"{cfg.arch} on {bundle.name} ({final})")
     plot_curves(history, run_dir / "curves.png", title=f"{cfg.arch} on {bundle.name}")
     write_markdown(run_dir / "report.md", metrics_markdown(metrics, f"{cfg.arch} on {bundle.name}"))
-    write_json(run_dir / "metrics.json", metrics)  # written last: its presence marks a finished run
+    write_json(run_dir / "metrics.json", metrics)  # its presence marks a finished run
+    write_run_page(run_dir)
+    log_result_images(run_dir, final, bundle.label_names, step=metrics["epochs_run"])
     (run_dir / TRAINED).unlink(missing_ok=True)
     return metrics
 
@@ -255,6 +264,7 @@ def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = 
         clean_stale_temps(run_dir)
         write_json(run_dir / "config.json", cfg.to_dict())
         write_json(run_dir / "dataset.json", dataset_record(bundle))
+        write_json(run_dir / "environment.json", software_versions())
         if cfg.verbose:
             print(f"{cfg.arch} on {bundle.name}: train {len(bundle.train[1])}, val {len(bundle.val[1])}, "
                   f"test {len(bundle.test[1])} images {bundle.input_shape}, {model.count_params():,} parameters; "
