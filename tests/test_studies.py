@@ -150,7 +150,9 @@ def test_experiment_config_layers():
 SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize("name", ["balancing", "lr_batch_epochs", "batchnorm",
+@pytest.mark.parametrize("name", ["balancing",
+                                  pytest.param("lr_batch_epochs", marks=SLOW),  # ~35 s; the sweep test covers grids
+                                  pytest.param("batchnorm", marks=SLOW),
                                   pytest.param("augmentation", marks=SLOW),
                                   pytest.param("simple_cnn_ablation", marks=SLOW),
                                   pytest.param("optimizers", marks=SLOW),
