@@ -69,9 +69,16 @@ def predict_probs(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     return np.asarray(model.predict(ds, verbose=0))
 
 
-def evaluate_model(model, x: np.ndarray, y: np.ndarray, label_names: Sequence[str], batch_size: int = 256) -> dict:
-    """Run the model on a split and compute its metrics."""
-    return classification_metrics(y, predict_probs(model, x, batch_size), label_names)
+def evaluate_model(model, x: np.ndarray, y: np.ndarray, label_names: Sequence[str], batch_size: int = 256,
+                   keep: tuple[Path, str] | None = None) -> dict:
+    """Run the model on a split and compute its metrics; with `keep=(run_dir, split)` also write the
+    split's predictions and gallery examples there (keras_digits.predictions), for the run's page."""
+    probs = predict_probs(model, x, batch_size)
+    if keep is not None:
+        from keras_digits.predictions import save_predictions
+
+        save_predictions(keep[0], keep[1], x, y, probs)
+    return classification_metrics(y, probs, label_names)
 
 
 def load_run(run_dir: str | Path, finished: bool = True):
@@ -182,12 +189,8 @@ def rescore_run(run_dir: str | Path, splits: Sequence[str], data_dir: str | None
             metrics.update({"dataset": bundle.name, "source": bundle.source})
         for split in splits:
             x, y = bundle.split(split)
-            probs = predict_probs(model, x)
-            metrics[split] = classification_metrics(y, probs, bundle.label_names)
-            if own:  # the report's curves and galleries follow the run's own latest scores
-                from keras_digits.predictions import save_predictions
-
-                save_predictions(run_dir, split, x, y, probs)
+            # the page's curves and galleries follow the run's own latest scores, not other data's
+            metrics[split] = evaluate_model(model, x, y, bundle.label_names, keep=(run_dir, split) if own else None)
         write_json(path, metrics)
         from keras_digits.html_report import write_run_page
 

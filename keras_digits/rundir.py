@@ -107,7 +107,7 @@ def prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> bool:
 def record_divergence(run_dir: Path, where: dict[str, Any], epochs_run: int, seconds: float) -> dict[str, Any]:
     """End a diverged run: no model kept (its weights are not finite, or it stopped short), metrics.json
     says where it diverged, so a rerun of the same command reports it instead of looping."""
-    for name in ("best.keras", *INTERRUPTED_MARKERS, "phase1.weights.h5"):  # noqa: B007
+    for name in ("best.keras", *INTERRUPTED_MARKERS, "phase1.weights.h5"):
         path = run_dir / name
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

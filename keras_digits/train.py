@@ -202,9 +202,8 @@ def fit_phases(model, cfg: TrainConfig, pipes, run_dir: Path, resuming: bool, st
 def score_run(cfg: TrainConfig, bundle, run_dir: Path) -> dict:
     """Score the run's best model on val (and test); write the predictions the report needs, the plots,
     report.md, metrics.json (last: it marks the run finished), report.html and TensorBoard images."""
-    from keras_digits.evaluate import classification_metrics, load_run, predict_probs
+    from keras_digits.evaluate import evaluate_model, load_run
     from keras_digits.html_report import write_run_page
-    from keras_digits.predictions import save_predictions
     from keras_digits.report import metrics_markdown, plot_confusion, plot_curves, read_history, write_markdown
     from keras_digits.tb_images import log_result_images
 
@@ -214,9 +213,7 @@ def score_run(cfg: TrainConfig, bundle, run_dir: Path) -> dict:
     metrics: dict[str, Any] = {"status": "finished"}
     for split in ("val", "test") if cfg.evaluate_test else ("val",):
         x, y = bundle.split(split)
-        probs = predict_probs(model, x)
-        metrics[split] = classification_metrics(y, probs, bundle.label_names)
-        save_predictions(run_dir, split, x, y, probs)
+        metrics[split] = evaluate_model(model, x, y, bundle.label_names, keep=(run_dir, split))
     history = read_history(run_dir / "history.csv")
     metrics["train_seconds"] = float(np.nansum(history.get("epoch_seconds", [])))
     metrics["epochs_run"] = len(history.get("loss", []))

@@ -100,9 +100,7 @@ def search_settings(cfg: TrainConfig, tuner: str, objective: str, fixed: dict[st
 
 def stored_settings(directory: Path, project: str | None, given: dict[str, Any], tuner: str) -> dict[str, Any]:
     """The search.json of the project this command resumes ({} for a new project or none stored)."""
-    from keras_digits.config import TrainConfig as C
-
-    name = project or f"{given.get('dataset', C.dataset)}-{given.get('arch', C.arch)}-{tuner}"
+    name = project or f"{given.get('dataset', TrainConfig.dataset)}-{given.get('arch', TrainConfig.arch)}-{tuner}"
     return read_json_object(directory / name / SEARCH_FILE, lenient=True)
 
 
