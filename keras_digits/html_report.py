@@ -4,7 +4,7 @@ Images are embedded as base64 PNGs, styles are inline, there is no JavaScript an
 so the page opens from disk in any browser. Sections: summary, dataset and config, learning curves,
 confusion matrix (counts and row-normalised), per-class precision/recall/F1/support, one-vs-rest ROC
 and precision-recall curves with their AUCs, galleries of the most confident mistakes and of correct
-examples per class, scores on other data, timings and software versions. `write_run_page` replaces
+examples per class, explanations (`keras_digits.explain`), scores on other data, timings and software versions. `write_run_page` replaces
 the page atomically; a run that has not finished gets none.
 """
 
@@ -186,6 +186,50 @@ def other_data_section(run_dir: Path) -> str:
                                                    left=3)
 
 
+def explain_section(run_dir: Path) -> str:
+    """RUN/explain (written by keras_digits.explain): the grid, the target layer, the faithfulness and
+    sanity tables when they were computed."""
+    folder = run_dir / "explain"
+    info = read_json_object(folder / "explain.json", lenient=True)
+    if not info:
+        return ""
+    layer = info.get("layer") or {}
+    where = (f"target layer <code>{esc(layer.get('path'))}</code> {esc(tuple(layer.get('shape', [])))}, chosen "
+             f"{esc(layer.get('chosen', ''))}" if layer else "no spatial layer (CAM methods not available)")
+    out = [f"<h2>Explanations</h2><p class='note'>{esc(info.get('images', ''))}; {where}; "
+           "regenerate with <code>python -m keras_digits.explain --run DIR</code></p>"]
+    grid = folder / "grid.png"
+    if grid.is_file():
+        out.append(img_tag(grid.read_bytes(), "attribution maps per method"))
+    timings = info.get("timings") or {}
+    if timings:
+        out.append(table(["method", "seconds", "images/s"],
+                         [[esc(m), fmt(v.get("seconds"), 2), fmt(v.get("images_per_s"), 1)] for m, v in timings.items()]))
+    metrics = info.get("metrics")
+    if metrics:
+        rows = []
+        for m, v in metrics.get("methods", {}).items():
+            verdict = "" if m == "random" else ('<span class="bad">no better than random</span>' if v.get("flagged")
+                                                 else "beats random")
+            rows.append([esc(m), f"{v['deletion']['mean']:.4f} ± {v['deletion']['se']:.4f}",
+                         f"{v['insertion']['mean']:.4f} ± {v['insertion']['se']:.4f}", verdict])
+        out.append(f"<h3>Faithfulness: deletion and insertion AUC on {metrics.get('n')} images of the "
+                   f"{esc(metrics.get('split', ''))} split</h3>"
+                   + table(["method", "deletion AUC (lower is better)", "insertion AUC (higher is better)", ""], rows)
+                   + '<p class="note">' + esc("; ".join(f"{k}: {v}" for k, v in metrics.get("protocol", {}).items()))
+                   + "</p>")
+    sanity = info.get("sanity")
+    if sanity:
+        steps = sanity.get("steps", [])
+        header = ["method"] + [f"top {s['randomized']} ({s['down_to']})" for s in steps] + ["verdict"]
+        rows = [[esc(m)] + [fmt(s["spearman"].get(m), 3) for s in steps]
+                + ["passes" if v.get("passes") else '<span class="bad">fails</span>']
+                for m, v in sanity.get("methods", {}).items()]
+        out.append(f"<h3>Sanity: Spearman correlation with the maps of a model randomized from the top "
+                   f"(pass below {sanity.get('pass_below')})</h3>" + table(header, rows))
+    return "".join(out)
+
+
 def timing_section(run_dir: Path, metrics: dict) -> str:
     env = read_json_object(run_dir / "environment.json", lenient=True)
     rows = [["training time", f"{metrics.get('train_seconds', 0):.0f} s"], ["epochs", fmt(metrics.get("epochs_run"))]]
@@ -217,7 +261,7 @@ def run_page(run_dir: str | Path) -> str | None:
             confusion_section(final, names, split), per_class_section(final),
             roc_section(load_npz(run_dir / f"predictions-{split}.npz"), names, split),
             gallery_section(load_npz(run_dir / f"examples-{split}.npz"), names, split),
-            other_data_section(run_dir), timing_section(run_dir, metrics)]
+            explain_section(run_dir), other_data_section(run_dir), timing_section(run_dir, metrics)]
     return page(f"{config.get('arch', 'run')} on {dataset.get('name', '')}", "".join(body))
 
 

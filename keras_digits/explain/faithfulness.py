@@ -1,0 +1,113 @@
+"""Deletion and insertion AUC (Petsiuk et al., RISE, 2018): is the map faithful to the model?
+
+Protocol (also written into explain.json as `PROTOCOL`):
+
+* pixel order: the map's values, highest first; ties are broken by a fixed random order (seeded per
+  image), so a constant map is a random order, never a raster scan;
+* step: ceil(H * W / steps) pixels per step, `steps` steps (default 50), so curves have steps + 1 points
+  from 0 to all pixels;
+* deletion: start from the image, set the next pixels to 0 (black, every channel); a faithful map makes
+  the score fall fast (low AUC is good);
+* insertion: start from the blurred image (`core.blur`: Gaussian, sigma = side / 10) and copy the next
+  original pixels in; a faithful map makes the score rise fast (high AUC is good);
+* score: the probability score of the target class (`core.Explainer.prob_score`); targets are the
+  predicted classes of a fixed subset of the split (the first `n` of a seed-0 permutation);
+* AUC: trapezoid rule over the fraction of pixels (0..1), the mean over images with its standard error;
+* baseline: a map of uniform random values (seeded per image). A method "beats random" on a metric
+  when its mean is better than the random map's by more than two standard errors of the difference;
+  one that does not beat random on both metrics is flagged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from keras_digits.explain.core import Explainer, blur
+
+DEFAULT_STEPS = 50
+PROTOCOL = {
+    "pixel_order": "map value, highest first; ties broken by a fixed random order per image",
+    "deletion_baseline": "pixels set to 0 (black) in every channel",
+    "insertion_start": "Gaussian-blurred image (sigma = image side / 10), original pixels copied in",
+    "score": "probability of the target class (softmax; sigmoid of the logit difference with a contrast)",
+    "targets": "the model's predicted class",
+    "auc": "trapezoid rule over the fraction of pixels changed (0..1), mean over images",
+    "beats_random": "mean better than the random map's by more than 2 standard errors of the paired difference",
+}
+
+
+def random_maps(n: int, shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    return np.stack([np.random.default_rng([seed, 11, i]).random(shape) for i in range(n)]).astype(np.float32)
+
+
+def pixel_ranks(maps: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(N, H*W) rank of each pixel in deletion order (0 = first removed)."""
+    n, h, w = maps.shape
+    flat = maps.reshape(n, -1).astype(np.float64)
+    ranks = np.empty(flat.shape, np.int64)
+    for i in range(n):
+        jitter = np.random.default_rng([seed, 13, i]).random(h * w)
+        order = np.lexsort((jitter, -flat[i]))  # last key first: value (descending), then jitter
+        ranks[i, order] = np.arange(h * w)
+    return ranks
+
+
+def curves(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray, maps: np.ndarray,
+           steps: int = DEFAULT_STEPS, seed: int = 0, label: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(deletion, insertion) score curves, each (N, steps + 1)."""
+    n, h, w = maps.shape
+    steps = max(1, min(steps, h * w))
+    per_step = math.ceil(h * w / steps)
+    ranks = pixel_ranks(maps, seed).reshape(n, h, w)
+    blurred = blur(x)
+    counts = np.minimum(np.arange(steps + 1) * per_step, h * w)
+
+    def changed(i: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return (ranks[i] < counts[v][:, None, None])[..., None]
+
+    deletion = ex.pair_scores(x, t, c, lambda i, v: np.where(changed(i, v), 0.0, x[i]).astype(np.float32),
+                              steps + 1, label=f"deletion {label}".strip())
+    insertion = ex.pair_scores(x, t, c, lambda i, v: np.where(changed(i, v), x[i], blurred[i]).astype(np.float32),
+                               steps + 1, label=f"insertion {label}".strip())
+    return deletion, insertion
+
+
+def auc(curve: np.ndarray) -> np.ndarray:
+    """Per-row area under a curve sampled at evenly spaced fractions 0..1."""
+    y = np.asarray(curve, np.float64)
+    return ((y[:, 1:] + y[:, :-1]) / 2.0).mean(axis=1)
+
+
+def _beats(diff: np.ndarray) -> bool:
+    """Whether paired differences (method better than random: positive) are above 2 standard errors."""
+    if len(diff) < 2:
+        return bool(diff.mean() > 0)
+    se = diff.std(ddof=1) / math.sqrt(len(diff))
+    return bool(diff.mean() > 2.0 * se)
+
+
+def evaluate(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray, maps: dict[str, np.ndarray],
+             steps: int = DEFAULT_STEPS, seed: int = 0) -> dict:
+    """Deletion/insertion AUC per method and for a random map; see the module docstring."""
+    rand = random_maps(len(x), x.shape[1:3], seed)
+    per: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, m in {"random": rand, **maps}.items():
+        d, i = curves(ex, x, t, c, m, steps, seed, label=name)
+        per[name] = (auc(d), auc(i))
+
+    def stats(a: np.ndarray) -> dict:
+        se = float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else 0.0
+        return {"mean": float(a.mean()), "se": se}
+
+    rd, ri = per["random"]
+    out = {"random": {"deletion": stats(rd), "insertion": stats(ri)}}
+    for name in maps:
+        d, i = per[name]
+        beats = {"deletion": _beats(rd - d), "insertion": _beats(i - ri)}
+        out[name] = {"deletion": stats(d), "insertion": stats(i), "beats_random": beats,
+                     "flagged": not all(beats.values())}
+    n, h, w = len(x), *x.shape[1:3]
+    return {"n": n, "steps": max(1, min(steps, h * w)), "pixels_per_step": math.ceil(h * w / max(1, min(steps, h * w))),
+            "protocol": PROTOCOL, "methods": out}

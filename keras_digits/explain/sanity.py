@@ -1,0 +1,99 @@
+"""The model-parameter randomization test (Adebayo et al., "Sanity Checks for Saliency Maps", 2018).
+
+Cascading randomization from the top: the layers with weights, from the output backwards, are
+randomized one group after another, and after each group every method's maps (same images, same
+targets) are compared with the trained model's by Spearman rank correlation of their absolute values
+(per image, then averaged). A method that explains the *model* must change when the model is
+destroyed; one whose maps stay alike (an edge detector of the input, say) fails.
+
+Randomizing a layer permutes the values of each of its weight tensors at random (seeded): the trained
+values' distribution is kept, so activations keep their scale (a fresh initialisation can make a
+BatchNorm-free net explode or vanish), and their learned arrangement is destroyed. The trained weights are
+restored afterwards.
+
+Verdict: a method *passes* when its mean correlation with the fully randomized model is below
+`PASS_BELOW` (0.5): under half the rank agreement left once nothing learned remains.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from keras_digits.explain.graph import SEP, is_submodel, sequence
+
+PASS_BELOW = 0.5
+DEFAULT_STEPS = 6
+
+
+def weighted_layers(model) -> list[tuple[str, object]]:
+    """(path, layer) of each layer with weights, nested models walked through, in execution order."""
+    out: list[tuple[str, object]] = []
+
+    def walk(m, prefix: str) -> None:
+        for layer in sequence(m):
+            if is_submodel(layer):
+                walk(layer, prefix + layer.name + SEP)
+            elif layer.weights:
+                out.append((prefix + layer.name, layer))
+
+    walk(model, "")
+    return out
+
+
+def cascade(n_layers: int, steps: int) -> list[int]:
+    """How many top layers are randomized at each step: 1 (the output layer) first, all of them last,
+    `steps` points spread evenly (every layer when there are few)."""
+    if n_layers <= 0:
+        return []
+    steps = max(1, min(steps, n_layers))
+    if steps == 1:
+        return [n_layers]
+    points = np.unique(np.round(np.geomspace(1, n_layers, steps)).astype(int))
+    return [int(p) for p in points]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-row Spearman correlation of |a| and |b| ((N, ...) each); 0 where either row is constant
+    (a map with no ranking left shares none with the original)."""
+    from scipy.stats import rankdata
+
+    ra = rankdata(np.abs(a).reshape(len(a), -1), axis=1)
+    rb = rankdata(np.abs(b).reshape(len(b), -1), axis=1)
+    ra -= ra.mean(axis=1, keepdims=True)
+    rb -= rb.mean(axis=1, keepdims=True)
+    den = np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
+    return np.where(den > 0, (ra * rb).sum(axis=1) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def randomize(layer, rng: np.random.Generator) -> None:
+    for var in layer.weights:
+        values = np.asarray(var.numpy())
+        var.assign(rng.permutation(values.reshape(-1)).reshape(values.shape))
+
+
+def run(model, compute: Callable[[str], np.ndarray], methods: list[str], originals: dict[str, np.ndarray],
+        steps: int = DEFAULT_STEPS, seed: int = 0) -> dict:
+    """The cascade on `model` (shared with the explainer that `compute(method)` uses); returns the
+    correlations per step and the verdicts. `originals` are the trained model's maps."""
+    layers = weighted_layers(model)
+    points = cascade(len(layers), steps)
+    saved = [np.array(w) for w in model.get_weights()]
+    rng = np.random.default_rng([seed, 17])
+    rows = []
+    try:
+        done = 0
+        top_down = layers[::-1]
+        for k in points:
+            for _, layer in top_down[done:k]:
+                randomize(layer, rng)
+            done = k
+            corr = {m: float(np.mean(spearman(originals[m], compute(m)))) for m in methods}
+            rows.append({"randomized": k, "down_to": top_down[k - 1][0], "spearman": corr})
+    finally:
+        model.set_weights(saved)
+    final = rows[-1]["spearman"] if rows else {}
+    verdict = {m: {"final_spearman": final.get(m), "passes": final.get(m, 1.0) < PASS_BELOW} for m in methods}
+    return {"layers_with_weights": len(layers), "randomization": "permutation of each weight tensor, top down",
+            "pass_below": PASS_BELOW, "steps": rows, "methods": verdict}

@@ -1,0 +1,129 @@
+"""Which images to explain and for which class: from a split (the first n, n per class, or the most
+confident mistakes) or from image files; targets `pred`, `true` or a class, and an optional contrast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from keras_digits.errors import KerasDigitsError
+
+
+@dataclass
+class Selection:
+    x: np.ndarray  # uint8 (N, H, W, C)
+    labels: np.ndarray  # true class per image, -1 when unknown (files)
+    names: list[str]  # "test #12" or the file path
+    how: str  # in words, for explain.json
+    indices: list[int] | None = None  # positions in the split
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+
+def from_split(x: np.ndarray, y: np.ndarray, split: str, n: int, per_class: bool, errors: bool,
+               probs: Callable[[np.ndarray], np.ndarray], num_classes: int) -> Selection:
+    """`n` images of a split: the first n; with `per_class` the first n of each class (class order);
+    with `errors` the n misclassified images with the highest predicted probability."""
+    if per_class and errors:
+        raise KerasDigitsError("--per-class and --errors cannot be combined; choose one")
+    y = np.asarray(y).astype(int)
+    if per_class:
+        idx = []
+        for k in range(num_classes):
+            found = np.flatnonzero(y == k)[:n]
+            if len(found) < n:
+                raise KerasDigitsError(f"--n {n} --per-class: class {k} has only {len(found)} image(s) in the "
+                                       f"{split} split")
+            idx += found.tolist()
+        how = f"first {n} of each class of the {split} split"
+    elif errors:
+        p = probs(x)
+        pred = p.argmax(axis=1)
+        wrong = np.flatnonzero(pred != y)
+        if len(wrong) == 0:
+            raise KerasDigitsError(f"--errors: the model makes no mistake on the {split} split ({len(y)} images)")
+        order = wrong[np.argsort(-p[wrong, pred[wrong]], kind="stable")]
+        idx = order[:n].tolist()
+        how = f"the {len(idx)} most confident mistakes of {len(wrong)} on the {split} split"
+    else:
+        if n > len(y):
+            raise KerasDigitsError(f"--n {n} is larger than the {split} split ({len(y)} images)")
+        idx = list(range(n))
+        how = f"first {n} of the {split} split"
+    return Selection(x[idx], y[idx], [f"{split} #{i}" for i in idx], how, indices=idx)
+
+
+def read_for_model(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """One image file as uint8 (H, W, C) of the model's input shape (grey or RGB, bilinear resize)."""
+    from PIL import Image
+
+    from keras_digits.data.folder import read_image
+
+    h, w, ch = shape
+    arr = read_image(path, None, "L" if ch == 1 else "RGB")
+    if arr.shape[:2] != (h, w):
+        im = Image.fromarray(arr[..., 0] if ch == 1 else arr).resize((w, h), Image.BILINEAR)
+        arr = np.asarray(im, np.uint8)
+        arr = arr[..., None] if arr.ndim == 2 else arr
+    return arr
+
+
+def from_files(paths: Sequence[str], shape: tuple[int, int, int], limit: int | None = None) -> Selection:
+    """Images named by files or folders, read like `predict` reads them; unreadable files are skipped."""
+    from keras_digits.predict import _reason, find_images
+
+    files, skipped = find_images(paths)
+    images, names = [], []
+    bad = [(str(p), why) for p, why in skipped]
+    for f in files:
+        try:
+            images.append(read_for_model(f, shape))
+            names.append(str(f))
+        except (OSError, ValueError, SyntaxError) as exc:  # Pillow's errors for non-images and broken files
+            bad.append((str(f), _reason(exc)))
+        if limit is not None and len(images) >= limit:
+            break
+    if not images:
+        raise KerasDigitsError(f"no readable image among {', '.join(paths)}"
+                               + (f" ({bad[0][0]}: {bad[0][1]})" if bad else ""))
+    x = np.stack(images).astype(np.uint8)
+    return Selection(x, np.full(len(x), -1), names, f"{len(x)} image file(s)", skipped=bad)
+
+
+def parse_class(text: str, label_names: Sequence[str], what: str) -> int:
+    """A class given as its index or its label name."""
+    names = [str(n) for n in label_names]
+    if text in names:
+        return names.index(text)
+    try:
+        k = int(text)
+    except ValueError:
+        k = -1
+    if 0 <= k < len(names):
+        return k
+    raise KerasDigitsError(f"{what} {text!r} is not a class; classes: "
+                           + ", ".join(f"{i} ({n})" if str(i) != n else n for i, n in enumerate(names)))
+
+
+def targets(spec: str, contrast: str | None, sel: Selection, preds: np.ndarray,
+            label_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(target, contrast) class per image; contrast -1 when none."""
+    if spec == "pred":
+        t = np.asarray(preds, np.int32)
+    elif spec == "true":
+        if (sel.labels < 0).any():
+            raise KerasDigitsError("--target true needs images from a split (files have no true label); "
+                                   "use --target pred or a class")
+        t = sel.labels.astype(np.int32)
+    else:
+        t = np.full(len(sel.x), parse_class(spec, label_names, "--target"), np.int32)
+    c = np.full(len(sel.x), -1, np.int32)
+    if contrast is not None:
+        k = parse_class(contrast, label_names, "--contrast")
+        if (t == k).all():
+            raise KerasDigitsError(f"--contrast {contrast} is the target class itself; contrast it with another class")
+        c[:] = k
+        c[t == k] = -1  # an image whose target is the contrast class is explained plainly
+    return t, c
