@@ -4,8 +4,8 @@ Images are embedded as base64 PNGs, styles are inline, there is no JavaScript an
 so the page opens from disk in any browser. Sections: summary, dataset and config, learning curves,
 confusion matrix (counts and row-normalised), per-class precision/recall/F1/support, one-vs-rest ROC
 and precision-recall curves with their AUCs, galleries of the most confident mistakes and of correct
-examples per class, explanations (`keras_digits.explain`), scores on other data, timings and software versions. `write_run_page` replaces
-the page atomically; a run that has not finished gets none.
+examples per class, explanations (`keras_digits.explain`), scores on other data, timings and software
+versions. `write_run_page` replaces the page atomically; a run that has not finished gets none.
 """
 
 from __future__ import annotations
@@ -203,8 +203,8 @@ def explain_section(run_dir: Path) -> str:
         out.append(img_tag(grid.read_bytes(), "attribution maps per method"))
     timings = info.get("timings") or {}
     if timings:
-        out.append(table(["method", "seconds", "images/s"],
-                         [[esc(m), fmt(v.get("seconds"), 2), fmt(v.get("images_per_s"), 1)] for m, v in timings.items()]))
+        rows = [[esc(m), fmt(v.get("seconds"), 2), fmt(v.get("images_per_s"), 1)] for m, v in timings.items()]
+        out.append("<h3>Time per method</h3>" + table(["method", "seconds", "images/s"], rows))
     metrics = info.get("metrics")
     if metrics:
         rows = []
@@ -226,7 +226,8 @@ def explain_section(run_dir: Path) -> str:
                 + ["passes" if v.get("passes") else '<span class="bad">fails</span>']
                 for m, v in sanity.get("methods", {}).items()]
         out.append(f"<h3>Sanity: Spearman correlation with the maps of a model randomized from the top "
-                   f"(pass below {sanity.get('pass_below')})</h3>" + table(header, rows))
+                   f"(pass: within ±{sanity.get('pass_below')} once every layer is randomized)</h3>"
+                   + table(header, rows))
     return "".join(out)
 
 

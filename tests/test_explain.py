@@ -112,6 +112,7 @@ def test_sequential_models_and_logits():
     target is the difference of two logits."""
     import keras
 
+    keras.utils.set_random_seed(5)
     model = keras.Sequential([keras.Input((10, 10, 1)), keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
                               keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
     ex = explainer(model)
@@ -127,7 +128,31 @@ def test_sequential_models_and_logits():
         tape.watch(xt)
         diff = ex._logits_of(xt)[:, 2] - ex._logits_of(xt)[:, 0]
     np.testing.assert_allclose(ex.input_gradients(x, t, c), tape.gradient(diff, xt).numpy(), rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(ex.scores(x, t, c), 1 / (1 + np.exp(-(z[:, 2] - z[:, 0]))), rtol=1e-5)
+    expected = 1 / (1 + np.exp(-(z[:, 2].astype(np.float64) - z[:, 0])))
+    np.testing.assert_allclose(ex.scores(x, t, c), expected, rtol=1e-5, atol=1e-9)
+
+
+def test_mixed_precision_model_has_real_logits():
+    """Under mixed_float16 the model ends in a float32 'linear' Activation after the softmax Dense; the
+    explainer looks through it to the Dense and computes logits in float32."""
+    import keras
+
+    from keras_digits.models.registry import build_model
+    from keras_digits.strategy import float32_outputs
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = float32_outputs(build_model("simple_cnn_v1", (12, 12, 1), 3))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    ex = explainer(model)
+    assert ex.head_kind == "dense" and ex.head.name == "predictions"
+    x = np.random.default_rng(3).integers(0, 256, (2, 12, 12, 1)).astype(np.float32)
+    z = ex.logits(x)
+    assert z.dtype == np.float32
+    np.testing.assert_allclose(ex.predict(x), model.predict(x, verbose=0), atol=2e-3)
+    grads = ex.input_gradients(x, np.array([0, 1], np.int32), np.array([2, -1], np.int32))
+    assert np.isfinite(grads).all() and np.abs(grads).max() > 0
 
 
 def test_integrated_gradients_completeness():
@@ -255,7 +280,7 @@ def test_faithfulness_flags_a_map_no_better_than_random(planted_model):
     m = res["methods"]
     assert not m["gradcam"]["flagged"] and m["inverted"]["flagged"], m
     assert m["gradcam"]["deletion"]["mean"] < m["random"]["deletion"]["mean"] < m["inverted"]["deletion"]["mean"]
-    assert res["pixels_per_step"] == 20 and res["protocol"]["deletion_baseline"].startswith("pixels set to 0")
+    assert res["pixels_per_step"] == 20.0 and res["protocol"]["deletion_baseline"].startswith("pixels set to 0")
 
 
 # ---------------------------------------------------------------------------- the CLI on the bundled digits
@@ -336,6 +361,7 @@ def test_cli_files_targets_and_contrast(digits_run, tmp_path, capsys):
     (["--method", "gradcam,lime"], "unknown method 'lime'; known: gradcam, gradcampp"),
     (["--layer", "nope"], "--layer 'nope' is not a layer of this model; candidates"),
     (["--layer", "flatten"], "not a spatial map"),
+    (["--layer", "rescale"], "comes before any layer with weights"),
     (["--n", "100000"], "--n 100000 is larger than the test split"),
     (["--target", "11"], "--target '11' is not a class"),
     (["--contrast", "3", "--target", "3"], "is the target class itself"),
@@ -349,6 +375,18 @@ def test_cli_errors(digits_run, tmp_path, capsys, args, message):
     code, _, err = explain_cli(["--run", digits_run, "--out", out_dir, *args, *FAST], capsys)
     assert code == 2 and message in one_error_line(err)
     assert not out_dir.exists()
+
+
+def test_cli_out_never_replaces_a_run_or_a_foreign_folder(digits_run, tmp_path, capsys):
+    from conftest import one_error_line
+
+    for out, message in [(digits_run, "would replace the run directory"),
+                         (digits_run.parent, "would replace the run directory"),
+                         (tmp_path, "not empty and was not written by keras_digits.explain")]:
+        (tmp_path / "keep.txt").write_text("mine")
+        code, _, err = explain_cli(["--run", digits_run, "--out", out, "--method", "saliency", *FAST], capsys)
+        assert code == 2 and message in one_error_line(err)
+    assert (digits_run / "best.keras").is_file() and (tmp_path / "keep.txt").read_text() == "mine"
 
 
 def test_cli_run_without_model(tmp_path, capsys):

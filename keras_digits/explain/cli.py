@@ -54,13 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory written by keras_digits.train")
     p.add_argument("--method", default="all", help="comma-separated methods, or all (default: all)")
     what = p.add_argument_group("which images")
-    what.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to draw from (default test)")
+    what.add_argument("--split", default="test", choices=("train", "val", "test"),
+                      help="split to draw from (default test)")
     what.add_argument("--n", type=positive_int, default=None,
                       help="images to explain (default 16; with --per-class: per class, default 1)")
     what.add_argument("--per-class", action="store_true", help="the first --n images of each class")
     what.add_argument("--errors", action="store_true", help="the --n most confident mistakes")
     what.add_argument("--images", nargs="+", metavar="FILE_OR_DIR",
-                      help="explain these image files instead (folders searched; unreadable files skipped)")
+                      help="explain these image files instead (folders searched; unreadable files skipped; "
+                           "all of them, or the first --n when given)")
     what.add_argument("--data-dir", help="override the run's data directory")
     tgt = p.add_argument_group("what to explain")
     tgt.add_argument("--target", default="pred", help="pred (default), true, or a class (index or label name)")
@@ -77,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--stride", type=positive_int, help="occlusion stride (default: patch / 2)")
     opt.add_argument("--scorecam-channels", type=non_negative_int, default=256,
                      help="Score-CAM channels, highest variance first; 0 = all (default 256)")
-    opt.add_argument("--seed", type=int, default=0, help="seed of noise, masks and tie-breaks (default 0)")
+    opt.add_argument("--seed", type=non_negative_int, default=0, help="seed of noise, masks and tie-breaks (default 0)")
     chk = p.add_argument_group("can the explanation be trusted?")
     chk.add_argument("--metrics", action="store_true", help="deletion/insertion AUC against a random map")
     chk.add_argument("--metrics-n", type=positive_int, default=100,
@@ -116,26 +118,48 @@ def row_label(name: str, label: int, pred: int, conf: float, t: int, c: int, nam
     return f"{name}\n{true}pred {names[pred]} ({conf:.2f}){target}"
 
 
+def check_out(out: Path, run_dir: Path) -> None:
+    """--out is replaced as a whole: refuse the run itself, a folder holding it, and a non-empty folder
+    that explain did not write."""
+    from keras_digits.io import check_output_dir
+
+    check_output_dir(out, "output folder")
+    if out.resolve() == run_dir.resolve() or out.resolve() in run_dir.resolve().parents:
+        raise KerasDigitsError(f"--out {out} would replace the run directory {run_dir} or a folder holding it; "
+                               f"choose a new or empty folder (default {run_dir / 'explain'})")
+    if out.is_dir() and any(out.iterdir()) and not (out / "explain.json").is_file():
+        raise KerasDigitsError(f"--out {out} is not empty and was not written by keras_digits.explain; it would be "
+                               "replaced: choose a new or empty folder")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     methods = parse_methods(args.method)
+    every = any(m.strip().lower() == "all" for m in args.method.split(","))
     if args.per_class and args.errors:
         raise KerasDigitsError("--per-class and --errors cannot be combined; choose one")
     if args.images and (args.per_class or args.errors):
         raise KerasDigitsError("--per-class and --errors choose images from a split; not with --images")
     say = (lambda *a: None) if args.quiet else (lambda text: print(text, file=sys.stderr))
 
-    from keras_digits.config import TrainConfig
     from keras_digits.evaluate import load_run
-    from keras_digits.explain.core import Explainer, Options
-    from keras_digits.explain.perturbation import occlusion_geometry
-    from keras_digits.io import check_output_dir
-    from keras_digits.rundir import dataset_record
+    from keras_digits.lock import hold
 
     run_dir = Path(args.run)
     cfg_dict, model = load_run(run_dir)
     out = Path(args.out) if args.out else run_dir / "explain"
-    check_output_dir(out, "output folder")
+    check_out(out, run_dir)
+    own = out.resolve() == (run_dir / "explain").resolve()  # RUN/explain feeds the run's page
+    with hold(run_dir, "run directory") if own else hold(out, "output folder"):
+        return explain(args, methods, every, run_dir, cfg_dict, model, out, own, say)
+
+
+def explain(args, methods, every, run_dir, cfg_dict, model, out, own, say) -> int:
+    from keras_digits.config import TrainConfig
+    from keras_digits.explain.core import Explainer, Options
+    from keras_digits.explain.perturbation import occlusion_geometry
+    from keras_digits.rundir import dataset_record
+
     options = Options(batch_size=args.batch_size, steps=args.steps, samples=args.samples, noise=args.noise,
                       masks=args.masks, patch=args.patch, stride=args.stride,
                       scorecam_channels=args.scorecam_channels, seed=args.seed)
@@ -143,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ex.progress = _progress(args.quiet)
     if ex.layer is None and any(m in CAM_METHODS for m in methods):
         cams = [m for m in methods if m in CAM_METHODS]
-        if args.method.strip().lower() != "all":
+        if not every:
             ex.require_layer(cams[0])
         methods = [m for m in methods if m not in CAM_METHODS]
         say(f"note: {', '.join(cams)} skipped: {model.name} has no spatial feature map")
@@ -166,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     n = args.n or (1 if args.per_class else 16)
     if args.images:
-        sel = select.from_files(args.images, ex.input_shape)
+        sel = select.from_files(args.images, ex.input_shape, limit=args.n)
         for f, why in sel.skipped:
             print(f"skipped {f}: {why}", file=sys.stderr)
     else:
@@ -219,32 +243,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         for m, v in result["sanity"]["methods"].items():
             say(f"  {m:<11} spearman after full randomization {v['final_spearman']:.3f}  "
                 f"{'passes' if v['passes'] else 'FAILS'}")
-    write_outputs(run_dir, out, sel, probs, preds, t, c, maps, result, label_names, cfg_dict)
+    write_outputs(run_dir, out, own, sel, probs, preds, t, c, maps, result, label_names, cfg_dict)
     print(f"explanations written to {out}")
     return 1 if sel.skipped else 0
 
 
-def write_outputs(run_dir: Path, out: Path, sel, probs, preds, t, c, maps, result, label_names, cfg_dict) -> None:
+def write_outputs(run_dir: Path, out: Path, own: bool, sel, probs, preds, t, c, maps, result, label_names,
+                  cfg_dict) -> None:
+    """Everything into a temporary folder, then moved onto `out` (the caller holds the lock)."""
     from keras_digits.explain.figures import save_grid
     from keras_digits.io import atomic_dir, write_json
-    from keras_digits.lock import hold
 
     rows = [row_label(sel.names[i], int(sel.labels[i]), int(preds[i]), float(probs[i, preds[i]]), int(t[i]),
                       int(c[i]), label_names) for i in range(len(sel.x))]
-    own = out.resolve() == (run_dir / "explain").resolve()
-    with hold(run_dir, "run directory") if own else hold(out, "output folder"):
-        with atomic_dir(out) as tmp:
-            for name, m in maps.items():
-                np.save(tmp / f"{name}.npy", m.astype(np.float32))
-            np.savez_compressed(tmp / "inputs.npz", images=sel.x, labels=sel.labels, preds=preds,
-                                confidence=probs[np.arange(len(preds)), preds], targets=t, contrasts=c)
-            title = f"{cfg_dict.get('arch', '')} · {result['images']}"
-            save_grid(tmp / "grid.png", sel.x, maps, rows, title)
-            write_json(tmp / "explain.json", result)
-        if own:  # the run's page shows RUN/explain
-            from keras_digits.html_report import write_run_page
+    with atomic_dir(out) as tmp:
+        for name, m in maps.items():
+            np.save(tmp / f"{name}.npy", m.astype(np.float32))
+        np.savez_compressed(tmp / "inputs.npz", images=sel.x, labels=sel.labels, preds=preds,
+                            confidence=probs[np.arange(len(preds)), preds], targets=t, contrasts=c)
+        title = f"{cfg_dict.get('arch', '')} · {result['images']}"
+        save_grid(tmp / "grid.png", sel.x, maps, rows, title)
+        write_json(tmp / "explain.json", result)
+    if own:
+        from keras_digits.html_report import write_run_page
 
-            write_run_page(run_dir)
+        write_run_page(run_dir)
 
 
 if __name__ == "__main__":

@@ -77,11 +77,13 @@ class Explainer:
 
     # ------------------------------------------------------------------ scores
     def _head(self, pre):
+        """Logits in float32 (a mixed-precision model's last layer input is float16)."""
         import tensorflow as tf
 
+        pre = tf.cast(pre, tf.float32)
         if self.head_kind == "dense":
-            out = tf.matmul(pre, tf.cast(self.head.kernel, pre.dtype))
-            return out + tf.cast(self.head.bias, pre.dtype) if self.head.use_bias else out
+            out = tf.matmul(pre, tf.cast(self.head.kernel, tf.float32))
+            return out + tf.cast(self.head.bias, tf.float32) if self.head.use_bias else out
         if self.head_kind == "activation":
             return pre
         return tf.math.log(tf.maximum(pre, 1e-30))
@@ -122,8 +124,8 @@ class Explainer:
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
+            tape.watch(x)  # so the feature map is on the tape even when no weight lies before it
             feature, pre = self._tap(x, training=False)
-            tape.watch(feature)
             score = self.logit_score(self._head(pre), t, c)
         return feature, tape.gradient(score, feature)
 
@@ -160,7 +162,8 @@ class Explainer:
     def require_layer(self, method: str) -> None:
         if self._tap is None:
             raise KerasDigitsError(f"{method} needs a spatial feature map and {self.model.name} has none (it "
-                                   "flattens its input first); use saliency, smoothgrad, ig, ig_blur, occlusion or rise")
+                                   "flattens its input first); use saliency, smoothgrad, ig, ig_blur, occlusion "
+                                   "or rise")
 
     def feature_gradients(self, x: np.ndarray, t: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(target layer's activations, their gradients of the logit score), each (N, h, w, k)."""
@@ -175,10 +178,12 @@ class Explainer:
         return np.concatenate([self._features(np.asarray(x[s], np.float32)).numpy() for s in self._chunks(len(x))])
 
     def map_pairs(self, n_images: int, n_variants: int, make: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                  fn: Callable[[np.ndarray, np.ndarray], np.ndarray], label: str = "") -> np.ndarray:
+                  fn: Callable[[np.ndarray, np.ndarray], np.ndarray], label: str = "",
+                  weights: np.ndarray | None = None) -> np.ndarray:
         """fn over every (image i, variant v) pair, `batch_size` pairs per call: `make(i, v)` builds the
         batch's inputs (index arrays in, (B, ...) out), `fn(inputs, i)` returns one value per pair.
-        Returns (n_images, n_variants, ...)."""
+        Returns (n_images, n_variants, ...); with `weights` (one per variant) the weighted sum over the
+        variants, (n_images, ...), accumulated batch by batch (memory independent of n_variants)."""
         total = n_images * n_variants
         bar = self.progress(label, total) if self.progress and label else None
         out = None
@@ -186,16 +191,21 @@ class Explainer:
             k = np.arange(s.start, s.stop)
             i, v = k // n_variants, k % n_variants
             values = np.asarray(fn(make(i, v), i))
-            if out is None:
-                out = np.zeros((total, *values.shape[1:]), values.dtype)
-            out[s] = values
+            if weights is not None:
+                if out is None:
+                    out = np.zeros((n_images, *values.shape[1:]), np.float64)
+                np.add.at(out, i, np.asarray(weights)[v].reshape(-1, *[1] * (values.ndim - 1)) * values)
+            else:
+                if out is None:
+                    out = np.zeros((total, *values.shape[1:]), values.dtype)
+                out[s] = values
             if bar is not None:
                 bar.update(len(k))
         if bar is not None:
             bar.close()
         if out is None:
-            return np.zeros((n_images, n_variants), np.float32)
-        return out.reshape(n_images, n_variants, *out.shape[1:])
+            return np.zeros((n_images,) if weights is not None else (n_images, n_variants), np.float32)
+        return out if weights is not None else out.reshape(n_images, n_variants, *out.shape[1:])
 
     def pair_scores(self, x, t, c, make, n_variants: int, label: str = "") -> np.ndarray:
         """Probability scores of `n_variants` perturbed copies of each image: (N, n_variants)."""

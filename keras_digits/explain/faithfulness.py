@@ -4,8 +4,8 @@ Protocol (also written into explain.json as `PROTOCOL`):
 
 * pixel order: the map's values, highest first; ties are broken by a fixed random order (seeded per
   image), so a constant map is a random order, never a raster scan;
-* step: ceil(H * W / steps) pixels per step, `steps` steps (default 50), so curves have steps + 1 points
-  from 0 to all pixels;
+* steps: `steps` (default 50) evenly spaced fractions of the pixels, H * W / steps pixels each (rounded),
+  so curves have steps + 1 points from none to all pixels;
 * deletion: start from the image, set the next pixels to 0 (black, every channel); a faithful map makes
   the score fall fast (low AUC is good);
 * insertion: start from the blurred image (`core.blur`: Gaussian, sigma = side / 10) and copy the next
@@ -59,10 +59,9 @@ def curves(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray, maps: np.
     """(deletion, insertion) score curves, each (N, steps + 1)."""
     n, h, w = maps.shape
     steps = max(1, min(steps, h * w))
-    per_step = math.ceil(h * w / steps)
     ranks = pixel_ranks(maps, seed).reshape(n, h, w)
     blurred = blur(x)
-    counts = np.minimum(np.arange(steps + 1) * per_step, h * w)
+    counts = np.rint(np.linspace(0, h * w, steps + 1)).astype(np.int64)  # evenly spaced fractions 0..1
 
     def changed(i: np.ndarray, v: np.ndarray) -> np.ndarray:
         return (ranks[i] < counts[v][:, None, None])[..., None]
@@ -109,5 +108,5 @@ def evaluate(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray, maps: d
         out[name] = {"deletion": stats(d), "insertion": stats(i), "beats_random": beats,
                      "flagged": not all(beats.values())}
     n, h, w = len(x), *x.shape[1:3]
-    return {"n": n, "steps": max(1, min(steps, h * w)), "pixels_per_step": math.ceil(h * w / max(1, min(steps, h * w))),
-            "protocol": PROTOCOL, "methods": out}
+    steps = max(1, min(steps, h * w))
+    return {"n": n, "steps": steps, "pixels_per_step": round(h * w / steps, 2), "protocol": PROTOCOL, "methods": out}

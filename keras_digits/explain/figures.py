@@ -2,8 +2,8 @@
 the input and one per method, each map overlaid on the image as a heat map.
 
 Display only: each map is shown as its absolute value stretched between its own 1st and 99th
-percentiles (so one hot pixel does not wash out the rest, and RISE's constant offset does not either), in the "inferno" colour map at 60% over the grey image. The raw
-signed maps are in the .npy files.
+percentiles (so one hot pixel does not wash out the rest, and RISE's constant offset does not either),
+in the "inferno" colour map at 60% over the grey image. The raw signed maps are in the .npy files.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Maps are (N, H, W) float32. Saliency and SmoothGrad are magnitudes (the largest absolute value over
 the colour channels); Integrated Gradients keeps its sign, summed over channels (positive: evidence
-for the target), and its attributions add up to score(x) - score(baseline) (completeness).
+for the target), and its attributions add up to the logit score's change from the baseline to the
+image (completeness).
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ def _noise(ex: Explainer, sample: np.ndarray) -> np.ndarray:
 def smoothgrad(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Smilkov et al. 2017: the mean over noisy copies (std `noise` x 255) of the saliency map."""
     n = max(1, ex.options.samples)
-    grads = ex.map_pairs(len(x), n, lambda i, v: x[i] + _noise(ex, v),
-                         lambda xb, i: np.abs(ex.input_gradients(xb, t[i], c[i])).max(axis=-1), label="smoothgrad")
-    return grads.mean(axis=1).astype(np.float32)
+    mean = ex.map_pairs(len(x), n, lambda i, v: x[i] + _noise(ex, v),
+                        lambda xb, i: np.abs(ex.input_gradients(xb, t[i], c[i])).max(axis=-1), label="smoothgrad",
+                        weights=np.full(n, 1.0 / n))
+    return mean.astype(np.float32)
 
 
 def integrated_gradients(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray,
@@ -48,8 +50,8 @@ def integrated_gradients(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndar
     def make(i: np.ndarray, v: np.ndarray) -> np.ndarray:
         return baseline[i] + alphas[v][:, None, None, None] * diff[i]
 
-    grads = ex.map_pairs(len(x), steps + 1, make, lambda xb, i: ex.input_gradients(xb, t[i], c[i]), label="ig")
-    avg = np.tensordot(weights, np.moveaxis(grads, 1, 0), axes=1)  # (N, H, W, C)
+    avg = ex.map_pairs(len(x), steps + 1, make, lambda xb, i: ex.input_gradients(xb, t[i], c[i]), label="ig",
+                       weights=weights)  # (N, H, W, C): the path's mean gradient
     return (diff * avg).sum(axis=-1).astype(np.float32)
 
 

@@ -157,25 +157,46 @@ def resolve_layer(model, name: str | None) -> LayerInfo | None:
     if len(hits) > 1:
         raise KerasDigitsError(f"--layer {name!r} is ambiguous: {', '.join(h.path for h in hits)}; give the full path")
     info = hits[0]
+    if info.spatial and not info.after_weights:
+        raise KerasDigitsError(f"--layer {info.path} comes before any layer with weights (it is the image itself, "
+                               f"not a feature map); candidates (deepest last): {listed}")
     if not info.spatial:
         raise KerasDigitsError(f"--layer {info.path} outputs shape {info.shape}, not a spatial map (h, w, channels); "
                                f"candidates (deepest last): {listed}")
     return info
 
 
-def _find_output_head(model) -> tuple[Any, str]:
-    """The last layer and how logits come out of it: 'dense' (Dense with softmax: its kernel and bias
-    applied to its input), 'activation' (a softmax Activation: its input is the logits), else 'log'
-    (log of the probabilities: the same differences between classes as logits)."""
+def _is_linear_activation(layer) -> bool:
     keras = _keras()
-    layer = sequence(model)[-1]
-    while is_submodel(layer):
-        layer = sequence(layer)[-1]
+    return isinstance(layer, keras.layers.Activation) and getattr(layer.activation, "__name__", "") == "linear"
+
+
+def _find_output_head(model) -> tuple[Any, str]:
+    """The layer logits come out of, and how: 'dense' (a Dense with softmax: its kernel and bias applied to
+    its input), 'activation' (a softmax Activation/Softmax layer: its input is the logits), else 'log'
+    (log of the probabilities: the same differences between classes as logits). Trailing linear
+    activations are looked through (mixed precision appends a float32 'linear' Activation after the
+    softmax: keras_digits.strategy.float32_outputs)."""
+    keras = _keras()
+    steps = _steps(model)
+    layer, inputs = steps[-1]
+    while True:
+        if is_submodel(layer):
+            steps = _steps(layer)
+            layer, inputs = steps[-1]
+            continue
+        if _is_linear_activation(layer) and len(inputs) == 1:
+            producer = _producer(inputs[0])
+            found = [(op, ins) for op, ins in steps if op is producer]
+            if found:
+                layer, inputs = found[0]
+                continue
+        break
     activation = getattr(getattr(layer, "activation", None), "__name__", "")
     if isinstance(layer, keras.layers.Dense) and activation == "softmax":
         return layer, "dense"
-    if isinstance(layer, (keras.layers.Activation, keras.layers.Softmax)) and (
-            isinstance(layer, keras.layers.Softmax) or activation == "softmax"):
+    softmax_activation = isinstance(layer, keras.layers.Activation) and activation == "softmax"
+    if isinstance(layer, keras.layers.Softmax) or softmax_activation:
         return layer, "activation"
     return layer, "log"
 

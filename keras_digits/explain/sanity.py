@@ -11,8 +11,10 @@ values' distribution is kept, so activations keep their scale (a fresh initialis
 BatchNorm-free net explode or vanish), and their learned arrangement is destroyed. The trained weights are
 restored afterwards.
 
-Verdict: a method *passes* when its mean correlation with the fully randomized model is below
-`PASS_BELOW` (0.5): under half the rank agreement left once nothing learned remains.
+Verdict: a method *passes* when its mean correlation with the fully randomized model is within
++-`PASS_BELOW` (0.5): under half the rank agreement left once nothing learned remains. A strong
+*negative* correlation fails too: a map that highlights exactly the complement of what it highlighted
+before (the background instead of the digit) still mirrors the input's structure, not the model.
 """
 
 from __future__ import annotations
@@ -43,12 +45,14 @@ def weighted_layers(model) -> list[tuple[str, object]]:
 
 
 def cascade(n_layers: int, steps: int) -> list[int]:
-    """How many top layers are randomized at each step: 1 (the output layer) first, all of them last,
-    `steps` points spread evenly (every layer when there are few)."""
+    """How many top layers are randomized at each step: every count from 1 to n_layers when n_layers
+    <= steps; otherwise up to `steps` counts from 1 (the output layer) to n_layers (all), spaced
+    geometrically (the top layers, where maps change most, get the finer steps)."""
     if n_layers <= 0:
         return []
-    steps = max(1, min(steps, n_layers))
-    if steps == 1:
+    if n_layers <= steps:
+        return list(range(1, n_layers + 1))
+    if steps <= 1:
         return [n_layers]
     points = np.unique(np.round(np.geomspace(1, n_layers, steps)).astype(int))
     return [int(p) for p in points]
@@ -94,6 +98,6 @@ def run(model, compute: Callable[[str], np.ndarray], methods: list[str], origina
     finally:
         model.set_weights(saved)
     final = rows[-1]["spearman"] if rows else {}
-    verdict = {m: {"final_spearman": final.get(m), "passes": final.get(m, 1.0) < PASS_BELOW} for m in methods}
+    verdict = {m: {"final_spearman": final.get(m), "passes": abs(final.get(m, 1.0)) < PASS_BELOW} for m in methods}
     return {"layers_with_weights": len(layers), "randomization": "permutation of each weight tensor, top down",
             "pass_below": PASS_BELOW, "steps": rows, "methods": verdict}
