@@ -1,5 +1,6 @@
 """Metrics on a split (accuracy, loss, macro P/R/F1, per class, confusion matrix, one-vs-rest AUC)
-and `python -m keras_digits.evaluate --run DIR [--split test]`, which re-scores a saved run."""
+and `python -m keras_digits.evaluate --run DIR [--split test]`, which re-scores a saved run; with
+--dataset/--perturb/--preprocess/--label-map it scores it elsewhere (keras_digits.crossdata)."""
 
 from __future__ import annotations
 
@@ -199,18 +200,39 @@ def rescore_run(run_dir: str | Path, splits: Sequence[str], data_dir: str | None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m keras_digits.evaluate", description="Re-score a saved run.")
+    from keras_digits.data.adapt import PREPROCESS
+    from keras_digits.data.corrupt import LEVELS
+
+    p = argparse.ArgumentParser(
+        prog="python -m keras_digits.evaluate",
+        description="Re-score a saved run on its own splits, on another dataset (--dataset), or under "
+                    "corruptions (--perturb).",
+        epilog="corruptions (severity 1..5 unless noted): " + ", ".join(
+            f"{k}" + ("" if len(v) > 1 else " (one level, colour only)") for k, v in LEVELS.items())
+            + "; NAME alone runs every severity, all runs every corruption.")
     p.add_argument("--run", required=True, help="run directory written by keras_digits.train")
     p.add_argument("--split", action="append", choices=("train", "val", "test"),
                    help="split(s) to score (repeatable; default test)")
-    p.add_argument("--data-dir", help="override the run's data directory")
+    p.add_argument("--data-dir", help="override the run's data directory (or the --dataset's)")
+    p.add_argument("--dataset", help="score on this dataset instead (writes metrics-<dataset>[-digit].json)")
+    p.add_argument("--preprocess", choices=PREPROCESS,
+                   help="digit-normalise the images first (MNIST-style); auto (the default with --dataset): "
+                        "digit for models trained on mnist; none is the default otherwise. Given alone, the "
+                        "run's own split is scored this way into metrics-<dataset>[-digit].json")
+    p.add_argument("--label-map", metavar="FILE.json",
+                   help="JSON object renaming the dataset's labels to the model's ({\"zero\": \"0\", ...})")
+    p.add_argument("--perturb", nargs="+", metavar="NAME[:SEVERITY]",
+                   help="score under corruptions (writes robustness-<dataset>-<split>[-digit].json)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the corruptions (default 0)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
-    splits = args.split or ["test"]
+    splits = list(dict.fromkeys(args.split or ["test"]))
+    if args.dataset or args.perturb or args.preprocess or args.label_map:
+        return score_elsewhere_cli(args, splits)
     metrics, path = rescore_run(args.run, splits, args.data_dir)
     if path.name != "metrics.json":
         print(f"note: {metrics['source']} is not the data this run was trained and tested on; "
@@ -219,6 +241,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         m = metrics[split]
         auc = "" if m["auc"] is None else f"  auc {m['auc']:.4f}"
         print(f"{split}: accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  macro-F1 {m['f1']:.4f}{auc}")
+    return 0
+
+
+def score_elsewhere_cli(args, splits: Sequence[str]) -> int:
+    from keras_digits.crossdata import robustness_markdown, score_elsewhere
+
+    if args.seed < 0:
+        raise KerasDigitsError(f"--seed must be 0 or more, got {args.seed}")
+    if len(splits) != 1:
+        raise KerasDigitsError("--dataset/--perturb score one split at a time; give one --split")
+    # default: auto on another dataset; none for the run's own data (so the clean row is its own score)
+    preprocess = args.preprocess or ("auto" if args.dataset else "none")
+    result, path = score_elsewhere(args.run, args.dataset, args.data_dir, splits[0], preprocess,
+                                   args.label_map, args.perturb, args.seed)
+    what = f"{result['dataset']} {splits[0]} ({result['preprocess']} preprocessing)"
+    if "rows" in result:
+        print(f"robustness on {what}, {result['n']} images:\n{robustness_markdown(result)}")
+    else:
+        m = result[splits[0]]
+        print(f"{what}: accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  macro-F1 {m['f1']:.4f}")
+    print(f"written to {path}", file=sys.stderr)
     return 0
 
 

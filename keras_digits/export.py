@@ -5,7 +5,9 @@
 writes `saved_models/NAME/1/` (NAME defaults to the run directory's name) with two signatures:
 
 - `serving_default`: `images` = uint8 `[batch, height, width, channels]` of ANY height and width and
-  1, 2 (grey + alpha), 3 (RGB) or 4 (RGBA) channels. Inside the graph: channel conversion to the
+  1, 2 (grey + alpha), 3 (RGB) or 4 (RGBA) channels; with `--preprocess digit`, first the MNIST-style
+  digit normalisation (keras_digits.data.digit_norm: grey, polarity, 20 px box, centre of mass
+  centred in 28x28). Then, inside the graph of every export: channel conversion to the
   model's channel count (RGB -> grey with PIL's ITU-R 601 weights; grey -> RGB by repeating; alpha
   dropped), a bilinear antialiased resize to the model's input height and width (what PIL's
   BILINEAR resize did to the training data) rounded back onto the uint8 grid, then the model
@@ -44,7 +46,6 @@ SERVING_SIGNATURE = "serving_default"
 FLOAT_SIGNATURE = "serve_float"
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("probabilities", "class_id", "label")
-GREY_WEIGHTS = (0.299, 0.587, 0.114)  # PIL's convert("L") (ITU-R 601-2 luma)
 
 
 def _model_input_shape(model) -> tuple[int, int, int]:
@@ -55,13 +56,13 @@ def _model_input_shape(model) -> tuple[int, int, int]:
     return tuple(int(d) for d in shape)  # type: ignore[return-value]
 
 
-def _serving_fns(model, label_names: Sequence[str]):
-    """The two endpoint functions: uint8 any-size images, and float32 images at the model's shape."""
+def _serving_fns(model, label_names: Sequence[str], preprocess: str = "none"):
+    """The two endpoint functions: uint8 any-size images (digit-normalised first with preprocess="digit"),
+    and float32 images at the model's shape."""
     import tensorflow as tf
 
     height, width, channels = _model_input_shape(model)
     labels = tf.constant(list(label_names), dtype=tf.string)
-    weights = tf.constant(GREY_WEIGHTS, dtype=tf.float32)
 
     def outputs(x):
         probs = tf.cond(  # an empty batch gets empty outputs (oneDNN's Conv2D rejects it)
@@ -73,31 +74,10 @@ def _serving_fns(model, label_names: Sequence[str]):
         class_id = tf.argmax(probs, axis=-1, output_type=tf.int64)
         return {"probabilities": probs, "class_id": class_id, "label": tf.gather(labels, class_id)}
 
-    def to_channels(x):
-        c = tf.shape(x)[-1]
-        if channels == 1:
-            return tf.cond(c >= 3,
-                           lambda: tf.round(tf.reduce_sum(x[..., :3] * weights, axis=-1, keepdims=True)),
-                           lambda: x[..., :1])
-        if channels == 3:
-            return tf.cond(c >= 3, lambda: x[..., :3], lambda: tf.tile(x[..., :1], [1, 1, 1, 3]))
-        tf.debugging.assert_equal(c, channels, message=f"this model takes {channels}-channel images")
-        return x
-
-    def resize(x):
-        h, w = tf.shape(x)[1], tf.shape(x)[2]
-        same = tf.logical_and(tf.equal(h, height), tf.equal(w, width))
-        return tf.cond(
-            same,
-            lambda: x,
-            lambda: tf.clip_by_value(
-                tf.round(tf.image.resize(x, [height, width], method="bilinear", antialias=True)), 0.0, 255.0),
-        )
-
     def serve(images):
-        x = to_channels(tf.cast(images, tf.float32))
-        x = tf.ensure_shape(resize(x), [None, height, width, channels])
-        return outputs(x)
+        from keras_digits.data.adapt import fit_to_model
+
+        return outputs(fit_to_model(images, (height, width, channels), digit=preprocess == "digit"))
 
     def serve_float(images):
         return outputs(images)
@@ -114,8 +94,11 @@ def export_model(
     config: dict[str, Any] | None = None,
     dataset: dict[str, Any] | None = None,
     overwrite: bool = False,
+    preprocess: str = "none",
 ) -> Path:
-    """Write `model` as a SavedModel version folder `export_dir` (atomically); returns its path."""
+    """Write `model` as a SavedModel version folder `export_dir` (atomically); returns its path.
+    preprocess="digit" puts the MNIST-style digit normalisation inside serving_default and records
+    "preprocess": "digit" in the exported config (so predict does not apply it again)."""
     import keras
     import tensorflow as tf
 
@@ -132,8 +115,10 @@ def export_model(
         raise KerasDigitsError(f"the model holds non-finite values in {describe_nonfinite(bad)}; not exported")
     if export_dir.exists() and not overwrite:
         raise KerasDigitsError(f"{export_dir} already exists; pass --overwrite or another --version")
-    config = dict(config or {})
-    (serve, uint8_spec), (serve_float, float_spec) = _serving_fns(model, label_names)
+    if preprocess not in ("none", "digit"):
+        raise KerasDigitsError(f"--preprocess must be none or digit, got {preprocess!r}")
+    config = {**(config or {}), **({"preprocess": "digit"} if preprocess == "digit" else {})}
+    (serve, uint8_spec), (serve_float, float_spec) = _serving_fns(model, label_names, preprocess)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -172,6 +157,7 @@ def export_run(
     out: str | Path | None = None,
     version: int = 1,
     overwrite: bool = False,
+    preprocess: str = "none",
 ) -> Path:
     """Export a finished run's best.keras to `out/<version>` (default saved_models/<run name>/<version>)."""
     run_dir = Path(run_dir)
@@ -195,7 +181,8 @@ def export_run(
         print(f"note: {run_dir} has no dataset.json; labels are the class ids 0..{num_classes - 1}", file=sys.stderr)
     with hold(version_dir, "export folder"):
         clean_stale_temps(out, version_dir.name)  # left by an export that was killed
-        return export_model(model, version_dir, label_names, config=config, dataset=dataset, overwrite=overwrite)
+        return export_model(model, version_dir, label_names, config=config, dataset=dataset, overwrite=overwrite,
+                            preprocess=preprocess)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,12 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="model folder (default saved_models/<run directory name>)")
     p.add_argument("--version", type=positive_int, default=1, help="version subfolder (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
+    p.add_argument("--preprocess", choices=("none", "digit"), default="none",
+                   help="digit: put the MNIST-style digit normalisation inside serving_default, for TF Serving "
+                        "clients (recorded in assets/config.json; predict then does not apply it again); "
+                        "default none")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    path = export_run(args.run, args.out, args.version, args.overwrite)
+    path = export_run(args.run, args.out, args.version, args.overwrite, args.preprocess)
     print(f"SavedModel written to {path} (signatures: {SERVING_SIGNATURE}, {FLOAT_SIGNATURE})")
     return 0
 

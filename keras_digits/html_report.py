@@ -4,8 +4,8 @@ Images are embedded as base64 PNGs, styles are inline, there is no JavaScript an
 so the page opens from disk in any browser. Sections: summary, dataset and config, learning curves,
 confusion matrix (counts and row-normalised), per-class precision/recall/F1/support, one-vs-rest ROC
 and precision-recall curves with their AUCs, galleries of the most confident mistakes and of correct
-examples per class, explanations (`keras_digits.explain`), scores on other data, timings and software
-versions. `write_run_page` replaces the page atomically; a run that has not finished gets none.
+examples per class, explanations (`keras_digits.explain`), scores on other data, robustness under
+corruptions, timings and software versions. `write_run_page` replaces the page atomically; a run that has not finished gets none.
 """
 
 from __future__ import annotations
@@ -178,12 +178,30 @@ def other_data_section(run_dir: Path) -> str:
         m = read_json_object(path, lenient=True)
         for split, s in m.items():
             if isinstance(s, dict) and "accuracy" in s:
-                rows.append([esc(path.name), esc(m.get("source", "")), esc(split), fmt(s["accuracy"]), fmt(s["f1"]),
-                             fmt(s.get("auc"))])
+                rows.append([esc(path.name), esc(m.get("source", "")), esc(split), esc(m.get("preprocess", "none")),
+                             fmt(s["accuracy"]), fmt(s["f1"]), fmt(s.get("auc"))])
     if not rows:
         return ""
-    return "<h2>Scores on other data</h2>" + table(["file", "data", "split", "accuracy", "macro F1", "AUC"], rows,
-                                                   left=3)
+    return "<h2>Scores on other data</h2>" + table(
+        ["file", "data", "split", "preprocessing", "accuracy", "macro F1", "AUC"], rows, left=4)
+
+
+def robustness_section(run_dir: Path) -> str:
+    """One table per robustness-*.json (keras_digits.evaluate --perturb): clean first, then each corruption."""
+    out = []
+    for path in sorted(run_dir.glob("robustness-*.json")):
+        r = read_json_object(path, lenient=True)
+        rows = [x for x in r.get("rows") or [] if isinstance(x, dict) and isinstance(x.get("accuracy"), (int, float))]
+        if not rows:
+            continue
+        clean = rows[0].get("accuracy", 0.0)
+        body = [[esc(x.get("corruption")), "" if x.get("corruption") == "clean" else esc(x.get("severity")),
+                 fmt(x.get("accuracy")), "" if x.get("corruption") == "clean" else f"{x['accuracy'] - clean:+.4f}"]
+                for x in rows]
+        out.append(f"<h3>{esc(r.get('dataset'))} {esc(r.get('split'))} · {esc(r.get('preprocess'))} preprocessing · "
+                   f"{esc(r.get('n'))} images · seed {esc(r.get('seed'))} ({esc(path.name)})</h3>"
+                   + table(["corruption", "severity", "accuracy", "change"], body))
+    return "<h2>Robustness</h2>" + "".join(out) if out else ""
 
 
 def explain_section(run_dir: Path) -> str:
@@ -262,7 +280,8 @@ def run_page(run_dir: str | Path) -> str | None:
             confusion_section(final, names, split), per_class_section(final),
             roc_section(load_npz(run_dir / f"predictions-{split}.npz"), names, split),
             gallery_section(load_npz(run_dir / f"examples-{split}.npz"), names, split),
-            explain_section(run_dir), other_data_section(run_dir), timing_section(run_dir, metrics)]
+            explain_section(run_dir), other_data_section(run_dir), robustness_section(run_dir),
+            timing_section(run_dir, metrics)]
     return page(f"{config.get('arch', 'run')} on {dataset.get('name', '')}", "".join(body))
 
 

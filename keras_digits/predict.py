@@ -18,7 +18,10 @@ in order, each folder's files sorted by path), columns:
                 e.g. "3:0.9100;8:0.0500;5:0.0200" (4 decimals; K = --top-k, at most the class count)
 
 Images are decoded at their native size (grey stays one channel, anything else becomes RGB) and
-fed as uint8; the model's serving signature converts channels and resizes. Images of the same
+fed as uint8; the model's serving signature converts channels and resizes. With --preprocess digit
+(the default `auto` chooses it for models trained on MNIST-style centred digits, unless the export
+already does it in its signature) each image is first digit-normalised the way MNIST was built
+(keras_digits.data.digit_norm). Images of the same
 size are batched together. Only TensorFlow (and Pillow) is needed: keras is never imported here.
 
 Exit codes: 0 all images predicted; 1 some files were not images or could not be decoded (each is
@@ -39,6 +42,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TextIO
 import numpy as np
 
 from keras_digits.cli import positive_int, run_cli
+from keras_digits.data.adapt import PREPROCESS, PREPROCESS_HELP, wants_digit
 from keras_digits.data.folder import list_images, read_image
 from keras_digits.errors import KerasDigitsError
 from keras_digits.io import atomic_path, check_output_file
@@ -86,11 +90,27 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     raise KerasDigitsError(f"{path} is not a SavedModel folder (no saved_model.pb, no numbered version inside)")
 
 
-class Predictor:
-    """A loaded SavedModel's serving signature, fed lists of uint8 images of any sizes."""
+def read_export_config(model_dir: Path) -> dict:
+    """The run config an export carries (assets/config.json); {} when absent or unreadable."""
+    from keras_digits.io import read_json_object
 
-    def __init__(self, model_dir: str | os.PathLike):
+    return read_json_object(model_dir / "assets" / "config.json", lenient=True)
+
+
+class Predictor:
+    """A loaded SavedModel's serving signature, fed lists of uint8 images of any sizes.
+
+    `preprocess` (auto|digit|none, see keras_digits.data.adapt) decides whether images are digit-normalised
+    (keras_digits.data.digit_norm, the same TF function export can put in the signature) first;
+    `self.preprocess` is what is applied, `self.inkless` counts images without ink (left as they were)."""
+
+    def __init__(self, model_dir: str | os.PathLike, preprocess: str = "auto"):
         self.model_dir = resolve_model_dir(model_dir)
+        self.config = read_export_config(self.model_dir)
+        self.in_graph = self.config.get("preprocess") == "digit"  # the signature normalises already
+        digit = wants_digit(preprocess, str(self.config.get("dataset", "")))
+        self.preprocess = "digit" if digit and not self.in_graph else "none"
+        self.inkless = 0
         import tensorflow as tf
 
         try:
@@ -126,7 +146,14 @@ class Predictor:
         """(probabilities, class ids, labels) for a uint8 batch (N, H, W, C) of one size."""
         import tensorflow as tf
 
-        out = self._fn(**{self._input_name: tf.constant(images, dtype=tf.uint8)})
+        batch = tf.constant(images, dtype=tf.uint8)
+        if self.preprocess == "digit":
+            from keras_digits.data.digit_norm import normalize_batch
+
+            normalised, has_ink = normalize_batch(batch)
+            self.inkless += int(len(images) - int(tf.reduce_sum(tf.cast(has_ink, tf.int32))))
+            batch = tf.cast(normalised, tf.uint8)
+        out = self._fn(**{self._input_name: batch})
         labels = [b.decode("utf-8", "replace") for b in out["label"].numpy()]
         probs = out["probabilities"].numpy()
         if not np.isfinite(probs).all():
@@ -262,6 +289,12 @@ def make_progress(total: int, wanted: bool | None = None, label: str = "predict"
     return Progress(total, label=label) if show and total else None
 
 
+def report_inkless(predictor: Predictor) -> None:
+    if predictor.inkless:
+        print(f"warning: {predictor.inkless} image(s) had no ink to normalise (blank or uniform); they were "
+              "only grey-scaled and resized", file=sys.stderr)
+
+
 def format_row(pred: Prediction, k: int) -> list[str]:
     """One CSV row in CSV_COLUMNS order."""
     top = ";".join(f"{cid}:{p:.4f}" for cid, p in pred.top_k(k))
@@ -294,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="CSV file to write (atomically; default stdout)")
     p.add_argument("--top-k", type=positive_int, default=3, help="classes listed in the top_k column (default 3)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per model call (default 64)")
+    p.add_argument("--preprocess", choices=PREPROCESS, default="auto", help=PREPROCESS_HELP)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help=f"progress line on stderr (default: when stderr is a terminal and there are "
                         f">= {PROGRESS_MIN_FILES} files)")
@@ -307,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     files, skipped = find_images(args.paths)  # usage errors before the (slow) model load
     if not files and not skipped:
         raise KerasDigitsError("no files found in " + ", ".join(args.paths))
-    predictor = Predictor(args.model)
+    predictor = Predictor(args.model, args.preprocess)
     k = min(args.top_k, predictor.num_classes)
     failed: list[Path] = []
 
@@ -331,6 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if progress:
             progress.close()
+    report_inkless(predictor)
     if failed:
         print(f"warning: {len(failed)} file(s) skipped, {n} predicted", file=sys.stderr)
         return 1

@@ -32,6 +32,7 @@ from typing import Sequence
 from keras_digits.cli import positive_int, run_cli
 from keras_digits.errors import KerasDigitsError
 from keras_digits.io import atomic_path, check_output_file
+from keras_digits.data.adapt import PREPROCESS, PREPROCESS_HELP
 
 FORMATS = {"ids": ("id", "label"), "kaggle": ("ImageId", "Label")}
 
@@ -92,12 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", choices=("name", "id"), default="name",
                    help="label column: predicted label name or class index (default name)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per model call (default 64)")
+    p.add_argument("--preprocess", choices=PREPROCESS, default="auto", help=PREPROCESS_HELP)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from keras_digits.data.folder import list_images
-    from keras_digits.predict import Predictor, make_progress
+    from keras_digits.predict import Predictor, make_progress, report_inkless
 
     args = build_parser().parse_args(argv)
     if args.id_width < 0:
@@ -113,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise KerasDigitsError(f"no image files in {images_dir}")
     for path in files:  # id problems surface before the model is loaded
         submission_id(path.stem, args.format, args.id_width)
-    predictor = Predictor(args.model)
+    predictor = Predictor(args.model, args.preprocess)
     failed: list[str] = []
     progress = make_progress(len(files), label="submit")
     try:
@@ -128,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"unreadable {line}", file=sys.stderr)
         print(f"error: {len(failed)} image(s) could not be predicted; {args.out} not written", file=sys.stderr)
         return 1
+    report_inkless(predictor)
     rows = make_rows(preds, args.format, args.id_width, args.label)
     write_submission(rows, args.out, args.format)
     print(f"{len(rows)} row(s) written to {args.out} ({args.format} format)", file=sys.stderr)

@@ -12,7 +12,10 @@ from keras_digits.errors import KerasDigitsError
 from keras_digits.explain import CAM_METHODS, METHODS, method_fn, parse_methods
 
 TINY = dict(batch_size=16, steps=4, samples=3, masks=12, scorecam_channels=6, patch=None, stride=None)
-SLOW_ARCHS = {"resnet34", "resnet50", "resnet101", "resnet152", "xception"}  # minutes together; -m slow
+# minutes together; -m slow. The default run keeps a plain CNN, a flat model, a residual net and a
+# nested keras.applications base (the target-layer test adds resnet50's)
+SLOW_ARCHS = {"alexnet", "cifar_cnn", "keras_cnn", "resnet_cifar", "resnet34", "resnet50", "resnet101", "resnet152",
+              "xception"}
 
 
 def explainer(model, layer=None, **kw):

@@ -50,7 +50,7 @@ def test_predict_folder_matches_run_test_accuracy(tiny, test_pngs, tmp_path, cap
 
     root, _ = test_pngs
     out = tmp_path / "preds.csv"
-    assert run_cli(predict.main, ["--model", str(tiny["model"]), str(root), "--out", str(out),
+    assert run_cli(predict.main, ["--model", str(tiny["model"]), "--preprocess", "none", str(root), "--out", str(out),
                                   "--batch-size", "32"]) == 0
     rows = read_csv(out.read_text())
     assert list(rows[0]) == ["file", "label", "class_id", "confidence", "top_k"]
@@ -74,7 +74,7 @@ def test_predict_matches_keras_model_per_image(tiny, test_pngs, capsys):
     from keras_digits.evaluate import load_run
 
     root, _ = test_pngs
-    assert run_cli(predict.main, ["--model", str(tiny["model"]), str(root), "--top-k", "20"]) == 0
+    assert run_cli(predict.main, ["--model", str(tiny["model"]), "--preprocess", "none", str(root), "--top-k", "20"]) == 0
     rows = read_csv(capsys.readouterr().out)
     x, _ = tiny_test_split(tiny)
     probs = load_run(tiny["run"])[1].predict(x.astype(np.float32), verbose=0)
@@ -95,7 +95,7 @@ def test_bad_files_are_named_and_skipped_exit_1(tiny, tmp_path, capsys):
     (root / "sub" / "notes.txt").write_text("not an image\n")
     (root / ".hidden.png").write_bytes(b"ignored")
     out = tmp_path / "out.csv"
-    code = run_cli(predict.main, ["--model", str(tiny["model"]), str(root), "--out", str(out), "--batch-size", "2"])
+    code = run_cli(predict.main, ["--model", str(tiny["model"]), "--preprocess", "none", str(root), "--out", str(out), "--batch-size", "2"])
     err = capsys.readouterr().err
     assert code == 1
     assert "corrupt.png" in err and "notes.txt" in err and ".hidden" not in err
@@ -113,7 +113,7 @@ def test_explicit_non_image_file_and_progress(tiny, tmp_path, capsys):
     root, _ = good_folder(tiny, tmp_path / "imgs", n=2)
     junk = tmp_path / "junk.png"
     junk.write_text("hello")
-    code = run_cli(predict.main, ["--model", str(tiny["model"]), str(root / "0.png"), str(junk), str(root / "1.png"),
+    code = run_cli(predict.main, ["--model", str(tiny["model"]), "--preprocess", "none", str(root / "0.png"), str(junk), str(root / "1.png"),
                                   "--progress"])
     captured = capsys.readouterr()
     assert code == 1
@@ -218,7 +218,7 @@ def test_submit_ids_format_sorted_zero_padded(tiny, submit_images, tmp_path, cap
 
     root = submit_images
     out = tmp_path / "submission.csv"
-    assert run_cli(submit.main, ["--model", str(tiny["model"]), "--images", str(root), "--out", str(out),
+    assert run_cli(submit.main, ["--model", str(tiny["model"]), "--preprocess", "none", "--images", str(root), "--out", str(out),
                                  "--id-width", "5"]) == 0
     labels = expected_labels(tiny)
     assert out.read_text() == "id,label\n" + "".join(f"{i + 1:05d},{labels[i]}\n" for i in range(12))
@@ -230,7 +230,7 @@ def test_submit_kaggle_format(tiny, submit_images, tmp_path):
 
     root = submit_images
     out = tmp_path / "kaggle.csv"
-    assert run_cli(submit.main, ["--model", str(tiny["model"]), "--images", str(root), "--out", str(out),
+    assert run_cli(submit.main, ["--model", str(tiny["model"]), "--preprocess", "none", "--images", str(root), "--out", str(out),
                                  "--format", "kaggle", "--label", "id"]) == 0
     labels = expected_labels(tiny)
     lines = out.read_text().splitlines()
@@ -261,7 +261,7 @@ def test_submit_corrupt_image_writes_nothing_exit_1(tiny, tmp_path, capsys):
     (root / "big.jpg").unlink()
     (root / "7.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     out = tmp_path / "submission.csv"
-    assert run_cli(submit.main, ["--model", str(tiny["model"]), "--images", str(root), "--out", str(out)]) == 1
+    assert run_cli(submit.main, ["--model", str(tiny["model"]), "--preprocess", "none", "--images", str(root), "--out", str(out)]) == 1
     assert "7.png" in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.glob(".submission*")) == []
 

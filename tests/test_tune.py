@@ -255,7 +255,8 @@ def test_retrain_best(resumed_search, tmp_path):
     assert cfg == best
 
 
-@pytest.mark.parametrize("kind", ["bayesian", pytest.param("hyperband", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kind", [pytest.param("bayesian", marks=pytest.mark.slow),  # ~16 s
+                                  pytest.param("hyperband", marks=pytest.mark.slow)])
 def test_other_tuners(tmp_path, kind):
     args = ["--arch", "dense", *TINY, "--tuner", kind, "--max-trials", "3", "--directory", str(tmp_path),
             "--fixed", "augment=none"]

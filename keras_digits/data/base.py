@@ -47,6 +47,7 @@ class DatasetSpec:
     checksums: dict[str, str] = field(default_factory=dict)  # file name -> "md5:..."
     loader: Callable[..., RawSplits] | None = None
     description: str = ""
+    centred_digits: bool = False  # images are MNIST-style digits (20 px box, centre of mass centred): see digit_norm
 
 
 def data_dir_from(arg: str | os.PathLike | None) -> Path | None:

@@ -46,6 +46,7 @@ register_dataset(DatasetSpec(
     # arrays in a different zip (../shared/data/mnist.npz is one), so a byte hash would reject it.
     checksums={"mnist.npz": "sha256:731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"},
     loader=load_mnist, description="MNIST handwritten digits, 60k train / 10k test, 28x28 grey",
+    centred_digits=True,
 ))
 register_dataset(DatasetSpec(
     name="pathmnist", image_shape=(28, 28, 3), num_classes=9,

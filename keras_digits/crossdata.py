@@ -1,0 +1,144 @@
+"""Scoring a finished run away from its own test split: on another dataset (labels matched by name or
+through a label map), with or without MNIST-style digit normalisation, and under corruptions.
+
+    evaluate --run RUN --dataset NAME [--data-dir D] [--preprocess auto|digit|none] [--label-map FILE.json]
+    evaluate --run RUN --perturb noise blur:3 ... [--dataset NAME]
+
+Writes, beside the run's own metrics.json (never replaced by these):
+    metrics-<dataset>.json / metrics-<dataset>-digit.json   scores on a dataset (without / with normalisation;
+                                                            a folder's name and fingerprint are added for folder)
+    robustness-<dataset>-<split>[-digit].json               accuracy per corruption and severity, clean first
+and regenerates the run's report.html.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from keras_digits.errors import KerasDigitsError
+from keras_digits.io import read_json_object
+
+
+def read_label_map(path: str | Path) -> dict[str, str]:
+    """{data label name: model label name} from a JSON object of strings."""
+    try:
+        data = read_json_object(path, "--label-map")
+    except OSError as exc:
+        raise KerasDigitsError(f"--label-map {path}: cannot read it ({exc.strerror or exc})") from None
+    bad = [k for k, v in data.items() if not isinstance(v, (str, int)) or isinstance(v, bool)]
+    if bad:
+        raise KerasDigitsError(f"--label-map {path} must map label names to label names; {bad[0]!r} maps to "
+                               f"{data[bad[0]]!r}")
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def class_mapping(model_names: Sequence[str], data_names: Sequence[str], label_map: dict[str, str] | None,
+                  dataset: str) -> np.ndarray:
+    """For each data class id, the model's class id; a mismatch is one error naming it."""
+    model_names, data_names = [str(n) for n in model_names], [str(n) for n in data_names]
+    if label_map is None:
+        if model_names != data_names:
+            diff = [f"{a!r} vs {b!r}" for a, b in zip(data_names, model_names) if a != b][:3]
+            raise KerasDigitsError(f"{dataset} has labels {data_names}, the model was trained on {model_names}"
+                                   + (f" (first differences: {', '.join(diff)})" if diff else "")
+                                   + "; give --label-map FILE.json mapping the data's names to the model's")
+        return np.arange(len(data_names))
+    unknown = sorted(set(label_map) - set(data_names))
+    if unknown:
+        raise KerasDigitsError(f"--label-map names {unknown[0]!r}, which is not a label of {dataset} "
+                               f"(its labels: {data_names})")
+    missing = [n for n in data_names if label_map.get(n, n) not in model_names]
+    if missing:
+        raise KerasDigitsError(f"{dataset} label {missing[0]!r} maps to no class of the model (model labels: "
+                               f"{model_names}); add it to --label-map")
+    return np.array([model_names.index(label_map.get(n, n)) for n in data_names])
+
+
+def score_elsewhere(run_dir: str | Path, dataset: str | None, data_dir: str | None, split: str, preprocess: str,
+                    label_map_path: str | None, perturb: Sequence[str] | None, seed: int = 0) -> tuple[dict, Path]:
+    """Score the run on `dataset` (None: its own) and/or under corruptions; returns (result, file written)."""
+    from keras_digits.config import TrainConfig
+    from keras_digits.data import load_dataset, load_for
+    from keras_digits.data import corrupt
+    from keras_digits.data.adapt import fit_array, wants_digit
+    from keras_digits.evaluate import classification_metrics, load_run, predict_probs
+    from keras_digits.html_report import write_run_page
+    from keras_digits.io import check_output_dir, write_json
+    from keras_digits.lock import hold
+    from keras_digits.rundir import dataset_record
+
+    from keras_digits.data import get_spec
+
+    run_dir = Path(run_dir)
+    label_map = read_label_map(label_map_path) if label_map_path else None
+    if dataset:
+        get_spec(dataset)  # an unknown name is an error before the (slow) model load
+    for spec in perturb or []:
+        corrupt.parse([spec], 3 if spec.split(":")[0].strip().lower() in corrupt.COLOUR_ONLY else 1)
+    cfg_dict, model = load_run(run_dir)
+    check_output_dir(run_dir, "run directory")
+    cfg = TrainConfig.from_dict(cfg_dict)
+    record = dataset_record(run_dir)
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    model_names = [str(n) for n in record.get("label_names") or range(int(model.outputs[0].shape[-1]))]
+    name = dataset or cfg.dataset
+    digit = wants_digit(preprocess, cfg.dataset)
+    if name == cfg.dataset:  # its own data: split exactly as the run was (its data_dir unless overridden)
+        bundle = load_for(cfg, data_dir)
+    else:  # a folder of photos is loaded at 4x the model's side, so normalisation has pixels to work with
+        bundle = load_dataset(name, data_dir, image_size=4 * shape[0] if name == "folder" and digit else None)
+    mapping = class_mapping(model_names, bundle.label_names, label_map, name)
+    x, y = bundle.split(split)
+    y = mapping[np.asarray(y).astype(int)]
+    settings = corrupt.parse(list(perturb), int(x.shape[-1])) if perturb else []
+
+    inkless = [0]
+
+    def score(images: np.ndarray) -> dict:
+        fitted, blank = fit_array(images, shape, digit)
+        inkless[0] = max(inkless[0], blank)
+        return classification_metrics(y, predict_probs(model, fitted), model_names)
+
+    suffix = "-digit" if digit else ""
+    if name == "folder":  # two trees must not share one file: the folder's name and test fingerprint
+        from keras_digits.evaluate import other_metrics_path
+
+        suffix = other_metrics_path(run_dir, bundle).stem.removeprefix("metrics-folder") + suffix
+    head = {"dataset": name, "source": bundle.source, "split": split, "preprocess": "digit" if digit else "none",
+            "trained_on": cfg.dataset, **({"label_map": label_map} if label_map else {})}
+    with hold(run_dir, "run directory"):
+        clean = score(x)
+        if settings:
+            rows = [{"corruption": "clean", "severity": 0, "accuracy": clean["accuracy"], "f1": clean["f1"]}]
+            for cname, sev in settings:
+                m = score(corrupt.apply(x, cname, sev, seed))
+                rows.append({"corruption": cname, "severity": sev, "accuracy": m["accuracy"], "f1": m["f1"]})
+            result = {**head, "seed": seed, "n": int(len(y)), "rows": rows}
+            path = run_dir / f"robustness-{name}-{split}{suffix}.json"
+        else:
+            result = {**head, split: clean}
+            path = run_dir / f"metrics-{name}{suffix}.json"
+        if inkless[0]:
+            result["images_without_ink"] = inkless[0]
+            import sys
+
+            print(f"warning: {inkless[0]} image(s) had no ink to normalise; they were only grey-scaled and resized",
+                  file=sys.stderr)
+        write_json(path, result)
+        write_run_page(run_dir)
+    return result, path
+
+
+def robustness_markdown(result: dict) -> str:
+    """The robustness table: clean first, then each corruption and severity with its accuracy drop."""
+    rows = result["rows"]
+    clean = rows[0]["accuracy"]
+    lines = ["| corruption | severity | accuracy | change |", "| --- | ---: | ---: | ---: |"]
+    for r in rows:
+        sev = "" if r["corruption"] == "clean" else str(r["severity"])
+        change = "" if r["corruption"] == "clean" else f"{r['accuracy'] - clean:+.4f}"
+        lines.append(f"| {r['corruption']} | {sev} | {r['accuracy']:.4f} | {change} |")
+    return "\n".join(lines)
