@@ -13,6 +13,7 @@ and regenerates the run's report.html.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -61,29 +62,26 @@ def score_elsewhere(run_dir: str | Path, dataset: str | None, data_dir: str | No
                     label_map_path: str | None, perturb: Sequence[str] | None, seed: int = 0) -> tuple[dict, Path]:
     """Score the run on `dataset` (None: its own) and/or under corruptions; returns (result, file written)."""
     from keras_digits.config import TrainConfig
-    from keras_digits.data import load_dataset, load_for
-    from keras_digits.data import corrupt
+    from keras_digits.data import corrupt, get_spec, load_dataset, load_for
     from keras_digits.data.adapt import fit_array, wants_digit
     from keras_digits.evaluate import classification_metrics, load_run, predict_probs
     from keras_digits.html_report import write_run_page
     from keras_digits.io import check_output_dir, write_json
     from keras_digits.lock import hold
-    from keras_digits.rundir import dataset_record
-
-    from keras_digits.data import get_spec
+    from keras_digits.rundir import dataset_record, model_label_names
 
     run_dir = Path(run_dir)
     label_map = read_label_map(label_map_path) if label_map_path else None
     if dataset:
         get_spec(dataset)  # an unknown name is an error before the (slow) model load
-    for spec in perturb or []:
-        corrupt.parse([spec], 3 if spec.split(":")[0].strip().lower() in corrupt.COLOUR_ONLY else 1)
+    if perturb:
+        corrupt.parse(list(perturb), 3)  # names and severities now; the data's channels once it is loaded
     cfg_dict, model = load_run(run_dir)
     check_output_dir(run_dir, "run directory")
     cfg = TrainConfig.from_dict(cfg_dict)
     record = dataset_record(run_dir)
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-    model_names = [str(n) for n in record.get("label_names") or range(int(model.outputs[0].shape[-1]))]
+    model_names = model_label_names(record, int(model.outputs[0].shape[-1]))
     name = dataset or cfg.dataset
     digit = wants_digit(preprocess, cfg.dataset)
     if name == cfg.dataset:  # its own data: split exactly as the run was (its data_dir unless overridden)
@@ -123,8 +121,6 @@ def score_elsewhere(run_dir: str | Path, dataset: str | None, data_dir: str | No
             path = run_dir / f"metrics-{name}{suffix}.json"
         if inkless[0]:
             result["images_without_ink"] = inkless[0]
-            import sys
-
             print(f"warning: {inkless[0]} image(s) had no ink to normalise; they were only grey-scaled and resized",
                   file=sys.stderr)
         write_json(path, result)

@@ -169,14 +169,14 @@ def export_run(
     version_dir = check_output_dir(out / str(version), "export folder")
     if version_dir.exists() and not overwrite:  # checked before the (slow) model load
         raise KerasDigitsError(f"{version_dir} already exists; pass --overwrite or another --version")
-    from keras_digits.rundir import dataset_record
+    from keras_digits.rundir import dataset_record, model_label_names
 
     dataset = dataset_record(run_dir) or None
     from keras_digits.evaluate import load_run
 
     config, model = load_run(run_dir)
     num_classes = int(model.outputs[0].shape[-1])
-    label_names = (dataset or {}).get("label_names") or [str(i) for i in range(num_classes)]
+    label_names = model_label_names(dataset or {}, num_classes)
     if dataset is None:
         print(f"note: {run_dir} has no dataset.json; labels are the class ids 0..{num_classes - 1}", file=sys.stderr)
     with hold(version_dir, "export folder"):

@@ -102,7 +102,8 @@ class Predictor:
 
     `preprocess` (auto|digit|none, see keras_digits.data.adapt) decides whether images are digit-normalised
     (keras_digits.data.digit_norm, the same TF function export can put in the signature) first;
-    `self.preprocess` is what is applied, `self.inkless` counts images without ink (left as they were)."""
+    `self.preprocess` is what is applied, `self.inkless` counts images without ink (only grey-scaled and
+    resized)."""
 
     def __init__(self, model_dir: str | os.PathLike, preprocess: str = "auto"):
         self.model_dir = resolve_model_dir(model_dir)
@@ -147,13 +148,15 @@ class Predictor:
         import tensorflow as tf
 
         batch = tf.constant(images, dtype=tf.uint8)
+        inkless = 0
         if self.preprocess == "digit":
             from keras_digits.data.digit_norm import normalize_batch
 
             normalised, has_ink = normalize_batch(batch)
-            self.inkless += int(len(images) - int(tf.reduce_sum(tf.cast(has_ink, tf.int32))))
+            inkless = int((~has_ink.numpy()).sum())
             batch = tf.cast(normalised, tf.uint8)
         out = self._fn(**{self._input_name: batch})
+        self.inkless += inkless  # counted once the batch went through (a failed batch is retried image by image)
         labels = [b.decode("utf-8", "replace") for b in out["label"].numpy()]
         probs = out["probabilities"].numpy()
         if not np.isfinite(probs).all():

@@ -33,6 +33,11 @@ def dataset_record(run_dir: Path) -> dict[str, Any]:
     return read_json_object(path, "run dataset record") if path.is_file() else {}
 
 
+def model_label_names(record: dict[str, Any], num_classes: int) -> list[str]:
+    """The label names a run's model was trained with (from its dataset record), else the class ids."""
+    return [str(n) for n in record.get("label_names") or range(num_classes)]
+
+
 def is_diverged(metrics: dict[str, Any] | None) -> bool:
     return bool(metrics) and metrics.get("status") == "diverged"
 

@@ -111,6 +111,15 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     return build_tiny_export(tmp_path_factory.getbasetemp() / "tiny_export")
 
 
+def run_main(main, args, capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of a CLI `main` run through run_cli with `args` (made strings)."""
+    from keras_digits.cli import run_cli
+
+    code = run_cli(main, [str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err

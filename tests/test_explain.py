@@ -302,12 +302,11 @@ def digits_run(tmp_path_factory):
 
 
 def explain_cli(args, capsys):
-    from keras_digits.cli import run_cli
+    from conftest import run_main
+
     from keras_digits.explain.cli import main
 
-    code = run_cli(main, [str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(main, args, capsys)
 
 
 def test_cli_end_to_end(digits_run, capsys):

@@ -148,12 +148,11 @@ def test_in_graph_and_predict_time_normalisation_agree(font_export):
 
 # ---------------------------------------------------------------------------- evaluate elsewhere
 def evaluate_cli(args, capsys):
-    from keras_digits.cli import run_cli
+    from conftest import run_main
+
     from keras_digits.evaluate import main
 
-    code = run_cli(main, [str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(main, args, capsys)
 
 
 def test_score_on_another_dataset_and_under_corruptions(font_export, capsys):

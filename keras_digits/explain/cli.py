@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from keras_digits.cli import positive_int, run_cli
+from keras_digits.cli import non_negative_int, positive_int, run_cli
 from keras_digits.errors import KerasDigitsError
 from keras_digits.explain import CAM_METHODS, METHODS, method_fn, parse_methods
 
@@ -32,16 +32,6 @@ examples:
   python -m keras_digits.explain --run RUN --errors --n 12 --metrics --sanity
   python -m keras_digits.explain --run RUN --images my_digits/ --target 4 --contrast 9
 """
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,10 +92,11 @@ def _progress(quiet: bool):
 
 
 def run_methods(ex, methods: Sequence[str], x, t, c, say) -> tuple[dict, dict]:
+    """Each method's maps of float32 images `x`, and its timing."""
     maps, timings = {}, {}
     for name in methods:
         start = time.perf_counter()
-        maps[name] = method_fn(name)(ex, x.astype(np.float32), t, c)
+        maps[name] = method_fn(name)(ex, x, t, c)
         secs = time.perf_counter() - start
         timings[name] = {"seconds": round(secs, 3), "images_per_s": round(len(x) / max(secs, 1e-9), 2)}
         say(f"{name:<11} {len(x)} images  {secs:7.2f} s  {timings[name]['images_per_s']:8.1f} img/s")
@@ -136,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     methods = parse_methods(args.method)
     every = any(m.strip().lower() == "all" for m in args.method.split(","))
-    if args.per_class and args.errors:
+    if args.per_class and args.errors:  # the one check: select.from_split takes a single mode
         raise KerasDigitsError("--per-class and --errors cannot be combined; choose one")
     if args.images and (args.per_class or args.errors):
         raise KerasDigitsError("--per-class and --errors choose images from a split; not with --images")
@@ -158,7 +149,7 @@ def explain(args, methods, every, run_dir, cfg_dict, model, out, own, say) -> in
     from keras_digits.config import TrainConfig
     from keras_digits.explain.core import Explainer, Options
     from keras_digits.explain.perturbation import occlusion_geometry
-    from keras_digits.rundir import dataset_record
+    from keras_digits.rundir import dataset_record, model_label_names
 
     options = Options(batch_size=args.batch_size, steps=args.steps, samples=args.samples, noise=args.noise,
                       masks=args.masks, patch=args.patch, stride=args.stride,
@@ -172,7 +163,7 @@ def explain(args, methods, every, run_dir, cfg_dict, model, out, own, say) -> in
         methods = [m for m in methods if m not in CAM_METHODS]
         say(f"note: {', '.join(cams)} skipped: {model.name} has no spatial feature map")
     record = dataset_record(run_dir)
-    label_names = [str(n) for n in record.get("label_names") or range(ex.num_classes)]
+    label_names = model_label_names(record, ex.num_classes)
 
     bundle = None
 
@@ -194,7 +185,8 @@ def explain(args, methods, every, run_dir, cfg_dict, model, out, own, say) -> in
         for f, why in sel.skipped:
             print(f"skipped {f}: {why}", file=sys.stderr)
     else:
-        sel = select.from_split(*split_data(), args.split, n, args.per_class, args.errors, ex.predict, ex.num_classes)
+        mode = "per_class" if args.per_class else "errors" if args.errors else "first"
+        sel = select.from_split(*split_data(), args.split, n, mode, ex.predict, ex.num_classes)
     probs = ex.predict(sel.x)
     preds = probs.argmax(axis=1)
     t, c = select.targets(args.target, args.contrast, sel, preds, label_names)

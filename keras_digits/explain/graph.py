@@ -106,24 +106,31 @@ def _cuts(model) -> list[bool]:
     return [not j for j in jumped]
 
 
-def layer_infos(model) -> list[LayerInfo]:
-    """Every layer of `model` (nested models walked through, in execution order) with what
-    `auto_layer` needs to know about it."""
-    out: list[LayerInfo] = []
-    seen_weights = [False]
+def flat_layers(model) -> list[tuple[str, Any, bool]]:
+    """(path, layer, cut) of every layer of `model` that is not itself a model, nested models walked
+    through, in execution order; `cut`: every input-to-output path of the whole model goes through it."""
+    out: list[tuple[str, Any, bool]] = []
 
     def walk(m, prefix: str, outer_cut: bool) -> None:
         for layer, cut in zip(sequence(m), _cuts(m)):
             path = prefix + layer.name
             if is_submodel(layer):
                 walk(layer, path + SEP, outer_cut and cut)
-                continue
-            if layer.weights:
-                seen_weights[0] = True
-            shape = tuple(layer.output.shape[1:]) if not isinstance(layer.output, (list, tuple)) else ()
-            out.append(LayerInfo(path, shape, outer_cut and cut, seen_weights[0]))
+            else:
+                out.append((path, layer, outer_cut and cut))
 
     walk(model, "", True)
+    return out
+
+
+def layer_infos(model) -> list[LayerInfo]:
+    """Every layer of `model` (`flat_layers`) with what `auto_layer` needs to know about it."""
+    out: list[LayerInfo] = []
+    seen_weights = False
+    for path, layer, cut in flat_layers(model):
+        seen_weights = seen_weights or bool(layer.weights)
+        shape = tuple(layer.output.shape[1:]) if not isinstance(layer.output, (list, tuple)) else ()
+        out.append(LayerInfo(path, shape, cut, seen_weights))
     return out
 
 

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from keras_digits.explain.graph import SEP, is_submodel, sequence
+from keras_digits.explain.graph import flat_layers
 
 PASS_BELOW = 0.5
 DEFAULT_STEPS = 6
@@ -31,17 +31,7 @@ DEFAULT_STEPS = 6
 
 def weighted_layers(model) -> list[tuple[str, object]]:
     """(path, layer) of each layer with weights, nested models walked through, in execution order."""
-    out: list[tuple[str, object]] = []
-
-    def walk(m, prefix: str) -> None:
-        for layer in sequence(m):
-            if is_submodel(layer):
-                walk(layer, prefix + layer.name + SEP)
-            elif layer.weights:
-                out.append((prefix + layer.name, layer))
-
-    walk(model, "")
-    return out
+    return [(path, layer) for path, layer, _ in flat_layers(model) if layer.weights]
 
 
 def cascade(n_layers: int, steps: int) -> list[int]:

@@ -22,14 +22,17 @@ class Selection:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
 
 
-def from_split(x: np.ndarray, y: np.ndarray, split: str, n: int, per_class: bool, errors: bool,
+SPLIT_MODES = ("first", "per_class", "errors")
+
+
+def from_split(x: np.ndarray, y: np.ndarray, split: str, n: int, mode: str,
                probs: Callable[[np.ndarray], np.ndarray], num_classes: int) -> Selection:
-    """`n` images of a split: the first n; with `per_class` the first n of each class (class order);
-    with `errors` the n misclassified images with the highest predicted probability."""
-    if per_class and errors:
-        raise KerasDigitsError("--per-class and --errors cannot be combined; choose one")
+    """`n` images of a split: mode "first", the first n; "per_class", the first n of each class (class
+    order); "errors", the n misclassified images with the highest predicted probability."""
+    if mode not in SPLIT_MODES:
+        raise ValueError(f"mode must be one of {SPLIT_MODES}, got {mode!r}")
     y = np.asarray(y).astype(int)
-    if per_class:
+    if mode == "per_class":
         idx = []
         for k in range(num_classes):
             found = np.flatnonzero(y == k)[:n]
@@ -38,7 +41,7 @@ def from_split(x: np.ndarray, y: np.ndarray, split: str, n: int, per_class: bool
                                        f"{split} split")
             idx += found.tolist()
         how = f"first {n} of each class of the {split} split"
-    elif errors:
+    elif mode == "errors":
         p = probs(x)
         pred = p.argmax(axis=1)
         wrong = np.flatnonzero(pred != y)
