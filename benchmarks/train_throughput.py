@@ -1,25 +1,35 @@
-"""Training throughput, peak memory and time-to-accuracy for one arch, batch size and dataset shape.
+"""Training throughput side by side with PyTorch, peak memory, a TensorFlow profile, time-to-accuracy.
 
-    python benchmarks/train_throughput.py --arch simple_cnn --batch-size 32 --dataset mnist --data-dir ../shared/data
-    python benchmarks/train_throughput.py --arch resnet18 --shape 28,28,3 --classes 9     # synthetic data
+    python benchmarks/train_throughput.py --arch simple_cnn --dataset mnist --data-dir ../shared/data --peer torch
+    python benchmarks/train_throughput.py --arch resnet18 --shape 28,28,3 --classes 9 --batch-size 64 \
+        --precision bfloat16 --peer torch                                    # synthetic data, bf16 both sides
+    python benchmarks/train_throughput.py --arch simple_cnn --dataset mnist --data-dir ../shared/data \
+        --profile /tmp/prof                                                   # per-op time table
     python benchmarks/train_throughput.py --arch simple_cnn --dataset mnist --data-dir ../shared/data \
         --target-accuracy 0.99 --max-epochs 5
 
-Prints steady-state training images/s (after warm-up) for the project's pipeline (uint8 tf.data
-batches, raw pixels into the model) and, with --baseline, for a plain Keras `fit` on a float32
-NumPy copy (the way the notebooks did it); peak RSS; and with --target-accuracy the wall time until
-MNIST test accuracy first reaches the target (a benchmark criterion only: nothing is selected on it).
+Prints steady-state training images/s (after warm-up) of the project's pipeline (uint8 tf.data
+batches, raw pixels into the model, the model and compile of `keras_digits.train` under --precision
+and --steps-per-execution). With --peer torch, a PyTorch re-creation of the same model
+(benchmarks/torch_peers.py) is timed on the same arrays in the same process, the two alternating
+--repeats times, and the ratio of the medians is printed (torch is the optional `bench` extra; without
+it the peer is skipped with a note). --baseline adds a plain Keras `fit` on float32 NumPy arrays (the
+notebooks' way). --profile DIR traces some steps with TensorFlow's profiler (open DIR in TensorBoard's
+Profile tab) and prints the ops that took the most time. Peak RSS is printed at the end. Compare
+figures only within one run: absolute timings on a shared machine are noisy.
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
@@ -39,32 +49,48 @@ def get_data(args):
         return b.train, b.test, b.num_classes
     shape = tuple(int(s) for s in args.shape.split(","))
     rng = np.random.default_rng(0)
-    n = args.batch_size * (args.steps + args.warmup)
+    n = max(args.batch_size * (args.steps + args.warmup), 4096)
     x = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
     y = rng.integers(0, args.classes, size=n).astype(np.int32)
     return (x, y), (x[:256], y[:256]), args.classes
 
 
-def measure(model, ds, steps: int, warmup: int) -> float:
-    """Images/s over `steps` batches after `warmup` batches, timed per batch inside fit."""
+def keras_model(args, cfg, shape, classes):
+    """The model and compile `keras_digits.train` would use for `cfg` (policy set by precision.apply)."""
     import keras
 
-    class Timer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.t0 = None
-            self.images = 0
+    from keras_digits.train import build_for, compile_model
 
-        def on_train_batch_begin(self, batch, logs=None):
-            if batch == warmup:
-                self.t0 = time.perf_counter()
+    keras.utils.set_random_seed(0)
+    model = build_for(cfg, shape, classes)
+    compile_model(model, cfg)
+    return model
 
-        def on_train_end(self, logs=None):
-            self.elapsed = time.perf_counter() - self.t0
 
-    timer = Timer()
-    model.fit(ds, epochs=1, steps_per_epoch=steps + warmup, verbose=0, callbacks=[timer])
-    return timer.elapsed
+def keras_images_per_second(model, ds, batch_size: int, steps: int, warmup: int) -> float:
+    """Images/s of one fit over `steps` batches, after a warm-up fit (tracing) of `warmup` batches."""
+    model.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0)
+    t0 = time.perf_counter()
+    model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
+    return steps * batch_size / (time.perf_counter() - t0)
+
+
+def profile_steps(model, ds, steps: int, logdir: str, top: int = 15) -> None:
+    """Trace `steps` training steps with TensorFlow's profiler into `logdir` and print the ops with the
+    most self time on the host (the CPU executes every op here), grouped by op type."""
+    import tensorflow as tf
+
+    tf.profiler.experimental.start(logdir)
+    model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
+    tf.profiler.experimental.stop()
+    from profile_table import op_table
+
+    paths = sorted(Path(logdir).glob("plugins/profile/*/*.xplane.pb"), key=lambda p: p.stat().st_mtime)
+    if not paths:
+        print(f"profile: no trace written under {logdir}")
+        return
+    print(f"profile ({steps} steps; TensorBoard --logdir {logdir}, Profile tab):")
+    print(op_table(paths[-1], steps, top))
 
 
 def main() -> int:
@@ -79,7 +105,13 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=300, help="timed steps")
     p.add_argument("--warmup", type=int, default=50, help="untimed steps first")
     p.add_argument("--max-train-samples", type=int)
+    p.add_argument("--precision", default="float32", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="Keras policy (keras_digits.precision); the torch peer autocasts to bfloat16 for bfloat16")
+    p.add_argument("--steps-per-execution", type=int, default=1)
+    p.add_argument("--peer", choices=("torch",), help="time a PyTorch re-creation of the model in the same run")
+    p.add_argument("--repeats", type=int, default=3, help="alternating timed runs of each side (median reported)")
     p.add_argument("--baseline", action="store_true", help="also time a plain Keras fit on float32 NumPy arrays")
+    p.add_argument("--profile", metavar="DIR", help="trace steps with TensorFlow's profiler; print the top ops")
     p.add_argument("--target-accuracy", type=float, help="train until test accuracy reaches this (MNIST)")
     p.add_argument("--max-epochs", type=int, default=15)
     args = p.parse_args()
@@ -88,45 +120,69 @@ def main() -> int:
     import keras
     import tensorflow as tf
 
+    from keras_digits import precision
     from keras_digits.config import TrainConfig
     from keras_digits.data.pipeline import make_pipeline
-    from keras_digits.models import build_model
-    from keras_digits.train import compile_model
 
     (x, y), (x_te, y_te), classes = get_data(args)
-    keras.utils.set_random_seed(0)
-    cfg = TrainConfig(arch=args.arch, batch_size=args.batch_size)
-    model = build_model(args.arch, x.shape[1:], classes, image_size=args.image_size)
-    compile_model(model, cfg)
-    need = args.batch_size * (args.steps + args.warmup)
-    reps = int(np.ceil(need / len(y)))
-    ds = make_pipeline(x, y, args.batch_size, training=True, seed=0).repeat(reps)
-    secs = measure(model, ds, args.steps, args.warmup)
-    ips = args.steps * args.batch_size / secs
-    print(f"arch {args.arch}  input {tuple(x.shape[1:])}  batch {args.batch_size}  params {model.count_params():,}")
-    print(f"pipeline (uint8 tf.data): {ips:8.1f} images/s  ({args.steps} steps after {args.warmup} warm-up, "
-          f"{tf.config.threading.get_intra_op_parallelism_threads() or 'all'} threads)")
+    resolved = precision.apply(args.precision)
+    spe = max(1, args.steps_per_execution)
+    steps = -(-args.steps // spe) * spe
+    warmup = -(-args.warmup // spe) * spe
+    cfg = TrainConfig(arch=args.arch, batch_size=args.batch_size, image_size=args.image_size,
+                      precision=resolved.name, steps_per_execution=spe, verbose=0)
+    model = keras_model(args, cfg, x.shape[1:], classes)
+    ds = make_pipeline(x, y, args.batch_size, training=True, seed=0).repeat()
+    threads = tf.config.threading.get_intra_op_parallelism_threads() or "all"
+    print(f"arch {args.arch}  input {tuple(x.shape[1:])}  batch {args.batch_size}  params {model.count_params():,}  "
+          f"{resolved.describe()}  steps_per_execution {spe}  {threads} threads")
+    peer = None
+    if args.peer == "torch":
+        import torch_peers
+
+        version = torch_peers.available()
+        if version is None:
+            print("peer torch: skipped (PyTorch is not installed: pip install -e '.[bench]')")
+        else:
+            peer = torch_peers
+            import torch
+
+            print(f"peer: PyTorch {version}, {torch.get_num_threads()} threads, "
+                  f"{'bfloat16 autocast' if resolved.name == 'bfloat16' else 'float32'}")
+    ours, theirs = [], []
+    for r in range(max(1, args.repeats)):
+        ours.append(keras_images_per_second(model, ds, args.batch_size, steps, warmup if r == 0 else spe))
+        line = f"  repeat {r + 1}: keras_digits {ours[-1]:8.1f} images/s"
+        if peer is not None:
+            theirs.append(peer.train_images_per_second(args.arch, x, y, classes, args.batch_size, steps,
+                                                       warmup if r == 0 else 5, resolved.name))
+            line += f"   PyTorch {theirs[-1]:8.1f} images/s"
+        print(line, flush=True)
+    k = statistics.median(ours)
+    print(f"keras_digits pipeline (uint8 tf.data): {k:8.1f} images/s (median of {len(ours)}, {steps} steps each)")
+    if theirs:
+        t = statistics.median(theirs)
+        print(f"PyTorch peer:                          {t:8.1f} images/s (median of {len(theirs)})")
+        print(f"ratio keras_digits / PyTorch: {k / t:.2f}x")
     if args.baseline:
         keras.utils.set_random_seed(0)
-        base = build_model(args.arch, x.shape[1:], classes, image_size=args.image_size)
-        base.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
-                     metrics=["accuracy"])
+        base = keras_model(args, TrainConfig(arch=args.arch, batch_size=args.batch_size, image_size=args.image_size,
+                                             precision=resolved.name, verbose=0), x.shape[1:], classes)
+        need = args.batch_size * (steps + warmup)
         xf = np.resize(x.astype("float32"), (need, *x.shape[1:]))
         yf = np.resize(y, need)
-
-        class Timer(keras.callbacks.Callback):
-            def on_train_batch_begin(self, batch, logs=None):
-                if batch == args.warmup:
-                    self.t0 = time.perf_counter()
-
-        t = Timer()
-        base.fit(xf, yf, batch_size=args.batch_size, epochs=1, verbose=0, callbacks=[t], shuffle=True)
-        bips = args.steps * args.batch_size / (time.perf_counter() - t.t0)
-        print(f"plain Keras fit (float32 NumPy, default compile): {bips:8.1f} images/s")
+        base.fit(xf[:args.batch_size * warmup], yf[:args.batch_size * warmup], batch_size=args.batch_size,
+                 epochs=1, verbose=0)
+        t0 = time.perf_counter()
+        base.fit(xf[:args.batch_size * steps], yf[:args.batch_size * steps], batch_size=args.batch_size, epochs=1,
+                 verbose=0, shuffle=True)
+        print(f"plain Keras fit (float32 NumPy):       {steps * args.batch_size / (time.perf_counter() - t0):8.1f} "
+              "images/s")
+    if args.profile:
+        profile_steps(model, ds, min(steps, 100), args.profile)
     if args.target_accuracy:
         keras.utils.set_random_seed(0)
-        model = build_model(args.arch, x.shape[1:], classes, image_size=args.image_size)
-        compile_model(model, cfg)
+        model = keras_model(args, cfg, x.shape[1:], classes)
         train_ds = make_pipeline(x, y, args.batch_size, training=True, seed=0)
         test_ds = make_pipeline(x_te, y_te, 512)
         start = time.perf_counter()

@@ -222,6 +222,29 @@ def _training_ended_cls():
     return TrainingEnded
 
 
+def _val_auc_cls():
+    import keras
+
+    from keras_digits.auc import macro_auc
+
+    class ValAUC(keras.callbacks.Callback):
+        """Put the validation split's macro one-vs-rest ROC AUC into each epoch's logs as `val_auc`, for
+        the checkpoint and early stopping of `--select-on auc` (and history.csv)."""
+
+        def __init__(self, dataset, labels):
+            super().__init__()
+            self.dataset, self.labels = dataset, np.asarray(labels)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is None:
+                return
+            probs = self.model.predict(self.dataset, verbose=0)
+            auc = macro_auc(self.labels, probs)
+            logs["val_auc"] = float("nan") if auc is None else auc
+
+    return ValAUC
+
+
 def diverged_at(callbacks: list) -> dict[str, Any] | None:
     """Where the run's DivergenceGuard stopped it, or None."""
     for cb in callbacks:
@@ -231,24 +254,29 @@ def diverged_at(callbacks: list) -> dict[str, Any] | None:
 
 
 def make_callbacks(cfg: TrainConfig, run_dir: Path, resuming: bool, backup: str = BACKUP, *,
-                   epoch_var=None, first_epoch: int = 0, ended: Path | None = None) -> list:
+                   epoch_var=None, first_epoch: int = 0, ended: Path | None = None, val=None) -> list:
     """Divergence guard, per-epoch random state, backup/restore, best-model checkpoint, CSV log,
     TensorBoard, early stopping, schedule (in that order: the guard sees every batch first, the log
     sees the learning rate). `epoch_var`: the training pipelines' `Pipelines.epoch`; `first_epoch`:
     this fit's first epoch (phase two's), where early stopping starts counting; `ended`: the marker
-    to write when this (the run's last) fit ends."""
+    to write when this (the run's last) fit ends; `val`: (validation dataset, its labels), needed by
+    --select-on auc, whose ValAUC callback puts val_auc in the logs before the checkpoint reads them."""
     import keras
 
-    checkpoint = _atomic_checkpoint_cls()(run_dir / "best.keras", monitor="val_accuracy")
+    monitor = f"val_{cfg.select_on}"
+    if cfg.select_on == "auc" and val is None:
+        raise ValueError("--select-on auc needs the validation data: make_callbacks(..., val=(dataset, labels))")
+    checkpoint = _atomic_checkpoint_cls()(run_dir / "best.keras", monitor=monitor)
     if resuming and (run_dir / "best.keras").exists() and (run_dir / "history.csv").exists():
         from keras_digits.report import read_history
 
-        seen = [v for v in read_history(run_dir / "history.csv").get("val_accuracy", []) if np.isfinite(v)]
+        seen = [v for v in read_history(run_dir / "history.csv").get(monitor, []) if np.isfinite(v)]
         checkpoint.best = max(seen, default=-np.inf)  # a resumed run keeps its best model unless beaten
     guard = _divergence_guard_cls()()
     cbs = [
         guard,
         _epoch_random_state_cls()(epoch_var),
+        *([_val_auc_cls()(*val)] if cfg.select_on == "auc" else []),  # timed in the epoch, seen by the checkpoint
         _epoch_log_cls()(),  # before CSVLogger and TensorBoard, so they see its columns
         *([_training_ended_cls()(ended, guard)] if ended is not None else []),  # before BackupAndRestore
         keras.callbacks.BackupAndRestore(str(run_dir / backup), delete_checkpoint=True),
@@ -257,6 +285,6 @@ def make_callbacks(cfg: TrainConfig, run_dir: Path, resuming: bool, backup: str 
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), histogram_freq=0, write_graph=False),
     ]
     if cfg.early_stopping and cfg.patience > 0:
-        cbs.append(_early_stopping_cls()(run_dir, first_epoch, monitor="val_accuracy", mode="max",
+        cbs.append(_early_stopping_cls()(run_dir, first_epoch, monitor=monitor, mode="max",
                                          patience=cfg.patience, restore_best_weights=True, verbose=cfg.verbose))
     return cbs + schedule_callbacks(cfg)

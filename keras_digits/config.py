@@ -11,10 +11,12 @@ from typing import Any, Mapping
 from keras_digits.errors import KerasDigitsError
 
 OPTIMIZERS = ("adam", "sgd", "nadam", "adagrad", "adamw", "rmsprop")
-SCHEDULES = ("none", "plateau", "step", "cosine")
+SCHEDULES = ("none", "plateau", "step", "cosine", "onecycle")
 BALANCES = ("none", "class_weight", "resample")
 NORMALIZES = ("none", "dataset", "imagenet")
 STRATEGIES = ("auto", "mirrored", "default")
+SELECT_ON = ("accuracy", "auc")  # the validation metric that picks the best epoch
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")  # keras_digits.precision resolves "auto"
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class TrainConfig:
     max_train_samples: int | None = None
     schedule: str = "none"
     warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    select_on: str = "accuracy"
     balance: str = "none"
     augment: str = "none"
     normalize: str = "none"
@@ -46,8 +50,9 @@ class TrainConfig:
     fine_tune_epochs: int | None = None
     fine_tune_lr_factor: float = 0.1
     deterministic: bool = False
-    mixed_precision: bool = False
+    precision: str = "float32"  # "auto" is resolved before a run records its config.json (README: Precision)
     strategy: str = "auto"
+    steps_per_execution: int = 1
     jit_compile: bool = False  # XLA on CPU was much slower here (see benchmarks)
     early_stopping: bool = True
     evaluate_test: bool = True
@@ -72,6 +77,10 @@ class TrainConfig:
             raise KerasDigitsError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.warmup_epochs < 0:
             raise KerasDigitsError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        if self.steps_per_execution <= 0:
+            raise KerasDigitsError(f"--steps-per-execution must be positive, got {self.steps_per_execution}")
+        if not 0 <= self.label_smoothing < 1:
+            raise KerasDigitsError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.verbose not in (0, 1, 2):
             raise KerasDigitsError(f"--verbose must be 0, 1 or 2, got {self.verbose}")
         if self.fine_tune_at is not None and self.fine_tune_at < 0:
@@ -92,6 +101,8 @@ class TrainConfig:
             ("balance", self.balance, BALANCES),
             ("normalize", self.normalize, NORMALIZES),
             ("strategy", self.strategy, STRATEGIES),
+            ("precision", self.precision, PRECISIONS),
+            ("select_on", self.select_on, SELECT_ON),
         ):
             if value not in allowed:
                 raise KerasDigitsError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
@@ -157,7 +168,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 def known_keys(data: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     """`data` with dashes in keys read as underscores; a key that is no TrainConfig field is an error."""
-    data = {k.replace("-", "_"): v for k, v in data.items()}
+    data = renamed_keys(data)
     unknown = sorted(set(data) - TrainConfig.field_names())
     if unknown:
         raise KerasDigitsError(f"{where}unknown config key(s) {', '.join(unknown)}; "
@@ -165,10 +176,24 @@ def known_keys(data: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     return data
 
 
+def renamed_keys(data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` with dashes in keys read as underscores and renamed options under their new name:
+    `mixed_precision` (before --precision; true meant mixed_float16 on a GPU, float32 on a CPU)."""
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    if "mixed_precision" in data:
+        legacy = data.pop("mixed_precision")
+        data.setdefault("precision", "auto" if legacy else "float32")
+    return data
+
+
 def comparable(cfg_dict: Mapping[str, Any]) -> dict[str, Any]:
     """A config dict as compared between runs: verbosity aside, tuples as the lists JSON reads back."""
     import json
 
-    d = dict(cfg_dict)
+    d = renamed_keys(cfg_dict)
     d.pop("verbose", None)
+    if d.get("precision", "auto") == "auto":  # a run records what auto chose on its machine
+        from keras_digits.precision import resolve
+
+        d["precision"] = resolve("auto").name
     return json.loads(json.dumps(d))

@@ -18,7 +18,9 @@ from keras_digits.io import read_json_object, write_json
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: Sequence[str]) -> dict:
     """Every metric of the run format from labels and predicted probabilities."""
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    from keras_digits.auc import macro_auc
 
     y_true = np.asarray(y_true).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
@@ -34,15 +36,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, label_names: S
     p, r, f, s = precision_recall_fscore_support(y_true, pred, labels=labels, zero_division=0)
     mp, mr, mf, _ = precision_recall_fscore_support(y_true, pred, labels=labels, average="macro", zero_division=0)
     cm = confusion_matrix(y_true, pred, labels=labels)
-    auc = None
-    present = np.unique(y_true)
-    if bad_rows.any():
-        pass  # no AUC from non-finite scores
-    elif n_classes > 2 and len(present) == n_classes:
-        norm = probs / probs.sum(axis=1, keepdims=True)
-        auc = float(roc_auc_score(y_true, norm, multi_class="ovr", labels=labels))
-    elif n_classes == 2 and len(present) == 2:
-        auc = float(roc_auc_score(y_true, probs[:, 1]))
+    auc = None if bad_rows.any() else macro_auc(y_true, probs)  # no AUC from non-finite scores
     names = list(label_names) if len(label_names) == n_classes else [str(i) for i in labels]
     return {
         "n": int(len(y_true)),

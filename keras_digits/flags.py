@@ -15,7 +15,9 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable
 
 from keras_digits.cli import fraction, positive_float, positive_int
-from keras_digits.config import BALANCES, NORMALIZES, OPTIMIZERS, SCHEDULES, STRATEGIES, TrainConfig, load_config_file
+from keras_digits.config import (
+    BALANCES, NORMALIZES, OPTIMIZERS, PRECISIONS, SCHEDULES, SELECT_ON, STRATEGIES, TrainConfig, load_config_file,
+)
 from keras_digits.errors import KerasDigitsError
 
 WHAT, HOW, RUNTIME, FILES = "what to train", "how to train", "runtime", "files"
@@ -81,8 +83,13 @@ FLAGS: tuple[Flag, ...] = (
     Flag("optimizer", HOW, "optimizer", choices=OPTIMIZERS),
     Flag("momentum", HOW, "SGD momentum", float),
     Flag("weight_decay", HOW, "weight decay", float),
-    Flag("schedule", HOW, "learning-rate schedule", choices=SCHEDULES),
+    Flag("schedule", HOW, "learning-rate schedule: step = x0.1 at 50%% and 75%% of the epochs, cosine = per epoch "
+         "after --warmup-epochs, onecycle = per step, linear warm-up over 20%% then cosine, plateau = x0.1 when "
+         "val loss stalls", choices=SCHEDULES),
     Flag("warmup_epochs", HOW, "cosine warm-up epochs", int),
+    Flag("label_smoothing", HOW, "label smoothing of the cross-entropy (0 = none)", float),
+    Flag("select_on", HOW, "validation metric that picks the saved epoch (and early stopping's): accuracy, or "
+         "auc = macro one-vs-rest ROC AUC, as the MedMNIST benchmark selects", choices=SELECT_ON),
     Flag("patience", HOW, "early-stopping patience in epochs", int),
     Flag("early_stopping", HOW, "stop when val accuracy stalls"),
     Flag("balance", HOW, "class balancing", choices=BALANCES),
@@ -96,8 +103,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("fine_tune_lr_factor", HOW, "second-phase learning rate = lr x this", positive_float),
     Flag("seed", RUNTIME, "random seed", int),
     Flag("deterministic", RUNTIME, "TF op determinism: identical metrics for one seed on CPU"),
-    Flag("mixed_precision", RUNTIME, "mixed_float16 on GPU"),
+    Flag("precision", RUNTIME, "compute precision: bfloat16 = Keras mixed_bfloat16, float16 = mixed_float16 with "
+         "loss scaling (GPUs); auto = bfloat16 on CPUs with AMX-BF16 and on GPUs of compute capability >= 8.0, "
+         "float16 on 7.x GPUs, float32 elsewhere", choices=PRECISIONS),
     Flag("strategy", RUNTIME, "distribution strategy", choices=STRATEGIES),
+    Flag("steps_per_execution", RUNTIME, "training steps per call into the compiled graph (less Python overhead "
+         "per step; callbacks see every Nth batch)", positive_int),
     Flag("jit_compile", RUNTIME, "XLA compilation (slower on CPU)"),
     Flag("evaluate_test", RUNTIME, "score the test split at the end"),
     Flag("verbose", RUNTIME, "Keras fit verbosity (1 = progress bar)", int, choices=(0, 1, 2)),
@@ -139,7 +150,14 @@ def add_train_flags(parser: argparse.ArgumentParser, exclude: Iterable[str] = ()
         if flag.metavar is not None:
             kwargs["metavar"] = flag.metavar
         g.add_argument(flag.option, **kwargs)
+    if "precision" not in skip:  # the flag --precision replaced: it meant mixed_float16 where a GPU was
+        groups[RUNTIME].add_argument("--mixed-precision", dest="precision", action="store_const", const="auto",
+                                     default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     if config_file:
+        from keras_digits.recipes import RECIPES, recipes_help
+
+        groups[FILES].add_argument("--recipe", default=argparse.SUPPRESS, choices=tuple(RECIPES), metavar="NAME",
+                                   help=recipes_help() + " (README: Recipes); --config and flags given win")
         groups[FILES].add_argument("--config", default=argparse.SUPPRESS, metavar="FILE.json",
                                    help="JSON file of training options (a run's config.json or a tuner's "
                                         "best_config.json); flags given on the command line win")
@@ -147,9 +165,13 @@ def add_train_flags(parser: argparse.ArgumentParser, exclude: Iterable[str] = ()
 
 
 def given_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The TrainConfig options given (a --config file's, then the flags'), as a dict."""
+    """The TrainConfig options given (a --recipe's, a --config file's, then the flags'), as a dict."""
     given = vars(args)
     data: dict[str, Any] = {}
+    if given.get("recipe"):
+        from keras_digits.recipes import recipe_config
+
+        data.update(recipe_config(given["recipe"]))
     if given.get("config"):
         data.update(load_config_file(given["config"]))
     names = {f.name for f in fields(TrainConfig)}

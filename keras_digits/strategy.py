@@ -76,17 +76,22 @@ def replicas(strategy) -> int:
 
 
 def float32_outputs(model):
-    """Under a mixed-precision policy, make the model's (softmax) output float32.
+    """Under a mixed-precision policy, compute the model's output layer (its softmax) in float32.
 
-    Keras computes a mixed_float16 model's layers in float16; the output layer would return float16
-    probabilities. This appends ``Activation('linear', dtype='float32')`` ('predictions_float32')
-    so the loss and metrics see float32; loss scaling is added by ``model.compile`` itself (Keras
-    wraps the optimizer in a LossScaleOptimizer under mixed_float16). A float32 model is returned
-    unchanged."""
+    Keras computes a mixed model's layers in bfloat16/float16: a softmax there returns probabilities
+    that sum to 1 only within ~1e-3 and are coarse near 0 and 1. The layer that produces the output
+    (looked up through nested models) gets the float32 policy, as Keras' mixed-precision guide
+    advises, and ``Activation('linear', dtype='float32')`` ('predictions_float32') is appended so the
+    symbolic output is float32 too. Loss scaling is added by ``model.compile`` itself under
+    mixed_float16. A float32 model is returned unchanged."""
     import keras
 
     out = model.outputs[0]
     if len(model.outputs) != 1 or str(out.dtype) == "float32":
         return model
+    layer = out._keras_history[0]
+    while isinstance(layer, keras.Model) and len(layer.outputs) == 1:
+        layer = layer.outputs[0]._keras_history[0]
+    layer.dtype_policy = keras.DTypePolicy("float32")
     cast = keras.layers.Activation("linear", dtype="float32", name="predictions_float32")(out)
     return keras.Model(model.inputs, cast, name=model.name)

@@ -26,43 +26,20 @@ PHASE_ONE = "phase1.weights.h5", "phase1.json"  # the model after phase one, whi
 TRAINED = "trained.json"  # training ended, scoring not yet done: a rerun only scores
 
 
-# ---------------------------------------------------------------------------- optimisers, schedules
-def make_optimizer(cfg: TrainConfig, lr: float | None = None):
-    """The Keras optimizer named by the config."""
-    import keras
-
-    lr = cfg.lr if lr is None else lr
-    wd = cfg.weight_decay or None
-    if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(lr, weight_decay=wd)
-    if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=float(cfg.momentum), weight_decay=wd)
-    if cfg.optimizer == "nadam":
-        return keras.optimizers.Nadam(lr, weight_decay=wd)
-    if cfg.optimizer == "adagrad":
-        return keras.optimizers.Adagrad(lr, weight_decay=wd)
-    if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(lr, weight_decay=cfg.weight_decay or 1e-4)
-    if cfg.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(lr, momentum=0.0, weight_decay=wd)
-    raise KerasDigitsError(f"unknown optimizer {cfg.optimizer!r}")
-
-
 # ---------------------------------------------------------------------------- the seam
-def setup_runtime(cfg: TrainConfig) -> None:
-    """Seeds, determinism and precision policy."""
+def setup_runtime(cfg: TrainConfig, verbose: int = 0) -> TrainConfig:
+    """Seeds, determinism and the precision policy (keras_digits.precision); returns `cfg` with its
+    precision resolved (auto -> what this machine runs best)."""
     import keras
     import tensorflow as tf
+
+    from keras_digits import precision
 
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy("float32")  # no policy leaks from an earlier run in-process
-    if cfg.mixed_precision:
-        if tf.config.list_physical_devices("GPU"):
-            keras.mixed_precision.set_global_policy("mixed_float16")
-        else:
-            print("note: --mixed-precision needs a GPU; training in float32 on CPU", file=sys.stderr)
+    resolved = precision.apply(cfg.precision, verbose=verbose)
+    return cfg.replace(precision=resolved.name)
 
 
 def build_for(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int, input_stats=None):
@@ -101,10 +78,14 @@ def _pretrained_archs() -> list[str]:
     return [n for n in list_models() if model_info(n).pretrained]
 
 
-def compile_model(model, cfg: TrainConfig, lr: float | None = None) -> None:
-    """Compile with the configured optimizer, sparse cross-entropy and accuracy."""
-    model.compile(optimizer=make_optimizer(cfg, lr), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], jit_compile=cfg.jit_compile)
+def compile_model(model, cfg: TrainConfig, lr: float | None = None, steps_per_epoch: int | None = None,
+                  epochs: int | None = None) -> None:
+    """Compile with the configured optimizer (a per-step schedule over `epochs` x `steps_per_epoch`
+    steps for --schedule onecycle), sparse cross-entropy (label-smoothed if asked) and accuracy."""
+    from keras_digits.optim import make_loss, make_optimizer  # imports keras: not at module level (quiet start-up)
+
+    model.compile(optimizer=make_optimizer(cfg, lr, steps_per_epoch, epochs), loss=make_loss(cfg),
+                  metrics=["accuracy"], jit_compile=cfg.jit_compile, steps_per_execution=cfg.steps_per_execution)
 
 
 def unfreeze_from(model, layer_index: int) -> int:
@@ -162,11 +143,12 @@ def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, done: int, strategy
     lr = cfg.lr * cfg.fine_tune_lr_factor
     with strategy.scope():
         n = unfreeze_from(model, cfg.fine_tune_at)
-        compile_model(model, cfg, lr=lr)
+        compile_model(model, cfg, lr=lr, steps_per_epoch=pipes.steps_per_epoch, epochs=cfg.fine_tune_epochs)
     if cfg.verbose:
         print(f"fine-tuning: {n} base layers from #{cfg.fine_tune_at} unfrozen, lr {lr:g}")
     callbacks = make_callbacks(cfg, run_dir, resuming=True, backup=FINE_TUNE_BACKUP,  # best so far from history
-                               epoch_var=pipes.epoch, first_epoch=done, ended=run_dir / TRAINED)
+                               epoch_var=pipes.epoch, first_epoch=done, ended=run_dir / TRAINED,
+                               val=(pipes.val, pipes.val_labels))
     extra = cfg.fine_tune_epochs or cfg.epochs
     model.fit(pipes.train, initial_epoch=done, epochs=done + extra, callbacks=callbacks, verbose=cfg.verbose,
               **pipes.fit_kwargs())
@@ -183,7 +165,8 @@ def fit_phases(model, cfg: TrainConfig, pipes, run_dir: Path, resuming: bool, st
     phase_one = load_phase_one(model, run_dir) if cfg.fine_tune_at is not None and resuming else None
     if phase_one is None:
         callbacks = make_callbacks(cfg, run_dir, resuming, epoch_var=pipes.epoch,
-                                   ended=run_dir / TRAINED if cfg.fine_tune_at is None else None)
+                                   ended=run_dir / TRAINED if cfg.fine_tune_at is None else None,
+                                   val=(pipes.val, pipes.val_labels))
         model.fit(pipes.train, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose, **pipes.fit_kwargs())
         if (where := diverged_at(callbacks)) is not None:
             return where
@@ -236,8 +219,19 @@ def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = 
     The run directory is held by this process alone (a lock beside it). A run whose loss or weights
     stop being finite ends as diverged: recorded in metrics.json, no model kept, TrainingDiverged
     raised. `transform_data(bundle) -> bundle` may change the loaded splits first (the balancing
-    study's long-tailed training subset); dataset.json records the resulting sizes."""
+    study's long-tailed training subset); dataset.json records the resulting sizes. Keras' global
+    dtype policy is set for the run (--precision) and restored when it ends."""
     quiet_tensorflow()
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    try:
+        return _train_and_evaluate(cfg, Path(run_dir), overwrite, transform_data)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, overwrite: bool, transform_data) -> dict:
     from keras_digits.data import load_for
     from keras_digits.data.datasets import make_datasets
     from keras_digits.data.fingerprint import dataset_record
@@ -247,14 +241,14 @@ def train_and_evaluate(cfg: TrainConfig, run_dir: str | Path, overwrite: bool = 
     final_dir = check_output_dir(Path(run_dir), "run directory")
     check_fits_in_memory(cfg)
     strategy = get_strategy(cfg.strategy, cfg.verbose)  # first: may split the CPU before TF sets up devices
-    setup_runtime(cfg)
+    cfg = setup_runtime(cfg, cfg.verbose)  # recorded resolved in config.json
     bundle = load_for(cfg)
     if transform_data is not None:
         bundle = transform_data(bundle)
     pipes = make_datasets(cfg, bundle, replicas=replicas(strategy), epoch=epoch_variable())  # see EpochRandomState
     with strategy.scope():
         model = build_for(cfg, bundle.input_shape, bundle.num_classes, pipes.input_stats)  # fails before any file
-        compile_model(model, cfg)
+        compile_model(model, cfg, steps_per_epoch=pipes.steps_per_epoch)
     with hold(final_dir, "run directory"):
         run_dir = staging_dir(final_dir, overwrite)
         resuming = prepare_run_dir(run_dir, cfg)
@@ -297,6 +291,16 @@ def check_fits_in_memory(cfg: TrainConfig) -> None:
                                "free: lower --image-size or --batch-size")
 
 
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory, in bytes (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes, Linux KiB
+
+
 # ---------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     """The train CLI: the shared training flags (keras_digits.flags) plus --run-dir and --overwrite."""
@@ -323,7 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             m = metrics[split]
             auc = "" if m["auc"] is None else f", auc {m['auc']:.4f}"
             print(f"{split} accuracy: {m['accuracy']:.4f} (loss {m['loss']:.4f}, macro-F1 {m['f1']:.4f}{auc})")
-    print(f"run saved to {run_dir} ({metrics['epochs_run']} epochs, {metrics['train_seconds']:.0f} s)")
+    peak = peak_rss_bytes()
+    memory = f", peak memory {peak / 2**30:.2f} GiB" if peak else ""
+    print(f"run saved to {run_dir} ({metrics['epochs_run']} epochs, {metrics['train_seconds']:.0f} s{memory})")
     return 0
 
 

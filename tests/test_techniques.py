@@ -36,7 +36,7 @@ def _run_cli(args, env_extra=None, timeout=600):
 
 # ---------------------------------------------------------------------------- optimizers
 def test_optimizer_options_reach_keras():
-    from keras_digits.train import make_optimizer
+    from keras_digits.optim import make_optimizer
 
     sgd = make_optimizer(TrainConfig(optimizer="sgd", lr=0.05, momentum=0.8))
     assert type(sgd).__name__ == "SGD" and sgd.momentum == pytest.approx(0.8)
@@ -53,7 +53,7 @@ def test_optimizer_options_reach_keras():
 def test_sgd_momentum_and_adamw_decay_change_the_update():
     import keras
 
-    from keras_digits.train import make_optimizer
+    from keras_digits.optim import make_optimizer
 
     # SGD with momentum m under a constant gradient g: steps lr*g, then lr*g*(1+m)
     v = keras.Variable(np.zeros(1, np.float32))
@@ -371,19 +371,6 @@ def test_deterministic_runs_give_identical_metrics(tmp_path):
 
 
 # ---------------------------------------------------------------------------- mixed precision
-def test_mixed_precision_note_on_cpu(capsys):
-    import keras
-    import tensorflow as tf
-
-    from keras_digits.train import setup_runtime
-
-    if tf.config.list_physical_devices("GPU"):
-        pytest.skip("a GPU is visible: mixed precision really applies")
-    setup_runtime(TrainConfig(mixed_precision=True))
-    assert "--mixed-precision needs a GPU" in capsys.readouterr().err
-    assert keras.mixed_precision.global_policy().name == "float32"
-
-
 def test_mixed_precision_model_outputs_float32():
     import keras
 

@@ -193,22 +193,24 @@ def _seed_source_cls():
 def _make_layer(op: AugOp, fill_mode: str):
     from keras import layers
 
+    F32 = "float32"  # in tf.data, whatever the training precision (a global mixed policy would make them bfloat16)
+
     if op.name == "rotate":
-        return layers.RandomRotation(op.param / 360.0, fill_mode=fill_mode)
+        return layers.RandomRotation(op.param / 360.0, fill_mode=fill_mode, dtype=F32)
     if op.name == "translate":
-        return layers.RandomTranslation(op.param, op.param, fill_mode=fill_mode)
+        return layers.RandomTranslation(op.param, op.param, fill_mode=fill_mode, dtype=F32)
     if op.name == "zoom":
-        return layers.RandomZoom(op.param, op.param, fill_mode=fill_mode)
+        return layers.RandomZoom(op.param, op.param, fill_mode=fill_mode, dtype=F32)
     if op.name == "shear":
-        return layers.RandomShear(op.param, op.param, fill_mode=fill_mode)
+        return layers.RandomShear(op.param, op.param, fill_mode=fill_mode, dtype=F32)
     if op.name == "contrast":
-        return layers.RandomContrast(op.param, value_range=(0, 255))
+        return layers.RandomContrast(op.param, value_range=(0, 255), dtype=F32)
     if op.name == "brightness":
-        return layers.RandomBrightness(op.param, value_range=(0, 255))
+        return layers.RandomBrightness(op.param, value_range=(0, 255), dtype=F32)
     if op.name == "hue":
-        return layers.RandomHue(op.param, value_range=(0, 255))
+        return layers.RandomHue(op.param, value_range=(0, 255), dtype=F32)
     if op.name == "saturation":
-        return layers.RandomSaturation(op.param, value_range=(0, 255))
+        return layers.RandomSaturation(op.param, value_range=(0, 255), dtype=F32)
     return None  # rot90 and flip: done by hand below (RandomFlip would flip only half of its images)
 
 

@@ -28,6 +28,13 @@ class Pipelines:
     class_weight: dict[int, float] | None = None
     input_stats: InputStats | None = None
     epoch: Any = None  # the tf.Variable `train`'s randomness is keyed on (pipeline.epoch_variable), if any
+    val_labels: np.ndarray | None = None  # `val`'s labels in order (for metrics Keras does not compute)
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        """Training batches per epoch, where the pipeline knows it."""
+        n = int(self.train.cardinality())
+        return n if n > 0 else None
 
     def fit_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for model.fit."""
@@ -70,7 +77,8 @@ def make_datasets(cfg: Any, bundle: DataBundle, replicas: int = 1, epoch: Any = 
     train = train.with_options(options)
     val = make_pipeline(x_va, y_va, max(batch, 256)).with_options(options)
     stats = normalization_stats(cfg.normalize, x_tr)
-    return Pipelines(train=train, val=val, class_weight=weights, input_stats=stats, epoch=epoch)
+    return Pipelines(train=train, val=val, class_weight=weights, input_stats=stats, epoch=epoch,
+                     val_labels=np.asarray(y_va))
 
 
 # ---------------------------------------------------------------------------- input normalisation

@@ -19,7 +19,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from keras_digits.models.common import BN_MOMENTUM, adapt_input, model_inputs
+from keras_digits.models.batchnorm import fused_bn
+from keras_digits.models.common import adapt_input, model_inputs
 from keras_digits.models.registry import register_model
 
 ORIGINAL_STEM_FROM = 128  # image_size >= 128 -> 11x11 stride-4 stem; else 5x5 stride-2
@@ -30,7 +31,7 @@ def apply_alex_conv(x, filters: int, kernel: int, *, strides: int = 1, padding: 
     """Conv -> [BatchNorm] -> ReLU."""
     x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=not batch_norm, name=f"{name}_conv")(x)
     if batch_norm:
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+        x = fused_bn(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from keras_digits.models.common import BN_MOMENTUM, adapt_input, model_inputs
+from keras_digits.models.batchnorm import fused_bn
+from keras_digits.models.common import adapt_input, model_inputs
 from keras_digits.models.registry import register_model
 from keras_digits.models.resnet import apply_basic_block
 
@@ -26,7 +27,7 @@ def apply_cifar_block(x, filters: int, *, convs: int, batch_norm: bool, dropout:
     for i in range(convs):
         x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv{i + 1}")(x)
         if batch_norm:
-            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{i + 1}")(x)
+            x = fused_bn(name=f"{name}_bn{i + 1}")(x)
         x = layers.ReLU(name=f"{name}_relu{i + 1}")(x)
     x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
     if dropout:
@@ -57,7 +58,7 @@ def resnet_cifar(input_shape, num_classes, *, image_size=None, width=32, depth=3
     x = adapt_input(inputs, image_size=image_size)
     width = int(width)
     x = layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name="stem_conv")(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
+    x = fused_bn(name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     for s in range(3):
         for b in range(int(depth)):

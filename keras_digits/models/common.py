@@ -13,6 +13,11 @@ from keras import layers
 # keras.applications bases keep their own settings.
 BN_MOMENTUM = 0.9
 
+# Input adaptation (resize, rescale, mean/std) computes in float32 under every precision policy: its
+# constants (a mean of 78.73 is 78.5 in bfloat16) and interpolation are not worth 8 bits of mantissa;
+# the first convolution casts to the compute dtype.
+INPUT_DTYPE = "float32"
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -45,14 +50,15 @@ def adapt_input(
     if channels == 3 and inputs.shape[-1] == 1:
         x = GrayToRGB(name="gray_to_rgb")(x)
     if image_size is not None and (inputs.shape[1] != image_size or inputs.shape[2] != image_size):
-        x = layers.Resizing(image_size, image_size, interpolation="bilinear", name="resize")(x)
+        x = layers.Resizing(image_size, image_size, interpolation="bilinear", name="resize", dtype=INPUT_DTYPE)(x)
     if scale is not None:
-        x = layers.Rescaling(scale, offset=offset, name="rescale")(x)
+        x = layers.Rescaling(scale, offset=offset, name="rescale", dtype=INPUT_DTYPE)(x)
     if mean is not None and std is not None:
         n = x.shape[-1]
         mean = list(mean)[:n] if len(mean) >= n else [mean[0]] * n
         std = list(std)[:n] if len(std) >= n else [std[0]] * n
-        x = layers.Normalization(mean=mean, variance=[s * s for s in std], name="normalize")(x)
+        x = layers.Normalization(mean=mean, variance=[s * s for s in std], name="normalize",
+                                 dtype=INPUT_DTYPE)(x)
     return x
 
 

@@ -34,9 +34,11 @@ def add_input_normalization(model, stats: InputStats):
     and exposes its layers exactly like the original; see the module docstring for the maths."""
     import keras
 
+    from keras_digits.models.common import INPUT_DTYPE
+
     mean, std = (np.asarray(v, dtype=np.float64) for v in stats)
     norm = keras.layers.Normalization(mean=(255.0 * mean).tolist(), variance=(std * std).tolist(),
-                                      name="input_normalize")
+                                      name="input_normalize", dtype=INPUT_DTYPE)
     inputs = keras.Input(shape=model.inputs[0].shape[1:], name=model.inputs[0].name)
     wired = keras.Model(inputs, model.call(norm(inputs)), name=model.name)
     fresh = keras.Model.from_config(wired.get_config())

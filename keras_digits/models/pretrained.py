@@ -24,7 +24,7 @@ import keras
 from keras import layers
 
 from keras_digits.errors import KerasDigitsError
-from keras_digits.models.common import adapt_input, model_inputs
+from keras_digits.models.common import INPUT_DTYPE, adapt_input, model_inputs
 
 BASE_NAME = "base"
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -161,7 +161,7 @@ def build_pretrained_model(
     inputs = model_inputs(input_shape)
     if preprocess == "caffe":
         x = adapt_input(inputs, image_size=image_size, channels=3, scale=None)
-        x = CaffePreprocess(name="caffe_preprocess")(x)
+        x = CaffePreprocess(name="caffe_preprocess", dtype=INPUT_DTYPE)(x)
     elif preprocess == "tf":
         x = adapt_input(inputs, image_size=image_size, channels=3, scale=1.0 / 127.5, offset=-1.0)
     else:

@@ -20,7 +20,8 @@ import functools
 import keras
 from keras import layers
 
-from keras_digits.models.common import BN_MOMENTUM, adapt_input, model_inputs
+from keras_digits.models.batchnorm import fused_bn
+from keras_digits.models.common import adapt_input, model_inputs
 from keras_digits.models.pretrained import build_pretrained_model
 from keras_digits.models.registry import register_model
 
@@ -33,14 +34,14 @@ def apply_basic_block(x, filters: int, *, stride: int = 1, name: str):
     if stride != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False, kernel_initializer="he_normal",
                                  name=f"{name}_proj_conv")(x)
-        shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
+        shortcut = fused_bn(name=f"{name}_proj_bn")(shortcut)
     y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, kernel_initializer="he_normal",
                       name=f"{name}_conv1")(x)
-    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn1")(y)
+    y = fused_bn(name=f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
                       name=f"{name}_conv2")(y)
-    y = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn2")(y)
+    y = fused_bn(name=f"{name}_bn2")(y)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.ReLU(name=f"{name}_out")(y)
 
@@ -53,7 +54,7 @@ def apply_stem(x, filters: int, *, small: bool):
     else:
         x = layers.Conv2D(filters, 7, strides=2, padding="same", use_bias=False, kernel_initializer="he_normal",
                           name="stem_conv")(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
+    x = fused_bn(name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     if not small:
         x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)

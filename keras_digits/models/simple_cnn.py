@@ -5,7 +5,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from keras_digits.models.common import BN_MOMENTUM, adapt_input, model_inputs
+from keras_digits.models.batchnorm import fused_bn
+from keras_digits.models.common import adapt_input, model_inputs
 from keras_digits.models.registry import register_model
 
 
@@ -13,7 +14,7 @@ def apply_conv_block(x, filters: int, *, batch_norm: bool, dropout: float, name:
     """Conv2D 3x3 same -> [BatchNorm] -> ReLU -> MaxPool 2 -> [Dropout]."""
     x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv")(x)
     if batch_norm:
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+        x = fused_bn(name=f"{name}_bn")(x)
     x = layers.ReLU(name=f"{name}_relu")(x)
     x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
     if dropout:
@@ -55,7 +56,7 @@ def simple_cnn(
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(int(dense_units), name="fc")(x)
     if batch_norm:
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="fc_bn")(x)
+        x = fused_bn(name="fc_bn")(x)
     x = layers.ReLU(name="fc_relu")(x)
     if dropout and dense_dropout:
         x = layers.Dropout(dense_dropout, name="fc_drop")(x)

@@ -68,7 +68,10 @@ class DigitsHyperModel(kt.HyperModel):
         bundle = self.bundle
         stats = normalization_stats(cfg.normalize, bundle.train[0])  # --normalize dataset: training split only
         model = build_for(cfg, bundle.input_shape, bundle.num_classes, stats)
-        compile_model(model, cfg)  # optimizer and lr are chosen here, with the model's options
+        import math
+
+        steps = math.ceil(len(bundle.train[1]) / cfg.batch_size)  # --schedule onecycle's step count
+        compile_model(model, cfg, steps_per_epoch=steps)  # optimizer and lr are chosen here, with the model's options
         return model
 
     def fit(self, hp, model, *args, callbacks=None, epochs=None, **kwargs):
