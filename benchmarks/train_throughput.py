@@ -141,8 +141,14 @@ def main() -> int:
         import torch_peers
 
         version = torch_peers.available()
-        if version is None:
-            print("peer torch: skipped (PyTorch is not installed: pip install -e '.[bench]')")
+        why = ("PyTorch is not installed: pip install -e '.[bench]'" if version is None
+               else f"no PyTorch peer for {args.arch} (peers: {', '.join(torch_peers.PEERS)})"
+               if args.arch not in torch_peers.PEERS
+               else "--image-size resizes inside the Keras model; the peer trains at the data's size"
+               if args.image_size else "the peer has no float16 autocast on a CPU" if resolved.name == "float16"
+               else None)
+        if why:
+            print(f"peer torch: skipped ({why})")
         else:
             peer = torch_peers
             import torch

@@ -187,10 +187,11 @@ def renamed_keys(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def comparable(cfg_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """A config dict as compared between runs: verbosity aside, tuples as the lists JSON reads back."""
+    """A config dict as compared between runs: verbosity aside, tuples as the lists JSON reads back, options
+    a run recorded before they existed at their defaults, `precision: auto` as this machine resolves it."""
     import json
 
-    d = renamed_keys(cfg_dict)
+    d = {**TrainConfig().to_dict(), **renamed_keys(cfg_dict)}  # options added later read as their defaults
     d.pop("verbose", None)
     if d.get("precision", "auto") == "auto":  # a run records what auto chose on its machine
         from keras_digits.precision import resolve

@@ -138,7 +138,7 @@ def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, done: int, strategy
 
     The first phase (cfg.epochs) trained the head with the base frozen; this one runs
     --fine-tune-epochs more (default: as many) at lr x --fine-tune-lr-factor, continuing the same
-    history, checkpoint (best by val accuracy over both phases) and TensorBoard log. Returns where
+    history, checkpoint (best by --select-on over both phases) and TensorBoard log. Returns where
     it diverged, or None."""
     lr = cfg.lr * cfg.fine_tune_lr_factor
     with strategy.scope():
@@ -191,7 +191,7 @@ def score_run(cfg: TrainConfig, bundle, run_dir: Path) -> dict:
     from keras_digits.tb_images import log_result_images
 
     if not (run_dir / "best.keras").exists():
-        raise KerasDigitsError("training produced no finite validation accuracy; no model saved")
+        raise KerasDigitsError(f"training produced no finite validation {cfg.select_on}; no model saved")
     _, model = load_run(run_dir, finished=False)
     metrics: dict[str, Any] = {"status": "finished"}
     for split in ("val", "test") if cfg.evaluate_test else ("val",):
@@ -246,6 +246,10 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, overwrite: bool, transf
     if transform_data is not None:
         bundle = transform_data(bundle)
     pipes = make_datasets(cfg, bundle, replicas=replicas(strategy), epoch=epoch_variable())  # see EpochRandomState
+    if cfg.select_on == "auc" and len(np.unique(pipes.val_labels)) < bundle.num_classes:
+        raise KerasDigitsError(f"--select-on auc needs every class in the validation split; it holds "
+                               f"{len(np.unique(pipes.val_labels))} of {bundle.num_classes}: raise --val-split "
+                               "or select on accuracy")
     with strategy.scope():
         model = build_for(cfg, bundle.input_shape, bundle.num_classes, pipes.input_stats)  # fails before any file
         compile_model(model, cfg, steps_per_epoch=pipes.steps_per_epoch)

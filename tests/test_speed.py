@@ -4,10 +4,8 @@ selection on validation AUC, and the throughput benchmark's peer and profile tab
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,11 +80,13 @@ def test_old_mixed_precision_key_and_flag_still_read(tmp_path):
     from keras_digits.train import build_parser
     from keras_digits.flags import config_from_args
 
-    old = tmp_path / "config.json"
-    old.write_text(json.dumps({**{k: v for k, v in TrainConfig().to_dict().items() if k != "precision"},
+    old = tmp_path / "config.json"  # a run recorded before this options existed
+    new_options = ("precision", "label_smoothing", "select_on", "steps_per_execution")
+    old.write_text(json.dumps({**{k: v for k, v in TrainConfig().to_dict().items() if k not in new_options},
                                "mixed_precision": False}))
     assert load_config_file(old)["precision"] == "float32"
-    assert comparable(json.loads(old.read_text())) == comparable({**TrainConfig(precision="float32").to_dict()})
+    assert comparable(json.loads(old.read_text())) == comparable(TrainConfig(precision="float32").to_dict())
+    assert comparable(json.loads(old.read_text())) != comparable(TrainConfig(label_smoothing=0.1).to_dict())
     args = build_parser().parse_args(["--mixed-precision"])
     assert config_from_args(args).precision == "auto"
     assert comparable(TrainConfig(precision="auto").to_dict())["precision"] in ("float32", "bfloat16", "float16")
@@ -338,3 +338,10 @@ def test_augmentation_stays_float32_under_a_mixed_policy():
             keras.mixed_precision.set_global_policy("float32")
     assert batches[0].dtype == np.uint8
     np.testing.assert_array_equal(batches[0], batches[1])  # the same images whatever the policy
+
+
+def test_tune_refuses_select_on(tmp_path, capsys):
+    from keras_digits.tune.cli import main as tune_main
+
+    code, _, err = run_main(tune_main, ["--dataset", "digits", "--select-on", "auc", "--directory", tmp_path], capsys)
+    assert code == 2 and "--select-on accuracy" in err

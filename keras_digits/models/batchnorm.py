@@ -12,8 +12,10 @@ activations, as PyTorch's does.
 moving-average update (the biased batch variance, as Keras uses) and saved config; it takes the
 fused kernel for float inputs of rank 2 or 4 normalised over the last axis, on the TensorFlow
 backend, without mask, renorm or synchronisation, and falls back to Keras' own computation
-otherwise (another backend, another axis). Models saved with it load wherever keras_digits is
-importable; it is registered as 'keras_digits>FusedBatchNormalization'.
+otherwise (another backend, another axis). It is registered as 'keras_digits>FusedBatchNormalization':
+a saved model loads after `import keras_digits.models` (the project's loaders use compile=False; with
+compile=True a run trained with --schedule onecycle or --label-smoothing also needs
+`import keras_digits.optim`, where its schedule and loss are registered).
 """
 
 from __future__ import annotations

@@ -143,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if given.get(field) is not None:
             raise KerasDigitsError(f"--{field.replace('_', '-')}: trials train one phase; tune the head, then "
                                    "fine-tune with train --config best_config.json --fine-tune-at N")
+    if given.get("select_on", "accuracy") != "accuracy":
+        raise KerasDigitsError("--select-on: a search ranks trials by its --objective; --select-on applies to "
+                               "train; pass --select-on accuracy (a --recipe may have set auc)")
     patience = given.get("patience", TrainConfig.patience)
     base = TrainConfig.from_dict({"early_stopping": patience > 0, **given})
     from keras_digits.data import get_spec

@@ -70,8 +70,9 @@ class DigitsHyperModel(kt.HyperModel):
         model = build_for(cfg, bundle.input_shape, bundle.num_classes, stats)
         import math
 
-        steps = math.ceil(len(bundle.train[1]) / cfg.batch_size)  # --schedule onecycle's step count
-        compile_model(model, cfg, steps_per_epoch=steps)  # optimizer and lr are chosen here, with the model's options
+        steps = math.ceil(len(bundle.train[1]) / cfg.batch_size)  # --schedule onecycle's step count,
+        epochs = int(hp.values.get("tuner/epochs", cfg.epochs))  # over the epochs this trial trains (Hyperband)
+        compile_model(model, cfg, steps_per_epoch=steps, epochs=epochs)  # optimizer and lr are chosen here, with the model's options
         return model
 
     def fit(self, hp, model, *args, callbacks=None, epochs=None, **kwargs):
