@@ -22,7 +22,6 @@ figures only within one run: absolute timings on a shared machine are noisy.
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import sys
 import time
@@ -34,11 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from keras_digits.cli import quiet_tensorflow  # noqa: E402
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process, MB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def get_data(args):
@@ -172,8 +166,7 @@ def main() -> int:
         print(f"ratio keras_digits / PyTorch: {k / t:.2f}x")
     if args.baseline:
         keras.utils.set_random_seed(0)
-        base = keras_model(args, TrainConfig(arch=args.arch, batch_size=args.batch_size, image_size=args.image_size,
-                                             precision=resolved.name, verbose=0), x.shape[1:], classes)
+        base = keras_model(args, cfg.replace(steps_per_execution=1), x.shape[1:], classes)  # fit's default step
         need = args.batch_size * (steps + warmup)
         xf = np.resize(x.astype("float32"), (need, *x.shape[1:]))
         yf = np.resize(y, need)
@@ -202,7 +195,10 @@ def main() -> int:
                 break
         print(f"time to {args.target_accuracy:.4f} test accuracy: "
               + (f"{reached:.1f} s ({epoch} epochs)" if reached else f"not reached in {args.max_epochs} epochs"))
-    print(f"peak RSS: {peak_rss_mb():.0f} MB")
+    from keras_digits.train import peak_rss_bytes
+
+    peak = peak_rss_bytes()
+    print(f"peak RSS: {peak / 2**20:.0f} MB" if peak else "peak RSS: not reported by this OS")
     return 0
 
 

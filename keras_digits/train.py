@@ -246,10 +246,10 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, overwrite: bool, transf
     if transform_data is not None:
         bundle = transform_data(bundle)
     pipes = make_datasets(cfg, bundle, replicas=replicas(strategy), epoch=epoch_variable())  # see EpochRandomState
-    if cfg.select_on == "auc" and len(np.unique(pipes.val_labels)) < bundle.num_classes:
-        raise KerasDigitsError(f"--select-on auc needs every class in the validation split; it holds "
-                               f"{len(np.unique(pipes.val_labels))} of {bundle.num_classes}: raise --val-split "
-                               "or select on accuracy")
+    present = len(np.unique(pipes.val_labels))
+    if cfg.select_on == "auc" and present < bundle.num_classes:
+        raise KerasDigitsError(f"--select-on auc needs every class in the validation split; it holds {present} "
+                               f"of {bundle.num_classes}: raise --val-split or select on accuracy")
     with strategy.scope():
         model = build_for(cfg, bundle.input_shape, bundle.num_classes, pipes.input_stats)  # fails before any file
         compile_model(model, cfg, steps_per_epoch=pipes.steps_per_epoch)
