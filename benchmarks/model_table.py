@@ -39,8 +39,6 @@ def forward_flops(model, input_shape) -> int | None:
 
 
 def train_speed(model, input_shape, classes: int, batch: int, steps: int, warmup: int) -> float:
-    import keras
-
     from keras_digits.config import TrainConfig
     from keras_digits.train import compile_model
 
@@ -68,7 +66,7 @@ def main() -> int:
     quiet_tensorflow()
     import keras
 
-    from keras_digits.models import build_model, list_models, model_info
+    from keras_digits.models import build_model, list_models
     from keras_digits.models.registry import resolve_image_size
 
     shape = tuple(int(s) for s in args.shape.split(","))
@@ -77,7 +75,6 @@ def main() -> int:
     print("| --- | --- | --- | --- | --- | --- |")
     for name in args.archs or list_models():
         keras.backend.clear_session()
-        info = model_info(name)
         size = resolve_image_size(name, shape)
         model = build_model(name, shape, args.classes)
         trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)

@@ -36,6 +36,7 @@ class TrainConfig:
     seed: int = 42
     val_split: float = 0.1
     image_size: int | None = None
+    size: int | None = None  # MedMNIST's published size to read (28, 64, 128, 224); None = 28
     max_train_samples: int | None = None
     schedule: str = "none"
     warmup_epochs: int = 0
@@ -93,6 +94,8 @@ class TrainConfig:
             raise KerasDigitsError(f"--val-split must be in [0, 1), got {self.val_split}")
         if self.image_size is not None and self.image_size <= 0:
             raise KerasDigitsError(f"--image-size must be positive, got {self.image_size}")
+        if self.size is not None and self.size not in (28, 64, 128, 224):
+            raise KerasDigitsError(f"--size must be one of 28, 64, 128, 224, got {self.size}")
         if self.max_train_samples is not None and self.max_train_samples <= 0:
             raise KerasDigitsError(f"--max-train-samples must be positive, got {self.max_train_samples}")
         for name, value, allowed in (

@@ -86,7 +86,15 @@ def fmt(value: Any, digits: int = 4) -> str:
 def summary_section(metrics: dict) -> str:
     rows = [[esc(s), fmt(m.get("n")), fmt(m.get("accuracy")), fmt(m.get("loss")), fmt(m.get("f1")),
              fmt(m.get("auc"))] for s, m in metrics.items() if isinstance(m, dict) and "accuracy" in m]
-    return "<h2>Summary</h2>" + table(["split", "images", "accuracy", "loss", "macro F1", "AUC (one-vs-rest)"], rows)
+    html = "<h2>Summary</h2>" + table(["split", "images", "accuracy", "loss", "macro F1", "AUC (one-vs-rest)"], rows)
+    med = metrics.get("medmnist")
+    if isinstance(med, dict):  # the benchmark's own ACC/AUC (keras_digits.medmnist_protocol)
+        med_rows = [[esc(s), fmt(med[s].get("ACC"), 3), fmt(med[s].get("AUC"), 3)] for s in ("val", "test")
+                    if isinstance(med.get(s), dict)]
+        html += (f"<p>MedMNIST protocol ({esc(med.get('subset', ''))}, {esc(med.get('size', ''))} px, task "
+                 f"{esc(med.get('task', ''))}): ACC and AUC as MedMNIST's evaluator computes them.</p>"
+                 + table(["split", "ACC", "AUC"], med_rows))
+    return html
 
 
 def data_section(dataset: dict, config: dict) -> str:

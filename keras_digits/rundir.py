@@ -58,11 +58,13 @@ def same_config(run_dir: Path, cfg: TrainConfig) -> bool:
 
 
 def default_run_dir(cfg: TrainConfig, root: Path = RUNS_DIR) -> Path:
-    """runs/<dataset>-<arch>-s<seed>[-N]: the first such folder that does not hold an ended run, so
+    """runs/<dataset>[_<size>]-<arch>-s<seed>[-N] (size: a MedMNIST --size other than 28): the first
+    such folder that does not hold an ended run, so
     rerunning an interrupted command resumes it and a finished run is never overwritten; a run of
     the same config that diverged is returned too, so rerunning it reports that instead of training
     the same divergence again in a new folder."""
-    base = root / f"{cfg.dataset}-{cfg.arch}-s{cfg.seed}"
+    size = f"_{cfg.size}" if cfg.size not in (None, 28) else ""
+    base = root / f"{cfg.dataset}{size}-{cfg.arch}-s{cfg.seed}"
     candidate, n = base, 1
     while (metrics := ended(candidate)) is not None:
         if is_diverged(metrics) and same_config(candidate, cfg):

@@ -189,6 +189,7 @@ def score_run(cfg: TrainConfig, bundle, run_dir: Path) -> dict:
     from keras_digits.html_report import write_run_page
     from keras_digits.report import metrics_markdown, plot_confusion, plot_curves, read_history, write_markdown
     from keras_digits.tb_images import log_result_images
+    from keras_digits.data import get_spec
 
     if not (run_dir / "best.keras").exists():
         raise KerasDigitsError(f"training produced no finite validation {cfg.select_on}; no model saved")
@@ -201,10 +202,18 @@ def score_run(cfg: TrainConfig, bundle, run_dir: Path) -> dict:
     metrics["train_seconds"] = float(np.nansum(history.get("epoch_seconds", [])))
     metrics["epochs_run"] = len(history.get("loss", []))
     final = "test" if "test" in metrics else "val"
+    text = metrics_markdown(metrics, f"{cfg.arch} on {bundle.name}")
+    spec = get_spec(cfg.dataset)
+    if spec.source == "medmnist-npz":  # the benchmark's own ACC and AUC, to set the run beside its table
+        from keras_digits.medmnist_protocol import protocol_block, protocol_line
+
+        metrics["medmnist"] = protocol_block(run_dir, cfg.dataset, cfg.size, spec.task,
+                                             [s for s in ("val", "test") if s in metrics])
+        text += "\n" + protocol_line(metrics["medmnist"]) + "\n"
     plot_confusion(np.asarray(metrics[final]["confusion_matrix"]), bundle.label_names,
                    run_dir / "confusion_matrix.png", title=f"{cfg.arch} on {bundle.name} ({final})")
     plot_curves(history, run_dir / "curves.png", title=f"{cfg.arch} on {bundle.name}")
-    write_markdown(run_dir / "report.md", metrics_markdown(metrics, f"{cfg.arch} on {bundle.name}"))
+    write_markdown(run_dir / "report.md", text)
     write_json(run_dir / "metrics.json", metrics)  # its presence marks a finished run
     write_run_page(run_dir)
     log_result_images(run_dir, final, bundle.label_names, step=metrics["epochs_run"])
@@ -331,6 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             m = metrics[split]
             auc = "" if m["auc"] is None else f", auc {m['auc']:.4f}"
             print(f"{split} accuracy: {m['accuracy']:.4f} (loss {m['loss']:.4f}, macro-F1 {m['f1']:.4f}{auc})")
+    if "medmnist" in metrics:
+        from keras_digits.medmnist_protocol import protocol_line
+
+        print(protocol_line(metrics["medmnist"]))
     peak = peak_rss_bytes()
     memory = f", peak memory {peak / 2**30:.2f} GiB" if peak else ""
     print(f"run saved to {run_dir} ({metrics['epochs_run']} epochs, {metrics['train_seconds']:.0f} s{memory})")

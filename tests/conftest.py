@@ -32,6 +32,7 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(home / "tensorflow_datasets"))
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("KERAS_DIGITS_DATA", raising=False)
+    monkeypatch.delenv("KERAS_DIGITS_CACHE", raising=False)
     yield
 
 

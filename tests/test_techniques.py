@@ -305,7 +305,7 @@ def test_normalization_stats_from_training_split_only():
     assert rgb[0] == pytest.approx((0.485, 0.456, 0.406))
     grey = imagenet_stats(1)
     assert len(grey[0]) == 1 and grey[0][0] == pytest.approx(np.mean((0.485, 0.456, 0.406)))
-    chunked = normalization_stats("dataset", bundle.train[0], chunk=7)
+    chunked = normalization_stats("dataset", bundle.train[0], chunk_values=7 * 28 * 28)  # 7 images a chunk
     assert chunked[0] == pytest.approx(stats[0]) and chunked[1] == pytest.approx(stats[1])
 
 

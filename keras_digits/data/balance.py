@@ -82,8 +82,9 @@ def balanced_pipeline(
     if len(y) < batch_size:
         raise KerasDigitsError(f"--balance resample needs at least one full batch: {len(y)} training "
                                f"images < batch size {batch_size}")
-    images = tf.constant(x)
-    labels = tf.constant(y.astype(np.int32))
+    from keras_digits.data.pipeline import gather_fn, with_cardinality
+
+    gather = gather_fn(x, y)
     steps = len(y) // batch_size
     if epoch is None:  # each pass draws anew (the tuner's pipelines)
         streams = [tf.data.Dataset.from_tensor_slices(np.flatnonzero(y == c))
@@ -96,11 +97,8 @@ def balanced_pipeline(
 
         ds = per_epoch(lambda key: tf.data.Dataset.from_tensor_slices(
             balanced_indices(y, classes, steps * batch_size, key)), seed, epoch)
-    from keras_digits.data.pipeline import with_cardinality
-
     ds = with_cardinality(ds.batch(batch_size, drop_remainder=True).take(steps), steps)
-    ds = ds.map(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = augment_dataset(ds, augment, seed, epoch)
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -47,6 +47,8 @@ class DatasetSpec:
     checksums: dict[str, str] = field(default_factory=dict)  # file name -> "md5:..."
     loader: Callable[..., RawSplits] | None = None
     description: str = ""
+    task: str = "multi-class"  # MedMNIST's task type (binary-class, ordinal-regression, multi-label, ...)
+    sizes: tuple[int, ...] = ()  # published image sizes a --size may pick (MedMNIST+); () = one size
     centred_digits: bool = False  # images are MNIST-style digits (20 px box, centre of mass centred): see digit_norm
 
 
@@ -112,15 +114,16 @@ def download_file(url: str, dest: Path, md5: str | None = None, timeout: float =
     return dest
 
 
-def missing_file_error(spec: DatasetSpec, looked: Sequence[Path], why: str = "") -> KerasDigitsError:
+def missing_file_error(spec: DatasetSpec, looked: Sequence[Path], why: str = "", files: Sequence[str] = (),
+                       download: str = "") -> KerasDigitsError:
     """The error for a dataset that is nowhere: what to get, where to put it, where from."""
     places = ", ".join(str(p) for p in looked) or "(nowhere)"
-    files = " or ".join(spec.files)
+    files = " or ".join(files or spec.files)
     extra = f" ({why})" if why else ""
     return KerasDigitsError(
         f"{spec.name}: could not find {files}{extra}; looked in {places}. "
         f"Put the file in a folder and pass --data-dir FOLDER (or set ${DATA_ENV}); "
-        f"it can be downloaded from {spec.download}"
+        f"it can be downloaded from {download or spec.download}"
     )
 
 

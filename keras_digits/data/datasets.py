@@ -82,7 +82,8 @@ def make_datasets(cfg: Any, bundle: DataBundle, replicas: int = 1, epoch: Any = 
 
 
 # ---------------------------------------------------------------------------- input normalisation
-def normalization_stats(mode: str, x_train: np.ndarray | None = None, chunk: int = 4096) -> InputStats | None:
+def normalization_stats(mode: str, x_train: np.ndarray | None = None, chunk_values: int = 1 << 22
+                        ) -> InputStats | None:
     """(mean, std) per channel on the 0..1 scale for `--normalize dataset`, from the training images
     (uint8 NHWC) and nothing else; None for the other modes ('imagenet' uses the model's constants)."""
     if mode != "dataset":
@@ -93,6 +94,7 @@ def normalization_stats(mode: str, x_train: np.ndarray | None = None, chunk: int
     total = np.zeros(c)
     total_sq = np.zeros(c)
     count = 0
+    chunk = max(1, chunk_values // max(1, int(np.prod(x_train.shape[1:]))))  # ~32 MB of float64 at a time
     for i in range(0, len(x_train), chunk):  # float64 in chunks: exact enough, small memory
         part = x_train[i:i + chunk].reshape(-1, c).astype(np.float64) / 255.0
         total += part.sum(axis=0)

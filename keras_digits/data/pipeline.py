@@ -57,6 +57,26 @@ def with_cardinality(ds: tf.data.Dataset, n) -> tf.data.Dataset:
     return ds.apply(tf.data.experimental.assert_cardinality(n)) if n >= 0 else ds
 
 
+def gather_fn(x: np.ndarray, y: np.ndarray) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """idx -> (images[idx], labels[idx]): a gather from one in-memory tensor, or, for a memory-mapped
+    split (np.memmap, keras_digits.data.npz_stream), a read of just those rows from disk."""
+    labels = tf.constant(np.asarray(y).astype(np.int32))
+    if isinstance(x, np.memmap):
+        shape = (None,) + tuple(x.shape[1:])
+
+        def read_rows(idx):
+            return np.take(x, idx, axis=0)  # fancy indexing a memmap reads only these rows
+
+        def gather(idx):
+            images = tf.numpy_function(read_rows, [idx], tf.uint8, stateful=False)
+            images.set_shape(shape)
+            return images, tf.gather(labels, idx)
+
+        return gather
+    images = tf.constant(x)
+    return lambda idx: (tf.gather(images, idx), tf.gather(labels, idx))
+
+
 def make_pipeline(
     x: np.ndarray,
     y: np.ndarray,
@@ -68,12 +88,11 @@ def make_pipeline(
 ) -> tf.data.Dataset:
     """Batches of (uint8 images, int32 labels); shuffled each epoch when training.
 
-    The arrays stay uint8 in one in-memory tensor; each step gathers a batch by shuffled indices,
-    which is much cheaper than shuffling and batching single images. With `epoch` (an
+    The arrays stay uint8 in one in-memory tensor (or on disk, memory-mapped); each step gathers a batch
+    by shuffled indices, which is much cheaper than shuffling and batching single images. With `epoch` (an
     `epoch_variable`) the order is a function of (seed, epoch), else it changes with every iteration.
     """
-    images = tf.constant(x)
-    labels = tf.constant(y.astype(np.int32))
+    gather = gather_fn(x, y)
     n = len(y)
     ds = tf.data.Dataset.range(n)
     if training and epoch is not None:
@@ -84,6 +103,5 @@ def make_pipeline(
     ds = ds.batch(batch_size)
     if training and epoch is not None:
         ds = with_cardinality(ds, math.ceil(n / batch_size))
-    ds = ds.map(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)), num_parallel_calls=AUTOTUNE,
-                deterministic=True)
+    ds = ds.map(gather, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.prefetch(AUTOTUNE)

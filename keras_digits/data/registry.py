@@ -7,7 +7,8 @@ from keras_digits.data.cifar import load_cifar10
 from keras_digits.data.digits import load_digits
 from keras_digits.data.folder import load_folder
 from keras_digits.data.keras_npz import load_mnist
-from keras_digits.data.medmnist import load_medmnist
+from keras_digits.data.medmnist import load_medmnist, medmnist_file, medmnist_url
+from keras_digits.data.medmnist_info import MEDMNIST_INFO, SIZES
 from keras_digits.data.svhn import load_svhn
 from keras_digits.errors import KerasDigitsError
 
@@ -48,16 +49,18 @@ register_dataset(DatasetSpec(
     loader=load_mnist, description="MNIST handwritten digits, 60k train / 10k test, 28x28 grey",
     centred_digits=True,
 ))
-register_dataset(DatasetSpec(
-    name="pathmnist", image_shape=(28, 28, 3), num_classes=9,
-    label_names=("adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
-                 "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma epithelium"),
-    splits=("train", "val", "test"), official_val=True, source="medmnist-npz", files=("pathmnist.npz",),
-    download="https://zenodo.org/records/10519652/files/pathmnist.npz?download=1",
-    checksums={"pathmnist.npz": "md5:a8b06965200029087d5bd730944a56c1"},
-    loader=load_medmnist,
-    description="MedMNIST PathMNIST colon histology, 9 tissues, 89,996 / 10,004 / 7,180 (test from another centre)",
-))
+for _name, _info in MEDMNIST_INFO.items():  # every 2D subset, its official splits, at 28/64/128/224 px
+    _n = _info["n_samples"]
+    register_dataset(DatasetSpec(
+        name=_name, image_shape=(28, 28, _info["channels"]), num_classes=len(_info["labels"]),
+        label_names=tuple(_info["labels"]), splits=("train", "val", "test"), official_val=True,
+        source="medmnist-npz", files=(medmnist_file(_name, 28),), download=medmnist_url(_name, 28),
+        checksums={medmnist_file(_name, size): f"md5:{md5}" for size, md5 in _info["md5"].items()},
+        loader=load_medmnist, task=_info["task"], sizes=SIZES,
+        description=f"MedMNIST {_info['description']}; {_n['train']:,} / {_n['val']:,} / {_n['test']:,}"
+                    + ("" if _info["task"] == "multi-class" else f"; {_info['task']}"),
+    ))
+del _name, _info, _n
 register_dataset(DatasetSpec(
     name="cifar10", image_shape=(32, 32, 3), num_classes=10,
     label_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),

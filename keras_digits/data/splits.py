@@ -75,7 +75,7 @@ def subsample(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> Arrays:
 def load_for(cfg, data_dir: str | os.PathLike | None = None) -> DataBundle:
     """The dataset a TrainConfig names, split exactly as its run was (`data_dir` overrides the config's)."""
     return load_dataset(cfg.dataset, data_dir or cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed,
-                        image_size=cfg.image_size, max_train_samples=cfg.max_train_samples)
+                        image_size=cfg.image_size, max_train_samples=cfg.max_train_samples, size=cfg.size)
 
 
 def load_dataset(
@@ -86,13 +86,20 @@ def load_dataset(
     seed: int = 42,
     image_size: int | None = None,
     max_train_samples: int | None = None,
+    size: int | None = None,
 ) -> DataBundle:
     """Load a named dataset and resolve its train/val/test splits (test never touched by training)."""
     spec = get_spec(name)
     folder = data_dir_from(data_dir)
     kwargs = {}
-    if "image_size" in inspect.signature(spec.loader).parameters:
+    params = inspect.signature(spec.loader).parameters
+    if "image_size" in params:
         kwargs["image_size"] = image_size
+    if size is not None:
+        if "size" not in params or not spec.sizes:
+            raise KerasDigitsError(f"--size picks one of MedMNIST's published image sizes; {name} has one size "
+                                   "(use --image-size to resize)")
+        kwargs["size"] = size
     raw = spec.loader(spec, folder, **kwargs)
     train, test, val = raw.train, raw.test, raw.val
     if test is None:

@@ -86,9 +86,10 @@ def model_info(name: str) -> ModelInfo:
 
 
 def resolve_image_size(name: str, input_shape: tuple[int, ...], image_size: int | None = None) -> int:
-    """The working resolution for an arch: explicit, else the arch's default, else the input's; checked."""
+    """The working resolution for an arch: explicit, else the larger of the arch's default and the input's
+    (small images are upscaled to what the arch needs, larger ones, e.g. MedMNIST at 224 px, are kept); checked."""
     info = model_info(name)
-    size = image_size or info.default_size or int(input_shape[0])
+    size = image_size or max(info.default_size or 0, int(input_shape[0]))
     if size < info.min_size:
         raise KerasDigitsError(
             f"--image-size {size} is below {name}'s minimum of {info.min_size} pixels; "
