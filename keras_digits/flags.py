@@ -75,7 +75,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("size", WHAT, "MedMNIST image size to read: 28 (NAME.npz), 64, 128 or 224 (NAME_SIZE.npz, memory-mapped)",
          int, choices=(28, 64, 128, 224), shown="28"),
     Flag("image_size", WHAT, "working resolution", positive_int,
-         shown="the images' own, raised to the arch's minimum working size"),
+         shown="the images' own, raised to the arch's default working size"),
     Flag("val_split", WHAT, "validation fraction carved from train where no official split exists", fraction),
     Flag("max_train_samples", WHAT, "stratified training subset (quick runs)", positive_int, shown="all"),
     Flag("model_kwargs", WHAT, "JSON object of architecture options, e.g. '{\"batch_norm\": false}'", _json_object,

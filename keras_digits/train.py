@@ -289,19 +289,21 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, overwrite: bool, transf
 
 
 def check_fits_in_memory(cfg: TrainConfig) -> None:
-    """Refuse an --image-size whose training batch cannot fit in this machine's memory (its first
-    layers' activations and their gradients: about 64 float32 maps per RGB channel), before any
-    data is loaded at that size."""
-    if cfg.image_size is None:
+    """Refuse a working size whose training batch cannot fit in this machine's memory (its first layers'
+    activations and their gradients: about 64 float32 maps per RGB channel), before any data is loaded:
+    --image-size, or the images' own size where that is large (a MedMNIST --size)."""
+    side = max(cfg.image_size or 0, cfg.size or 0)
+    if not side:
         return  # each arch's default size fits
     import psutil
 
-    needed = cfg.batch_size * cfg.image_size ** 2 * 3 * 4 * 64
+    needed = cfg.batch_size * side ** 2 * 3 * 4 * 64
     available = psutil.virtual_memory().available
     if needed > available:
-        raise KerasDigitsError(f"--image-size {cfg.image_size} with --batch-size {cfg.batch_size} needs about "
+        what = f"--image-size {cfg.image_size}" if cfg.image_size == side else f"--size {cfg.size}"
+        raise KerasDigitsError(f"{what} with --batch-size {cfg.batch_size} needs about "
                                f"{needed / 2**30:,.1f} GiB for one training batch; {available / 2**30:.1f} GiB are "
-                               "free: lower --image-size or --batch-size")
+                               "free: lower --batch-size" + (" or --image-size" if cfg.image_size else ""))
 
 
 def peak_rss_bytes() -> int | None:

@@ -77,13 +77,15 @@ def test_large_size_is_memory_mapped_and_converted_once(tmp_path, monkeypatch, c
     with np.load(src) as raw:
         np.testing.assert_array_equal(np.asarray(x)[..., 0], raw["train_images"])
         np.testing.assert_array_equal(b.test[1], raw["test_labels"][:, 0])
-    assert "converting tissuemnist_64.npz once" in capsys.readouterr().out
+    assert "converting tissuemnist_64.npz once" in capsys.readouterr().err
     load_dataset("tissuemnist", tmp_path / "data", size=64)
-    assert "converting" not in capsys.readouterr().out  # the cache is reused ...
+    assert "converting" not in capsys.readouterr().err  # the cache is reused ...
     write_medmnist(tmp_path / "data", "tissuemnist", size=64, n=(60, 20, 20))
     b = load_dataset("tissuemnist", tmp_path / "data", size=64)
-    assert "converting" in capsys.readouterr().out and len(b.train[1]) == 60  # ... until the file changes
-    assert not list((tmp_path / "cache" / "npz").glob(".tissuemnist_64-*"))  # no half-written cache left
+    assert "converting" in capsys.readouterr().err and len(b.train[1]) == 60  # ... until the file changes
+    caches = tmp_path / "cache" / "npz"
+    assert len(list(caches.glob("tissuemnist_64-*"))) == 1  # the old version's copy is gone
+    assert not [p for p in caches.glob(".tissuemnist_64-*") if p.is_dir()]  # no half-written cache left
 
 
 def test_memory_mapped_batches_equal_in_memory_batches(tmp_path, monkeypatch):
@@ -121,6 +123,25 @@ def test_missing_large_file_names_file_and_url(tmp_path):
 def test_size_for_a_dataset_without_sizes(mnist_like_dir):
     with pytest.raises(KerasDigitsError, match="mnist has one size"):
         load_dataset("mnist", mnist_like_dir, size=64)
+
+
+def test_corrupt_member_of_a_large_file_is_one_error(tmp_path, monkeypatch):
+    """A flipped byte inside a stored member fails its CRC while converting: one error, no cache left."""
+    import zipfile
+
+    monkeypatch.setenv("KERAS_DIGITS_CACHE", str(tmp_path / "cache"))
+    x, y = make_images(40, (64, 64, 3), 7)
+    path = tmp_path / "dermamnist_64.npz"
+    np.savez(path, **{f"{s}_{k}": (x if k == "images" else y.reshape(-1, 1)) for s in ("train", "val", "test")
+                      for k in ("images", "labels")})
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("val_images.npy")
+    data = bytearray(path.read_bytes())
+    data[info.header_offset + 30 + len(info.filename) + 500] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(KerasDigitsError, match="val_images.*corrupt"):
+        load_dataset("dermamnist", tmp_path, size=64)
+    assert not [p for p in (tmp_path / "cache" / "npz").iterdir() if p.is_dir()]
 
 
 def test_truncated_large_file_is_one_error(tmp_path, monkeypatch):
@@ -214,6 +235,7 @@ def test_train_end_to_end_records_the_protocol(tmp_path, monkeypatch, capsys, na
                                                                            else 1]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA binds on Linux only")
 def test_streaming_stays_under_a_memory_cap(tmp_path):
     """A 64 px split of ~310 MB is converted, trained on, predicted and fingerprinted by a process whose
     data memory is capped at 200 MB above its warmed-up size; a full copy of the split is refused."""
@@ -227,4 +249,4 @@ def test_streaming_stays_under_a_memory_cap(tmp_path):
                            "--steps", "20", "--prove-limit"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "memory-mapped: True" in done.stdout and "the cap holds" in done.stdout
-    assert "converting organamnist_64.npz once" in done.stdout  # the conversion ran under the cap too
+    assert "converting organamnist_64.npz once" in done.stderr  # the conversion ran under the cap too

@@ -8,11 +8,16 @@ hundred MB of process memory; the operating system's page cache does the rest.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -63,10 +68,17 @@ def _copy_member(zf: zipfile.ZipFile, key: str, path: Path, dest: Path, images: 
         with open(dest, "wb") as out:
             np.lib.format.write_array_header_2_0(out, header)
             while remaining > 0:
-                block = fh.read(min(BLOCK, remaining))
+                try:
+                    block = fh.read(min(BLOCK, remaining))
+                except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                    raise KerasDigitsError(f"{path}: array {key!r} is corrupt ({exc}); download it again") from None
                 if not block:
                     raise KerasDigitsError(f"{path}: array {key!r} is truncated ({remaining} bytes missing)")
-                out.write(block)
+                try:
+                    out.write(block)
+                except OSError as exc:
+                    raise KerasDigitsError(f"cannot write the converted copy of {path} to {dest.parent} ({exc}); "
+                                           f"point ${CACHE_ENV} at a disk with room") from None
                 remaining -= len(block)
 
 
@@ -81,25 +93,60 @@ def needed_bytes(path: Path, keys: Sequence[str]) -> int:
         raise KerasDigitsError(f"{path} lacks array {exc}") from None
 
 
+def _drop_older_versions(folder: Path, stamp: dict) -> None:
+    """Delete the caches of earlier versions of the same source file (a process still reading one keeps
+    its open memory maps: on POSIX the data lives until they are closed)."""
+    tag = folder.name.rsplit("-", 1)[0]
+    for other in folder.parent.glob(f"{tag}-*"):
+        if other == folder or not other.is_dir():
+            continue
+        try:
+            old = json.loads((other / "manifest.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if old.get("source") == stamp["source"]:
+            shutil.rmtree(other, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _conversion_lock(path: Path):
+    """An exclusive lock while one process converts (others wait, then find the cache ready)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _fresh(folder: Path, stamp: dict) -> bool:
+    try:
+        return json.loads((folder / "manifest.json").read_text()) == stamp
+    except (OSError, ValueError):
+        return False
+
+
 def cached_arrays(path: Path, keys: Sequence[str], image_keys: Sequence[str], tag: str,
                   verbose: bool = True) -> dict[str, np.ndarray]:
     """The arrays `keys` of the npz at `path`: image arrays memory-mapped (read-only) from the cache,
-    the others (labels) loaded. Converts once per source file (rebuilt when the file changes)."""
+    the others (labels) loaded. Converted once per source file: the cache folder is named after the
+    file's path, size and modification time, so a changed or another file gets its own folder and a
+    folder in use is never replaced; concurrent runs wait for the one converting."""
     path = Path(path)
-    folder = cache_root() / "npz" / tag
     stamp = _source_stamp(path)
-    manifest = folder / "manifest.json"
-    try:
-        fresh = json.loads(manifest.read_text()) == stamp
-    except (OSError, ValueError):
-        fresh = False
-    if not fresh:
-        _convert(path, keys, image_keys, folder, stamp, verbose)
+    key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:12]
+    root = cache_root() / "npz"
+    folder = root / f"{tag}-{key}"
+    if not _fresh(folder, stamp):
+        with _conversion_lock(root / f".{tag}-{key}.lock"):
+            if not _fresh(folder, stamp):  # another process may have finished it while we waited
+                _convert(path, keys, image_keys, folder, stamp, verbose)
     out = {}
-    for key in keys:
+    for name in keys:
         try:
-            out[key] = np.load(folder / f"{key}.npy", mmap_mode="r" if key in image_keys else None,
-                               allow_pickle=False)
+            out[name] = np.load(folder / f"{name}.npy", mmap_mode="r" if name in image_keys else None,
+                                allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise KerasDigitsError(f"the cache {folder} is damaged ({exc}); delete it and run again") from None
     return out
@@ -107,8 +154,10 @@ def cached_arrays(path: Path, keys: Sequence[str], image_keys: Sequence[str], ta
 
 def _convert(path: Path, keys: Sequence[str], image_keys: Sequence[str], folder: Path, stamp: dict,
              verbose: bool) -> None:
+    """Under the conversion lock: stream the arrays into a temporary folder, then rename it into place."""
+    for stale in folder.parent.glob(f".{folder.name}-*"):  # a killed conversion's leftovers (we hold the lock)
+        shutil.rmtree(stale, ignore_errors=True)
     need = needed_bytes(path, keys)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder.parent).free
     if free < need + (64 << 20):
         raise KerasDigitsError(
@@ -116,7 +165,7 @@ def _convert(path: Path, keys: Sequence[str], image_keys: Sequence[str], folder:
             f"which has {free / 2**30:.1f} GiB free; point ${CACHE_ENV} at a larger disk")
     if verbose:
         print(f"converting {path.name} once to uncompressed arrays in {folder} ({need / 2**30:.2f} GiB) ...",
-              flush=True)
+              file=sys.stderr, flush=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         try:
@@ -127,12 +176,8 @@ def _convert(path: Path, keys: Sequence[str], image_keys: Sequence[str], folder:
             for key in keys:
                 _copy_member(zf, key, path, tmp / f"{key}.npy", images=key in image_keys)
         (tmp / "manifest.json").write_text(json.dumps(stamp))  # written last: marks a complete cache
-        if folder.exists():
-            shutil.rmtree(folder)
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not (folder / "manifest.json").is_file():  # another process converting the same file won
-                raise
+        shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder (no fresh manifest) of this stamp
+        os.replace(tmp, folder)
+        _drop_older_versions(folder, stamp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

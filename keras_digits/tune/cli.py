@@ -94,13 +94,16 @@ def validate_args(args: argparse.Namespace, tuner: str, objective: str) -> None:
 def search_settings(cfg: TrainConfig, tuner: str, objective: str, fixed: dict[str, Any]) -> dict[str, Any]:
     """What defines a search (search.json); a project resumed with other values is refused."""
     return {"arch": cfg.arch, "dataset": cfg.dataset, "tuner": tuner, "objective": objective,
-            "max_train_samples": cfg.max_train_samples, "image_size": cfg.image_size, "seed": cfg.seed,
+            "max_train_samples": cfg.max_train_samples, "image_size": cfg.image_size, "size": cfg.size,
+            "seed": cfg.seed,
             "max_epochs": cfg.epochs, "fixed": fixed}
 
 
 def stored_settings(directory: Path, project: str | None, given: dict[str, Any], tuner: str) -> dict[str, Any]:
     """The search.json of the project this command resumes ({} for a new project or none stored)."""
-    name = project or f"{given.get('dataset', TrainConfig.dataset)}-{given.get('arch', TrainConfig.arch)}-{tuner}"
+    size = given.get("size")
+    dataset = f"{given.get('dataset', TrainConfig.dataset)}{f'_{size}' if size not in (None, 28) else ''}"
+    name = project or f"{dataset}-{given.get('arch', TrainConfig.arch)}-{tuner}"
     return read_json_object(directory / name / SEARCH_FILE, lenient=True)
 
 
@@ -136,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     objective = getattr(args, "objective", None) or stored.get("objective") or SEARCH_DEFAULTS["objective"]
     validate_args(args, tuner_kind, objective)
     for key, field in (("arch", "arch"), ("dataset", "dataset"), ("max_train_samples", "max_train_samples"),
-                       ("image_size", "image_size"), ("seed", "seed"), ("max_epochs", "epochs")):
+                       ("image_size", "image_size"), ("size", "size"), ("seed", "seed"), ("max_epochs", "epochs")):
         if field not in given and key in stored:  # resuming: the project's settings, not today's defaults
             given[field] = stored[key]
     for field in NOT_IN_TRIALS:
@@ -161,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from keras_digits.tune.space import check_fixed, parse_fixed
 
     role = role_from_env()
-    project = args.project or f"{base.dataset}-{base.arch}-{tuner_kind}"
+    sized = f"{base.dataset}_{base.size}" if base.size not in (None, 28) else base.dataset
+    project = args.project or f"{sized}-{base.arch}-{tuner_kind}"
     directory = Path(args.directory)
     project_dir = directory / project
     overwrite = args.overwrite
