@@ -254,17 +254,19 @@ def diverged_at(callbacks: list) -> dict[str, Any] | None:
 
 
 def make_callbacks(cfg: TrainConfig, run_dir: Path, resuming: bool, backup: str = BACKUP, *,
-                   epoch_var=None, first_epoch: int = 0, ended: Path | None = None, val=None) -> list:
+                   epoch_var=None, first_epoch: int = 0, ended: Path | None = None, val=None,
+                   auc_in_logs: bool = False) -> list:
     """Divergence guard, per-epoch random state, backup/restore, best-model checkpoint, CSV log,
     TensorBoard, early stopping, schedule (in that order: the guard sees every batch first, the log
     sees the learning rate). `epoch_var`: the training pipelines' `Pipelines.epoch`; `first_epoch`:
     this fit's first epoch (phase two's), where early stopping starts counting; `ended`: the marker
     to write when this (the run's last) fit ends; `val`: (validation dataset, its labels), needed by
-    --select-on auc, whose ValAUC callback puts val_auc in the logs before the checkpoint reads them."""
+    --select-on auc, whose ValAUC callback puts val_auc in the logs before the checkpoint reads them
+    (`auc_in_logs`: the training loop puts it there itself, as keras_digits.distributed_fit does)."""
     import keras
 
     monitor = f"val_{cfg.select_on}"
-    if cfg.select_on == "auc" and val is None:
+    if cfg.select_on == "auc" and val is None and not auc_in_logs:
         raise ValueError("--select-on auc needs the validation data: make_callbacks(..., val=(dataset, labels))")
     checkpoint = _atomic_checkpoint_cls()(run_dir / "best.keras", monitor=monitor)
     if resuming and (run_dir / "best.keras").exists() and (run_dir / "history.csv").exists():
@@ -276,7 +278,7 @@ def make_callbacks(cfg: TrainConfig, run_dir: Path, resuming: bool, backup: str 
     cbs = [
         guard,
         _epoch_random_state_cls()(epoch_var),
-        *([_val_auc_cls()(*val)] if cfg.select_on == "auc" else []),  # timed in the epoch, seen by the checkpoint
+        *([_val_auc_cls()(*val)] if cfg.select_on == "auc" and not auc_in_logs else []),  # timed in the epoch, seen by the checkpoint
         _epoch_log_cls()(),  # before CSVLogger and TensorBoard, so they see its columns
         *([_training_ended_cls()(ended, guard)] if ended is not None else []),  # before BackupAndRestore
         keras.callbacks.BackupAndRestore(str(run_dir / backup), delete_checkpoint=True),

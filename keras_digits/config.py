@@ -14,7 +14,7 @@ OPTIMIZERS = ("adam", "sgd", "nadam", "adagrad", "adamw", "rmsprop")
 SCHEDULES = ("none", "plateau", "step", "cosine", "onecycle")
 BALANCES = ("none", "class_weight", "resample")
 NORMALIZES = ("none", "dataset", "imagenet")
-STRATEGIES = ("auto", "mirrored", "default")
+STRATEGIES = ("auto", "mirrored", "default", "multiworker")
 SELECT_ON = ("accuracy", "auc")  # the validation metric that picks the best epoch
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")  # keras_digits.precision resolves "auto"
 

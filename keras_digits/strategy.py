@@ -6,7 +6,10 @@
   default (no-op) strategy;
 * ``mirrored``: MirroredStrategy over the visible GPUs, or over the logical CPU devices when there
   is no GPU (one replica on a plain CPU; see ``KERAS_DIGITS_LOGICAL_CPUS``);
-* ``default``: the default strategy, one device.
+* ``default``: the default strategy, one device;
+* ``multiworker``: ``tf.distribute.MultiWorkerMirroredStrategy`` over the processes TF_CONFIG lists
+  (checked first by keras_digits.tfconfig); trained by keras_digits.distributed_fit, since Keras 3's
+  ``fit`` fails under it.
 
 With N replicas `--batch-size` is the per-replica batch: the pipelines yield global batches of
 batch_size x N (`keras_digits.data.datasets.make_datasets(..., replicas=N)`); the learning rate is
@@ -53,12 +56,43 @@ def configure_logical_cpus() -> int | None:
     return have
 
 
+HEALTH_CHECK_S = 5  # how often MultiWorkerMirroredStrategy checks its peers (TensorFlow's default: 30 s)
+
+
+def multiworker_strategy(verbose: int = 0):
+    """MultiWorkerMirroredStrategy from a checked TF_CONFIG; the strategy carries its task as `.task`."""
+    import tensorflow as tf
+
+    from keras_digits.tfconfig import task_from_env
+
+    task = task_from_env()
+    try:  # a lost peer aborts the collectives after one failed check instead of TensorFlow's 30 s cycle
+        from tensorflow.python.distribute import collective_all_reduce_strategy as cars
+
+        cars.CollectiveAllReduceExtended._check_health_interval = HEALTH_CHECK_S
+    except (ImportError, AttributeError):
+        pass
+    if verbose:
+        print(f"strategy: MultiWorkerMirroredStrategy, {task.name} of {task.num_workers} worker(s)"
+              + (" (chief)" if task.is_chief else "") + "; waiting for every worker to join", flush=True)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    strategy.task = task
+    return strategy
+
+
+def worker_task(strategy):
+    """The TF_CONFIG task of a multi-worker strategy (keras_digits.tfconfig.Task), else None."""
+    return getattr(strategy, "task", None)
+
+
 def get_strategy(name: str = "auto", verbose: int = 0):
     """The tf.distribute strategy for --strategy (see the module docstring)."""
     import tensorflow as tf
 
-    if name not in ("auto", "mirrored", "default"):
-        raise KerasDigitsError(f"unknown strategy {name!r}; choose one of: auto, mirrored, default")
+    if name not in ("auto", "mirrored", "default", "multiworker"):
+        raise KerasDigitsError(f"unknown strategy {name!r}; choose one of: auto, mirrored, default, multiworker")
+    if name == "multiworker":
+        return multiworker_strategy(verbose)
     configure_logical_cpus()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "default" or (name == "auto" and len(gpus) < 2):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -164,10 +165,21 @@ def fit_phases(model, cfg: TrainConfig, pipes, run_dir: Path, resuming: bool, st
         return None
     phase_one = load_phase_one(model, run_dir) if cfg.fine_tune_at is not None and resuming else None
     if phase_one is None:
+        from keras_digits.strategy import replicas, worker_task
+
+        multi = worker_task(strategy) is not None
         callbacks = make_callbacks(cfg, run_dir, resuming, epoch_var=pipes.epoch,
                                    ended=run_dir / TRAINED if cfg.fine_tune_at is None else None,
-                                   val=(pipes.val, pipes.val_labels))
-        model.fit(pipes.train, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose, **pipes.fit_kwargs())
+                                   val=(pipes.val, pipes.val_labels), auc_in_logs=multi)
+        if multi:  # Keras 3's fit fails under MultiWorkerMirroredStrategy: the same callbacks, a custom loop
+            from keras_digits.distributed_fit import distributed_fit
+
+            distributed_fit(model, strategy, pipes, callbacks, epochs=cfg.epochs, n_train=pipes.n_train,
+                            global_batch=cfg.batch_size * replicas(strategy), select_on=cfg.select_on,
+                            verbose=cfg.verbose)
+        else:
+            model.fit(pipes.train, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose,
+                      **pipes.fit_kwargs())
         if (where := diverged_at(callbacks)) is not None:
             return where
     elif cfg.verbose:
@@ -245,11 +257,16 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, overwrite: bool, transf
     from keras_digits.data.datasets import make_datasets
     from keras_digits.data.fingerprint import dataset_record
     from keras_digits.data.pipeline import epoch_variable
-    from keras_digits.strategy import get_strategy, replicas
+    from keras_digits.strategy import get_strategy, replicas, worker_task
 
     final_dir = check_output_dir(Path(run_dir), "run directory")
     check_fits_in_memory(cfg)
     strategy = get_strategy(cfg.strategy, cfg.verbose)  # first: may split the CPU before TF sets up devices
+    task = worker_task(strategy)
+    if task is not None:
+        from keras_digits.rundir import multiworker_dir
+
+        final_dir = multiworker_dir(cfg, final_dir, task, overwrite)
     cfg = setup_runtime(cfg, cfg.verbose)  # recorded resolved in config.json
     bundle = load_for(cfg)
     if transform_data is not None:
@@ -282,6 +299,13 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, overwrite: bool, transf
                                         float(np.nansum(history.get("epoch_seconds", []))))
             raise TrainingDiverged(f"training diverged at {divergence_text(metrics)}; no model kept, recorded in "
                                    f"{run_dir / 'metrics.json'}; try a lower --lr")
+        if task is not None:
+            from keras_digits.distributed_fit import weights_digest
+
+            print(f"{task.name}: training ended; weights digest {weights_digest(model)}", flush=True)
+            if not task.is_chief:  # only the chief keeps and scores the run; this folder was for resuming
+                shutil.rmtree(run_dir, ignore_errors=True)
+                return {}
         metrics = score_run(cfg, bundle, run_dir)
         if run_dir != final_dir:
             replace_dir(run_dir, final_dir)
@@ -337,6 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = config_from_args(args)
     run_dir = Path(args.run_dir) if getattr(args, "run_dir", None) else default_run_dir(cfg)
     metrics = train_and_evaluate(cfg, run_dir, overwrite=args.overwrite)
+    if not metrics:  # a multi-worker run's non-chief worker: the chief keeps and scores the run
+        print(f"worker done: the chief writes and scores {run_dir}")
+        return 0
     for split in ("val", "test"):
         if split in metrics:
             m = metrics[split]

@@ -29,6 +29,7 @@ class Pipelines:
     input_stats: InputStats | None = None
     epoch: Any = None  # the tf.Variable `train`'s randomness is keyed on (pipeline.epoch_variable), if any
     val_labels: np.ndarray | None = None  # `val`'s labels in order (for metrics Keras does not compute)
+    n_train: int | None = None  # training images (before any resampling)
 
     @property
     def steps_per_epoch(self) -> int | None:
@@ -78,7 +79,7 @@ def make_datasets(cfg: Any, bundle: DataBundle, replicas: int = 1, epoch: Any = 
     val = make_pipeline(x_va, y_va, max(batch, 256)).with_options(options)
     stats = normalization_stats(cfg.normalize, x_tr)
     return Pipelines(train=train, val=val, class_weight=weights, input_stats=stats, epoch=epoch,
-                     val_labels=np.asarray(y_va))
+                     val_labels=np.asarray(y_va), n_train=len(y_tr))
 
 
 # ---------------------------------------------------------------------------- input normalisation
