@@ -45,7 +45,13 @@ from keras_digits.io import check_output_dir
 from keras_digits.lock import hold
 from keras_digits.grid import Variant, run_grid
 from keras_digits.grid_report import markdown_table, summarize, write_results
-from keras_digits.sweep import command_line, describe_config, quiet_retracing_warnings
+from keras_digits.sweep import (
+    add_worker_flag,
+    command_line,
+    describe_config,
+    quiet_retracing_warnings,
+    without_worker_flags,
+)
 
 SKEW_RATIO = 20.0
 QUICK = {"max_train_samples": 300, "epochs": 1, "batch_size": 32, "patience": 1}
@@ -189,8 +195,10 @@ def experiment_config(exp: Experiment, *, quick: bool = False, **overrides: Any)
 
 
 def run_experiment(name: str, out: str | Path | None = None, *, quick: bool = False, seeds: int | None = None,
-                   command: str | None = None, log: Callable[[str], None] = print, **overrides: Any) -> dict:
-    """Run (or resume) one experiment and write its report; returns the written paths and summary."""
+                   command: str | None = None, log: Callable[[str], None] = print,
+                   worker_timeout: float | None = None, **overrides: Any) -> dict | None:
+    """Run (or resume) one experiment and write its report; returns the written paths and summary (None in
+    a worker of a grid spread over workers: the chief writes the report)."""
     if name not in EXPERIMENTS:
         raise KerasDigitsError(f"unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")
     exp = EXPERIMENTS[name]
@@ -207,8 +215,14 @@ def run_experiment(name: str, out: str | Path | None = None, *, quick: bool = Fa
              f"(seed {base.seed} + i)."
              + ("\n\n**Quick mode**: a smoke-sized run (small subset, few epochs, one seed); not for conclusions."
                 if quick else ""))
+    from keras_digits.grid_workers import grid_role
+
+    if grid_role() == "worker":
+        run_grid(base, variants, n_seeds, out, transform_data=exp.transform_data, log=log)
+        return None
     with hold(out, "experiment folder"):
-        results = run_grid(base, variants, n_seeds, out, transform_data=exp.transform_data, log=log)
+        results = run_grid(base, variants, n_seeds, out, transform_data=exp.transform_data, log=log,
+                           worker_timeout=worker_timeout)
         paths = write_results(out, name, results, title=exp.title, intro=intro, command=command, curves=True)
     return {"paths": paths, "summary": summarize(results), "results": results, "base": base}
 
@@ -227,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--list", action="store_true", help="list the experiments and exit")
     g.add_argument("--quick", action="store_true", help="smoke-sized: few hundred images, 1-2 epochs, 1 seed")
     g.add_argument("--seeds", type=positive_int, help="seeds per setting (default: 3; 1 with --quick)")
+    add_worker_flag(g)
     groups = add_train_flags(p)
     groups[FILES].add_argument("--out", help="report folder (default: reports/NAME)")
     return p
@@ -240,7 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     quiet_retracing_warnings()
     done = run_experiment(args.name, args.out, quick=args.quick, seeds=args.seeds,
-                          command=command_line("keras_digits.experiment", argv), **given_options(args))
+                          command=command_line("keras_digits.experiment", without_worker_flags(argv)),
+                          worker_timeout=args.worker_timeout,
+                          **given_options(args))
+    if done is None:
+        return 0
     print(markdown_table(done["summary"]))
     print(f"wrote {done['paths']['md']}")
     return 0

@@ -119,12 +119,18 @@ def run_grid(
     *,
     transform_data: Callable | None = None,
     log: Callable[[str], None] = print,
-) -> list[RunResult]:
-    """Train every variant with `seeds` seeds (base.seed + i) into OUT/runs; resumable; see module doc."""
-    from keras_digits.train import train_and_evaluate
+    worker_timeout: float | None = None,
+) -> list[RunResult] | None:
+    """Train every variant with `seeds` seeds (base.seed + i) into OUT/runs; resumable; see module doc.
 
+    Started as a KerasTuner chief or worker (KERASTUNER_* variables; keras_digits.grid_workers), the
+    runs are spread over the workers: a worker returns None once no run is left, the chief returns the
+    results once every run has ended, read back from OUT/runs as a single process would."""
     if seeds < 1:
         raise KerasDigitsError(f"--seeds must be at least 1, got {seeds}")
+    if base.strategy == "multiworker":
+        raise KerasDigitsError("--strategy multiworker is for one train run; a grid spreads its runs over workers "
+                               "itself (README: Sweeps and studies over several workers)")
     out = Path(out)
     plan: list[tuple[Variant, int, TrainConfig]] = []
     for variant in variants:
@@ -137,37 +143,72 @@ def run_grid(
             except TypeError as exc:
                 raise KerasDigitsError(f"bad setting {variant.factor}={variant.value}: {exc}") from None
             plan.append((variant, base.seed + i, cfg))
+    from keras_digits.grid_workers import DEFAULT_WORKER_TIMEOUT, grid_role
+
+    role = grid_role()
+    if role != "single":
+        firsts: dict[str, tuple[Variant, int, TrainConfig]] = {}
+        for variant, seed, cfg in plan:  # a setting equal to an earlier one is trained once, in its folder
+            firsts.setdefault(_key(cfg), (variant, seed, cfg))
+        unique = list(firsts.values())
+        if role == "worker":
+            from keras_digits.grid_workers import work_grid
+
+            def execute(i: int) -> float:
+                variant, seed, cfg = unique[i]
+                label = f"[{i + 1}/{len(unique)}] {variant.factor}={variant.value} seed {seed}"
+                metrics, _ = _run_one(variant, seed, cfg, out, label, transform_data, log)
+                return float("nan") if is_diverged(metrics) else float(metrics["val"]["accuracy"])
+
+            work_grid(unique, execute, log=log)
+            return None
+        from keras_digits.grid_workers import serve_grid
+
+        serve_grid(len(unique), out, worker_timeout or DEFAULT_WORKER_TIMEOUT, log=log)
     done: dict[str, RunResult] = {}  # config key -> first result (identical settings train once)
     results: list[RunResult] = []
     for n, (variant, seed, cfg) in enumerate(plan, 1):
-        key = json.dumps(comparable(cfg.to_dict()), sort_keys=True)
+        key = _key(cfg)
         label = f"[{n}/{len(plan)}] {variant.factor}={variant.value} seed {seed}"
         if key in done:
             first = done[key]
             results.append(RunResult(variant, seed, first.run_dir, first.metrics, False))
             log(f"{label}: same configuration as {first.run_dir.name}")
             continue
-        run_dir = out / "runs" / run_dir_name(variant, seed)
-        metrics_path = run_dir / "metrics.json"
-        if metrics_path.is_file():
-            old = read_json_object(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
-            if comparable(old) != comparable(cfg.to_dict()):
-                raise KerasDigitsError(f"{run_dir} holds a finished run with another configuration; "
-                                       "use another --out or delete that run")
-            metrics, trained = read_json_object(metrics_path), False
-            log(f"{label}: done before, read back" + (" (diverged)" if is_diverged(metrics) else ""))
-        else:
-            start = time.perf_counter()
-            try:
-                metrics, trained = train_and_evaluate(cfg, run_dir, transform_data=transform_data), True
-            except TrainingDiverged as exc:  # recorded in the run's metrics.json; the grid goes on
-                metrics, trained = read_json_object(metrics_path), True
-                log(f"{label}: {exc}")
-            if not is_diverged(metrics):
-                log(f"{label}: val {metrics['val']['accuracy']:.4f}"
-                    + (f", test {metrics['test']['accuracy']:.4f}" if "test" in metrics else "")
-                    + f" ({time.perf_counter() - start:.0f} s)")
-        result = RunResult(variant, seed, run_dir, metrics, trained)
+        metrics, trained = _run_one(variant, seed, cfg, out, label, transform_data, log)
+        result = RunResult(variant, seed, out / "runs" / run_dir_name(variant, seed), metrics, trained)
         done[key] = result
         results.append(result)
     return results
+
+
+def _key(cfg: TrainConfig) -> str:
+    return json.dumps(comparable(cfg.to_dict()), sort_keys=True)
+
+
+def _run_one(variant: Variant, seed: int, cfg: TrainConfig, out: Path, label: str, transform_data,
+             log: Callable[[str], None]) -> tuple[dict, bool]:
+    """(metrics, trained) of one run of the grid: read back if it finished before, else trained."""
+    from keras_digits.train import train_and_evaluate
+
+    run_dir = out / "runs" / run_dir_name(variant, seed)
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.is_file():
+        old = read_json_object(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
+        if comparable(old) != comparable(cfg.to_dict()):
+            raise KerasDigitsError(f"{run_dir} holds a finished run with another configuration; "
+                                   "use another --out or delete that run")
+        metrics = read_json_object(metrics_path)
+        log(f"{label}: done before, read back" + (" (diverged)" if is_diverged(metrics) else ""))
+        return metrics, False
+    start = time.perf_counter()
+    try:
+        metrics = train_and_evaluate(cfg, run_dir, transform_data=transform_data)
+    except TrainingDiverged as exc:  # recorded in the run's metrics.json; the grid goes on
+        metrics = read_json_object(metrics_path)
+        log(f"{label}: {exc}")
+    if not is_diverged(metrics):
+        log(f"{label}: val {metrics['val']['accuracy']:.4f}"
+            + (f", test {metrics['test']['accuracy']:.4f}" if "test" in metrics else "")
+            + f" ({time.perf_counter() - start:.0f} s)")
+    return metrics, True

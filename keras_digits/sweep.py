@@ -33,6 +33,7 @@ from keras_digits.config import TrainConfig
 from keras_digits.flags import FILES, add_train_flags, config_from_args
 from keras_digits.grid import RunResult, Variant, parse_vary, run_grid  # noqa: F401  (the sweep's API)
 from keras_digits.grid_report import markdown_table, summarize, write_results  # noqa: F401
+from keras_digits.grid_workers import DEFAULT_WORKER_TIMEOUT, grid_role
 from keras_digits.io import check_output_dir
 from keras_digits.lock import hold
 
@@ -53,6 +54,27 @@ def describe_config(cfg: TrainConfig, keys: Sequence[str] = ("arch", "dataset", 
 
 
 # ---------------------------------------------------------------------------- CLI
+def without_worker_flags(argv: Sequence[str] | None) -> list[str]:
+    """The command's arguments less --worker-timeout (how a grid was spread, not what it is)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--worker-timeout":
+            skip = True
+        elif not a.startswith("--worker-timeout="):
+            out.append(a)
+    return out
+
+
+def add_worker_flag(group) -> None:
+    """--worker-timeout, for grids spread over workers (README: Sweeps over several workers)."""
+    group.add_argument("--worker-timeout", type=float, default=DEFAULT_WORKER_TIMEOUT, metavar="S",
+                       help="chief of a grid spread over workers (KERASTUNER_* variables): a worker silent this "
+                            f"long is lost and its run goes to another (default: {DEFAULT_WORKER_TIMEOUT:g})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The shared training flags (the base configuration) plus --vary, --seeds, --out."""
     p = argparse.ArgumentParser(
@@ -64,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a config field and its values (repeatable; one factor varies at a time), "
                         "e.g. --vary lr=0.001,0.01,0.1 --vary batch_size=16,32,64")
     g.add_argument("--seeds", type=positive_int, default=1, help="seeds per setting: seed, seed+1, ... (default: 1)")
+    add_worker_flag(g)
     groups = add_train_flags(p)
     groups[FILES].add_argument("--out", default=None,
                                help="report folder (default: reports/sweep-<dataset>-<arch>)")
@@ -84,12 +107,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = parse_vary(vary)
     quiet_retracing_warnings()
     out = check_output_dir(Path(out) if out else Path("reports") / f"sweep-{base.dataset}-{base.arch}", "--out")
+    if grid_role() == "worker":  # the chief holds the folder and writes the tables
+        run_grid(base, variants, seeds, out)
+        return 0
     with hold(out, "sweep folder"):
-        results = run_grid(base, variants, seeds, out)
+        results = run_grid(base, variants, seeds, out, worker_timeout=args.worker_timeout)
         paths = write_results(out, "sweep", results, title=f"Sweep: {base.arch} on {base.dataset}",
                               intro=f"One factor at a time around the base configuration {describe_config(base)}; "
                                     f"{seeds} seed(s) per setting (seed {base.seed} + i).",
-                              command=command_line("keras_digits.sweep", argv), curves=True)
+                              command=command_line("keras_digits.sweep", without_worker_flags(argv)), curves=True)
     print(markdown_table(summarize(results)))
     print(f"wrote {paths['md']}, {paths['csv'].name}, {paths['png'].name}")
     return 0

@@ -142,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                        ("image_size", "image_size"), ("size", "size"), ("seed", "seed"), ("max_epochs", "epochs")):
         if field not in given and key in stored:  # resuming: the project's settings, not today's defaults
             given[field] = stored[key]
+    if given.get("strategy") == "multiworker":
+        raise KerasDigitsError("--strategy multiworker is for one train run; tune spreads its trials over workers "
+                               "itself (KERASTUNER_* variables, README: Hyperparameter search)")
     for field in NOT_IN_TRIALS:
         if given.get(field) is not None:
             raise KerasDigitsError(f"--{field.replace('_', '-')}: trials train one phase; tune the head, then "
