@@ -245,6 +245,49 @@ def _val_auc_cls():
     return ValAUC
 
 
+def _backup_cls():
+    import keras
+
+    from keras_digits.io import write_text
+
+    class Backup(keras.callbacks.BackupAndRestore):
+        """BackupAndRestore that restores first but saves last: its save runs from `saver` (the end of the
+        callback list), after history.csv has the epoch's row, so a kill between the two never leaves a
+        backup ahead of the history. On restore, history rows of epochs the backup had not finished (a
+        kill after the row, before the save) are dropped: they are trained again."""
+
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            path = Path(self.history_path) if self.history_path else None
+            meta = Path(self._training_metadata_path)
+            if path is None or not path.is_file() or not meta.is_file():
+                return  # nothing restored by this callback
+            import json
+
+            done = int(json.loads(meta.read_text())["epoch"])
+            lines = path.read_text().splitlines()
+            keep = lines[:1] + [row for row in lines[1:] if row.split(",", 1)[0].isdigit()
+                                and int(row.split(",", 1)[0]) < done]
+            if keep != lines:
+                write_text(path, "\n".join(keep) + "\n")
+
+        def on_epoch_end(self, epoch, logs=None):
+            pass  # see saver()
+
+        def saver(self):
+            backup = self
+
+            class Save(keras.callbacks.Callback):
+                def on_epoch_end(self, epoch, logs=None):
+                    backup._current_epoch = epoch + 1
+                    backup._last_batch_seen = 0
+                    backup._save_model()
+
+            return Save()
+
+    return Backup
+
+
 def diverged_at(callbacks: list) -> dict[str, Any] | None:
     """Where the run's DivergenceGuard stopped it, or None."""
     for cb in callbacks:
@@ -275,13 +318,15 @@ def make_callbacks(cfg: TrainConfig, run_dir: Path, resuming: bool, backup: str 
         seen = [v for v in read_history(run_dir / "history.csv").get(monitor, []) if np.isfinite(v)]
         checkpoint.best = max(seen, default=-np.inf)  # a resumed run keeps its best model unless beaten
     guard = _divergence_guard_cls()()
+    backup_cb = _backup_cls()(str(run_dir / backup), delete_checkpoint=True)
+    backup_cb.history_path = run_dir / "history.csv" if resuming else None
     cbs = [
         guard,
         _epoch_random_state_cls()(epoch_var),
         *([_val_auc_cls()(*val)] if cfg.select_on == "auc" and not auc_in_logs else []),  # timed in the epoch, seen by the checkpoint
         _epoch_log_cls()(),  # before CSVLogger and TensorBoard, so they see its columns
         *([_training_ended_cls()(ended, guard)] if ended is not None else []),  # before BackupAndRestore
-        keras.callbacks.BackupAndRestore(str(run_dir / backup), delete_checkpoint=True),
+        backup_cb,
         checkpoint,
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resuming),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), histogram_freq=0, write_graph=False),
@@ -289,4 +334,4 @@ def make_callbacks(cfg: TrainConfig, run_dir: Path, resuming: bool, backup: str 
     if cfg.early_stopping and cfg.patience > 0:
         cbs.append(_early_stopping_cls()(run_dir, first_epoch, monitor=monitor, mode="max",
                                          patience=cfg.patience, restore_best_weights=True, verbose=cfg.verbose))
-    return cbs + schedule_callbacks(cfg)
+    return cbs + schedule_callbacks(cfg) + [backup_cb.saver()]  # the backup is saved after everything else

@@ -14,9 +14,11 @@ TensorFlow's multi-worker guide asks. What decides anything is identical everywh
   over replicas at each epoch's end, so all workers hold identical weights;
 - validation is scored by each worker on the whole validation split and the figures all-reduced
   (averaged), so checkpoint and early-stopping choices agree.
-A lost worker makes the next collective fail (TensorFlow's health check aborts it within seconds);
-that becomes one error saying to restart every worker, which resumes from the last finished epoch
-(each worker's BackupAndRestore folder).
+The chief's state is the authority: at the start its epoch (from its BackupAndRestore folder), weights and
+optimizer state are sent to every worker, and at each epoch's end the workers stop together if any of
+them wants to (early stopping, divergence). A lost worker makes the next collective fail (TensorFlow's
+coordination service notices its missing heartbeats, about 10 s; a closed connection at once); that
+becomes one error saying to restart every worker, which resumes from the chief's last finished epoch.
 """
 
 from __future__ import annotations
@@ -33,6 +35,74 @@ LOST_PEER_ERRORS = ("UnavailableError", "CancelledError", "DeadlineExceededError
 
 class LostWorker(KerasDigitsError):
     """A collective failed: another worker died or became unreachable."""
+
+
+def _local_replicas(strategy) -> int:
+    return max(1, len(getattr(strategy.extended, "worker_devices", ()) or ()))
+
+
+def _lost(exc, when: str) -> LostWorker:
+    return LostWorker(f"lost contact with another worker {when} ({type(exc).__name__}); restart every worker with "
+                      "the same command to resume from the last finished epoch")
+
+
+def collective(fn):
+    """Run `fn()` (which uses collectives), turning a failed collective into LostWorker."""
+    import tensorflow as tf
+
+    try:
+        return fn()
+    except tf.errors.OpError as exc:
+        if type(exc).__name__ not in LOST_PEER_ERRORS:
+            raise
+        raise _lost(exc, "while the workers were agreeing") from None
+
+
+def chief_values(strategy, is_chief: bool, values) -> np.ndarray:
+    """The chief's `values` (floats), on every worker: an all-reduced sum of the chief's and zeros."""
+    import tensorflow as tf
+
+    local = np.asarray(values, np.float64) * (1.0 if is_chief else 0.0) / _local_replicas(strategy)
+    out = collective(lambda: strategy.reduce("SUM", strategy.run(lambda: tf.constant(local)), axis=None))
+    return np.asarray(out, np.float64)
+
+
+def all_ok(strategy, ok: bool) -> bool:
+    """True on every worker when every worker passed `ok=True` (a barrier too)."""
+    import tensorflow as tf
+
+    flag = tf.constant(1.0 if ok else 0.0, tf.float64)
+    out = collective(lambda: strategy.reduce("MEAN", strategy.run(lambda: tf.identity(flag)), axis=None))
+    return float(out) > 1.0 - 1e-9
+
+
+def agreed_start(strategy, start):
+    """`start()` (taking and preparing the run directory) on every worker; when it fails on one, that one
+    raises its own error and every other worker one line saying so, instead of waiting for it."""
+    try:
+        out = start()
+    except KerasDigitsError:
+        all_ok(strategy, False)
+        raise
+    if not all_ok(strategy, True):
+        raise KerasDigitsError("another worker could not start this run (its own error says why); fix that and "
+                               "restart every worker")
+    return out
+
+
+def broadcast_from_chief(strategy, is_chief: bool, variables) -> None:
+    """Give every worker the chief's values of `variables` (model and optimizer state)."""
+    import tensorflow as tf
+
+    share = (1.0 if is_chief else 0.0) / _local_replicas(strategy)
+
+    def replica():
+        ctx = tf.distribute.get_replica_context()
+        for v in variables:
+            value = tf.cast(tf.identity(v.value), tf.float64) * share
+            v.assign(tf.cast(ctx.all_reduce("SUM", value), v.dtype))
+
+    collective(lambda: tf.function(lambda: strategy.run(replica))())
 
 
 def weights_digest(model) -> str:
@@ -134,7 +204,7 @@ def _validate(steps: Steps, val, labels: np.ndarray, select_on: str) -> dict[str
 
 
 def distributed_fit(model, strategy, pipes, callbacks: list, *, epochs: int, n_train: int, global_batch: int,
-                    select_on: str = "accuracy", initial_epoch: int = 0, verbose: int = 1) -> None:
+                    is_chief: bool, select_on: str = "accuracy", initial_epoch: int = 0, verbose: int = 1) -> None:
     """`model.fit(pipes.train, validation_data=pipes.val, epochs=..., callbacks=...)` as a custom loop
     under `strategy` (see the module docstring). Each epoch runs n_train // global_batch full global
     batches, so every worker takes the same number of steps."""
@@ -154,12 +224,14 @@ def distributed_fit(model, strategy, pipes, callbacks: list, *, epochs: int, n_t
     epoch = initial_epoch
     try:
         cbl.on_train_begin()
-        start = getattr(model, "_initial_epoch", None) or initial_epoch  # set by BackupAndRestore
-        mean, mean_sq = np.asarray(steps.agree(tf.constant([start, start * start], tf.float32)), np.float64)
-        if mean_sq - mean * mean > 1e-6:  # every worker sees the same figures, so all stop together
-            raise KerasDigitsError("the workers would resume from different epochs (their backup folders disagree); "
-                                   "delete the run directory and the workers' .<run>.worker-N folders and start "
-                                   "again")
+        local_start = getattr(model, "_initial_epoch", None) or initial_epoch  # set by BackupAndRestore
+        # The chief's state decides: its epoch, weights and optimizer state go to every worker (a worker whose
+        # own backup is older or newer, or was deleted, follows it).
+        start = int(round(chief_values(strategy, is_chief, [local_start])[0]))
+        epoch = start
+        broadcast_from_chief(strategy, is_chief, [*model.variables, *model.optimizer.variables])
+        if start != local_start and verbose:
+            print(f"this worker's backup was at epoch {local_start}; following the chief's, {start}", flush=True)
         logs: dict[str, Any] = {}
         for epoch in range(start, epochs):
             cbl.on_epoch_begin(epoch)
@@ -175,6 +247,7 @@ def distributed_fit(model, strategy, pipes, callbacks: list, *, epochs: int, n_t
             steps.sync_stats()
             logs = {**logs, **_validate(steps, pipes.val, labels, select_on)}
             cbl.on_epoch_end(epoch, logs)
+            model.stop_training = not all_ok(strategy, not model.stop_training)  # one stops: all stop
             if model.stop_training:
                 break
         cbl.on_train_end(logs)
@@ -184,3 +257,5 @@ def distributed_fit(model, strategy, pipes, callbacks: list, *, epochs: int, n_t
         raise LostWorker(f"lost contact with another worker during epoch {epoch + 1} ({type(exc).__name__}): "
                          f"training stopped after {epoch} finished epoch(s); restart every worker with the same "
                          "command to resume from there") from None
+    except LostWorker as exc:
+        raise LostWorker(str(exc).replace("while the workers were agreeing", f"at epoch {epoch + 1}")) from None

@@ -128,9 +128,6 @@ def run_grid(
     results once every run has ended, read back from OUT/runs as a single process would."""
     if seeds < 1:
         raise KerasDigitsError(f"--seeds must be at least 1, got {seeds}")
-    if base.strategy == "multiworker":
-        raise KerasDigitsError("--strategy multiworker is for one train run; a grid spreads its runs over workers "
-                               "itself (README: Sweeps and studies over several workers)")
     out = Path(out)
     plan: list[tuple[Variant, int, TrainConfig]] = []
     for variant in variants:
@@ -142,6 +139,9 @@ def run_grid(
                 cfg = base.replace(**changes, seed=base.seed + i)
             except TypeError as exc:
                 raise KerasDigitsError(f"bad setting {variant.factor}={variant.value}: {exc}") from None
+            if cfg.strategy == "multiworker":
+                raise KerasDigitsError("--strategy multiworker is for one train run; a grid spreads its runs over "
+                                       "workers itself (README: Sweeps and studies over several workers)")
             plan.append((variant, base.seed + i, cfg))
     from keras_digits.grid_workers import DEFAULT_WORKER_TIMEOUT, grid_role
 
@@ -164,7 +164,7 @@ def run_grid(
             return None
         from keras_digits.grid_workers import serve_grid
 
-        serve_grid(len(unique), out, worker_timeout or DEFAULT_WORKER_TIMEOUT, log=log)
+        serve_grid(len(unique), out, DEFAULT_WORKER_TIMEOUT if worker_timeout is None else worker_timeout, log=log)
     done: dict[str, RunResult] = {}  # config key -> first result (identical settings train once)
     results: list[RunResult] = []
     for n, (variant, seed, cfg) in enumerate(plan, 1):

@@ -93,20 +93,24 @@ def work_grid(runs: Sequence, execute: Callable[[int], float], heartbeat_s: floa
     diverged), report it; returns how many runs this worker ended. A run that fails here is reported
     failed (the chief trains it at the end) and the worker carries on."""
     from keras_tuner.engine.trial import TrialStatus
-    from keras_tuner.src.distribute.oracle_client import OracleClient
 
-    from keras_digits.tune.distributed import Heartbeat
+    from keras_digits.tune.distributed import Heartbeat, oracle_client
 
-    client = OracleClient(_oracle(len(runs), ".", None))
+    client = oracle_client(_oracle(len(runs), ".", None))
     tuner_id = os.environ[ROLE_ENV]
-    done = 0
+    done, asked = 0, False
     while True:
         try:
             trial = client.create_trial(tuner_id)
         except Exception as exc:  # noqa: BLE001  (gRPC: the chief is gone, or not up yet)
+            if asked:  # it answered before: it has ended (every run handed out), or died, which it reports
+                log(f"worker {tuner_id}: the chief no longer answers ({type(exc).__name__}); stopping "
+                    f"({done} run(s) ended here)")
+                return done
             raise KerasDigitsError(f"worker {tuner_id}: cannot reach the chief at "
                                    f"{os.environ.get('KERASTUNER_ORACLE_IP')}:{os.environ.get('KERASTUNER_ORACLE_PORT')}"
                                    f" ({type(exc).__name__})") from None
+        asked = True
         if trial.status == TrialStatus.STOPPED:
             log(f"worker {tuner_id}: no runs left ({done} ended here)")
             return done
@@ -119,11 +123,15 @@ def work_grid(runs: Sequence, execute: Callable[[int], float], heartbeat_s: floa
         try:
             score = execute(index)
             trial.status = TrialStatus.COMPLETED
-        except KerasDigitsError as exc:
-            log(f"worker {tuner_id}: run {index + 1} failed: {exc}")
+        except Exception as exc:  # noqa: BLE001  (any failure: reported, the chief trains the run at the end)
+            log(f"worker {tuner_id}: run {index + 1} failed: {type(exc).__name__}: {exc}")
             score, trial.status = float("nan"), TrialStatus.FAILED
         finally:
             beat.stop()
-        client.update_trial(trial.trial_id, {OBJECTIVE: -1.0 if score != score else float(score)})
-        client.end_trial(trial)
         done += 1
+        try:
+            client.update_trial(trial.trial_id, {OBJECTIVE: -1.0 if score != score else float(score)})
+            client.end_trial(trial)
+        except Exception as exc:  # noqa: BLE001  (the run is on disk; a new chief reads it back)
+            log(f"worker {tuner_id}: could not report run {index + 1} to the chief ({type(exc).__name__}); stopping")
+            return done

@@ -56,9 +56,6 @@ def configure_logical_cpus() -> int | None:
     return have
 
 
-HEALTH_CHECK_S = 5  # how often MultiWorkerMirroredStrategy checks its peers (TensorFlow's default: 30 s)
-
-
 def multiworker_strategy(verbose: int = 0):
     """MultiWorkerMirroredStrategy from a checked TF_CONFIG; the strategy carries its task as `.task`."""
     import tensorflow as tf
@@ -66,12 +63,6 @@ def multiworker_strategy(verbose: int = 0):
     from keras_digits.tfconfig import task_from_env
 
     task = task_from_env()
-    try:  # a lost peer aborts the collectives after one failed check instead of TensorFlow's 30 s cycle
-        from tensorflow.python.distribute import collective_all_reduce_strategy as cars
-
-        cars.CollectiveAllReduceExtended._check_health_interval = HEALTH_CHECK_S
-    except (ImportError, AttributeError):
-        pass
     if verbose:
         print(f"strategy: MultiWorkerMirroredStrategy, {task.name} of {task.num_workers} worker(s)"
               + (" (chief)" if task.is_chief else "") + "; waiting for every worker to join", flush=True)

@@ -82,6 +82,10 @@ def parse(text: str | None) -> Task:
             host, _, port = address.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise _fail(f'cluster "{job}" entry {address!r} is not "host:port"')
+    everything = [a for addresses in cluster.values() for a in addresses]
+    repeated = sorted({a for a in everything if everything.count(a) > 1})
+    if repeated:
+        raise _fail(f"lists {', '.join(repeated)} more than once: each task needs its own host:port")
     if len(cluster.get("chief", [])) > 1:
         raise _fail('cluster "chief" must hold one address')
     task_type, index = data["task"].get("type"), data["task"].get("index")
@@ -89,27 +93,35 @@ def parse(text: str | None) -> Task:
         raise _fail(f"task type {task_type!r} is unknown; use one of {', '.join(map(repr, TASK_TYPES))}")
     if task_type not in cluster:
         raise _fail(f'task type "{task_type}" has no entry in the cluster')
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(cluster[task_type]):
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise _fail(f'task "index" must be a whole number, got {index!r}')
+    if not 0 <= index < len(cluster[task_type]):
         raise _fail(f'task index {index!r} is outside cluster "{task_type}" (0..{len(cluster[task_type]) - 1}): '
                     "this host is not in the cluster")
     return Task(cluster={k: list(v) for k, v in cluster.items()}, type=task_type, index=index)
 
 
 def check_this_host(task: Task) -> None:
-    """Raise unless the task's address is one of this machine's (it must listen there)."""
-    host = task.address.rpartition(":")[0].strip("[]")
+    """Raise unless this machine can listen on the task's host:port (the address is one of its own and the
+    port is free)."""
+    host, _, port = task.address.rpartition(":")
+    host = host.strip("[]")
     try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(host, int(port), proto=socket.IPPROTO_TCP)
     except socket.gaierror as exc:
         raise _fail(f"task {task.name} names {task.address}, whose host cannot be resolved ({exc.strerror})") from None
+    in_use = False
     for family, kind, proto, _, sockaddr in infos:
         with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                probe.bind((sockaddr[0], 0))
+                probe.bind(sockaddr)
                 return
             except OSError as exc:
-                if exc.errno != errno.EADDRNOTAVAIL:
-                    return  # bindable in principle (e.g. permission); the strategy will say more
+                in_use = in_use or exc.errno == errno.EADDRINUSE
+    if in_use:
+        raise _fail(f"task {task.name} names {task.address}, but port {port} is in use on this machine (another "
+                    "worker, or an earlier one still exiting); pick a free port for every task")
     raise _fail(f"task {task.name} names {task.address}, which is not an address of this machine: this host is "
                 "not in the cluster (set task.index to this machine's entry)")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 from pathlib import Path
@@ -159,15 +160,21 @@ def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, done: int, strategy
 def fit_phases(model, cfg: TrainConfig, pipes, run_dir: Path, resuming: bool, strategy) -> dict | None:
     """Train (both phases with --fine-tune-at), resuming where an interrupted run stopped; returns
     where training diverged, or None. A run whose training ended (TRAINED written) is not trained again."""
-    if resuming and (run_dir / TRAINED).is_file():
+    from keras_digits.strategy import replicas, worker_task
+
+    task = worker_task(strategy)
+    trained = resuming and (run_dir / TRAINED).is_file()
+    if task is not None:  # the chief's run decides (a worker's own folder may be older or gone)
+        from keras_digits.distributed_fit import chief_values
+
+        trained = bool(chief_values(strategy, task.is_chief, [float(trained)])[0])
+    if trained:
         if cfg.verbose:
             print("training finished earlier: scoring the saved best model")
         return None
     phase_one = load_phase_one(model, run_dir) if cfg.fine_tune_at is not None and resuming else None
     if phase_one is None:
-        from keras_digits.strategy import replicas, worker_task
-
-        multi = worker_task(strategy) is not None
+        multi = task is not None
         callbacks = make_callbacks(cfg, run_dir, resuming, epoch_var=pipes.epoch,
                                    ended=run_dir / TRAINED if cfg.fine_tune_at is None else None,
                                    val=(pipes.val, pipes.val_labels), auc_in_logs=multi)
@@ -175,8 +182,8 @@ def fit_phases(model, cfg: TrainConfig, pipes, run_dir: Path, resuming: bool, st
             from keras_digits.distributed_fit import distributed_fit
 
             distributed_fit(model, strategy, pipes, callbacks, epochs=cfg.epochs, n_train=pipes.n_train,
-                            global_batch=cfg.batch_size * replicas(strategy), select_on=cfg.select_on,
-                            verbose=cfg.verbose)
+                            global_batch=cfg.batch_size * replicas(strategy), is_chief=task.is_chief,
+                            select_on=cfg.select_on, verbose=cfg.verbose)
         else:
             model.fit(pipes.train, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose,
                       **pipes.fit_kwargs())
@@ -257,6 +264,7 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, overwrite: bool, transf
     from keras_digits.data.datasets import make_datasets
     from keras_digits.data.fingerprint import dataset_record
     from keras_digits.data.pipeline import epoch_variable
+    from keras_digits.distributed_fit import agreed_start
     from keras_digits.strategy import get_strategy, replicas, worker_task
 
     final_dir = check_output_dir(Path(run_dir), "run directory")
@@ -268,6 +276,9 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, overwrite: bool, transf
 
         final_dir = multiworker_dir(cfg, final_dir, task, overwrite)
     cfg = setup_runtime(cfg, cfg.verbose)  # recorded resolved in config.json
+    if task is not None and cfg.precision == "float16":  # loss scaling decides per worker: they could part ways
+        raise KerasDigitsError("--precision float16 is not supported with --strategy multiworker; use bfloat16 or "
+                               "float32")
     bundle = load_for(cfg)
     if transform_data is not None:
         bundle = transform_data(bundle)
@@ -279,9 +290,13 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, overwrite: bool, transf
     with strategy.scope():
         model = build_for(cfg, bundle.input_shape, bundle.num_classes, pipes.input_stats)  # fails before any file
         compile_model(model, cfg, steps_per_epoch=pipes.steps_per_epoch)
-    with hold(final_dir, "run directory"):
-        run_dir = staging_dir(final_dir, overwrite)
-        resuming = prepare_run_dir(run_dir, cfg)
+    with contextlib.ExitStack() as stack:
+        def start() -> tuple[Path, bool]:  # under multiworker, every worker learns if one of them failed here
+            stack.enter_context(hold(final_dir, "run directory"))
+            staged = staging_dir(final_dir, overwrite)
+            return staged, prepare_run_dir(staged, cfg)
+
+        run_dir, resuming = start() if task is None else agreed_start(strategy, start)
         clean_stale_temps(run_dir)
         write_json(run_dir / "config.json", cfg.to_dict())
         write_json(run_dir / "dataset.json", dataset_record(bundle))
@@ -300,15 +315,18 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, overwrite: bool, transf
             raise TrainingDiverged(f"training diverged at {divergence_text(metrics)}; no model kept, recorded in "
                                    f"{run_dir / 'metrics.json'}; try a lower --lr")
         if task is not None:
-            from keras_digits.distributed_fit import weights_digest
+            from keras_digits.distributed_fit import all_ok, weights_digest
 
             print(f"{task.name}: training ended; weights digest {weights_digest(model)}", flush=True)
             if not task.is_chief:  # only the chief keeps and scores the run; this folder was for resuming
                 shutil.rmtree(run_dir, ignore_errors=True)
+                all_ok(strategy, True)  # wait for the chief to finish scoring
                 return {}
         metrics = score_run(cfg, bundle, run_dir)
         if run_dir != final_dir:
             replace_dir(run_dir, final_dir)
+        if task is not None:
+            all_ok(strategy, True)  # the other workers exit only now
     return metrics
 
 

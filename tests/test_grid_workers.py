@@ -55,9 +55,11 @@ def test_sweep_over_two_workers_equals_one_process(tmp_path, data_dir):
     procs += [start(f"worker{i}", port, dist, data_dir, 2) for i in range(2)]
     codes = [p.wait(timeout=400) for p in procs]
     assert codes == [0, 0, 0], (dist / "chief.log").read_text()[-3000:]
-    ran = [len(re.findall(r"\] lr=\S+ seed \d+: val", (dist / f"worker{i}.log").read_text())) for i in range(2)]
-    assert sum(ran) == 6  # every run trained once, by one worker or the other
-    assert "done before, read back" in (dist / "chief.log").read_text()  # the chief trained nothing itself
+    trained = [m for i in range(2)
+               for m in re.findall(r"\] (lr=\S+ seed \d+): val", (dist / f"worker{i}.log").read_text())]
+    assert len(trained) == 6 and len(set(trained)) == 6  # every run trained exactly once, by one worker or the other
+    chief_log = (dist / "chief.log").read_text()
+    assert chief_log.count("done before, read back") == 6 and ": val " not in chief_log  # the chief trained none
     subprocess.run([sys.executable, "-m", "keras_digits.sweep", *SWEEP, "--data-dir", str(data_dir), "--epochs", "2"],
                    cwd=single, check=True, capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     a, b = ((d / "sw" / "sweep.md").read_text() for d in (dist, single))
@@ -88,7 +90,9 @@ def test_killed_worker_run_is_redone_by_another(tmp_path, data_dir):
     text = (held / "history.csv").read_text()
     before = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]  # complete rows only
     helper = start("worker1", port, tmp_path, data_dir, 6)
-    assert helper.wait(timeout=400) == 0 and chief.wait(timeout=60) == 0, (tmp_path / "chief.log").read_text()[-3000:]
+    codes = helper.wait(timeout=400), chief.wait(timeout=60)
+    assert codes == (0, 0), (codes, (tmp_path / "chief.log").read_text()[-3000:],
+                             (tmp_path / "worker1.log").read_text()[-3000:])
     assert "considered lost" in (tmp_path / "chief.log").read_text()
     for run in (tmp_path / "sw" / "runs").iterdir():
         if run.is_dir():

@@ -22,7 +22,7 @@ from keras_digits.models.pretrained import IMAGENET_WEIGHTS, resolve_imagenet_we
 ARCHS = list_models()
 PRETRAINED = [a for a in ARCHS if model_info(a).pretrained]
 # archs whose CPU train step / .keras round trip takes tens of seconds: only under `-m slow` runs
-SLOW_TRAIN = {"resnet101", "resnet152"}
+SLOW_TRAIN = {"resnet101", "resnet152", "resnet50", "xception"}  # the default run keeps resnet18/34, vgg16
 
 # keras.applications bases, include_top=False (checked against keras.applications built directly)
 BASE_PARAMS = {

@@ -84,6 +84,9 @@ def digest(log: Path) -> str:
     ('{"cluster": {"worker": ["localhost:1"], "ps": ["localhost:2"]}, "task": {"type": "worker", "index": 0}}',
      "no parameter servers"),
     (None, "needs the TF_CONFIG environment variable"),
+    ('{"cluster": {"worker": ["localhost:5", "localhost:5"]}, "task": {"type": "worker", "index": 0}}',
+     "more than once"),
+    ('{"cluster": {"worker": ["localhost:5"]}, "task": {"type": "worker"}}', 'task "index" must be a whole number'),
 ])
 def test_bad_tf_config_is_one_line(tmp_path, monkeypatch, capsys, data_dir, value, message):
     from keras_digits.train import main
@@ -96,6 +99,19 @@ def test_bad_tf_config_is_one_line(tmp_path, monkeypatch, capsys, data_dir, valu
                                    "--run-dir", tmp_path / "run"], capsys)
     assert code == 2 and message in one_error_line(err)
     assert not (tmp_path / "run").exists()
+
+
+def test_tf_config_port_in_use_is_one_line(tmp_path, monkeypatch, capsys, data_dir):
+    from keras_digits.train import main
+
+    with socket.socket() as busy:
+        busy.bind(("localhost", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        monkeypatch.setenv("TF_CONFIG", tf_config([port], 0))
+        code, _, err = run_main(main, ["--strategy", "multiworker", "--dataset", "mnist", "--data-dir", data_dir,
+                                       "--run-dir", tmp_path / "run"], capsys)
+    assert code == 2 and f"port {port} is in use" in one_error_line(err)
 
 
 def test_tf_config_chief_and_ranks():
@@ -133,6 +149,7 @@ def test_killed_worker_stops_the_other_and_a_restart_resumes(tmp_path, data_dir)
             break
         assert all(p.poll() is None for p in procs), (tmp_path / "worker0.log").read_text()[-3000:]
         time.sleep(0.2)
+    time.sleep(0.5)  # into the third epoch (an epoch takes over a second here), not at an epoch's end
     procs[1].kill()
     killed = time.monotonic()
     code = procs[0].wait(timeout=90)

@@ -291,6 +291,7 @@ def test_throughput_benchmark_prints_ratio_and_profile(tmp_path):
     assert "peak RSS" in out.stdout
 
 
+@pytest.mark.slow
 def test_medmnist_recipe_runs_end_to_end(tmp_path, pathmnist_dir, capsys):
     """The MedMNIST recipe on a PathMNIST file in the real layout: step schedule, no early stopping,
     the best-val-AUC epoch kept (a narrow ResNet-18 and 3 epochs keep it quick)."""

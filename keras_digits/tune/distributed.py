@@ -4,6 +4,7 @@ gRPC server, and which role this process plays.
 This is the one module that relies on KerasTuner internals (keras-tuner is pinned to >=1.4.8,<1.5 in
 pyproject.toml because these can change in any release):
 - `keras_tuner.src.distribute.utils`: `has_chief_oracle`, `is_chief_oracle` (role from KERASTUNER_*);
+- `keras_tuner.src.distribute.oracle_client`: `OracleClient` (used by keras_digits.grid_workers);
 - `keras_tuner.src.distribute.oracle_chief`: `OracleServicer`, `exit_chief`; `keras_tuner.src.protos`
   (`get_service_grpc`): the chief's gRPC service, served here with lost-worker reaping;
 - `keras_tuner.src.engine.oracle`: `LOCKS`, `THREADS` (the lock behind `@kt.synchronized`);
@@ -201,6 +202,14 @@ def oracle_lock(oracle):
             yield
         finally:
             THREADS[oracle] = None
+
+
+def oracle_client(oracle):
+    """Worker-side: KerasTuner's gRPC client of the chief's oracle (KERASTUNER_* variables); `oracle` gives
+    the search space."""
+    from keras_tuner.src.distribute.oracle_client import OracleClient
+
+    return OracleClient(oracle)
 
 
 def role_from_env() -> str:
