@@ -277,8 +277,7 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, overwrite: bool, transf
         final_dir = multiworker_dir(cfg, final_dir, task, overwrite)
     cfg = setup_runtime(cfg, cfg.verbose)  # recorded resolved in config.json
     if task is not None and cfg.precision == "float16":  # loss scaling decides per worker: they could part ways
-        raise KerasDigitsError("--precision float16 is not supported with --strategy multiworker; use bfloat16 or "
-                               "float32")
+        raise KerasDigitsError("--precision float16 is not supported with --strategy multiworker: use bfloat16")
     bundle = load_for(cfg)
     if transform_data is not None:
         bundle = transform_data(bundle)
@@ -289,12 +288,12 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, overwrite: bool, transf
                                f"of {bundle.num_classes}: raise --val-split or select on accuracy")
     with strategy.scope():
         model = build_for(cfg, bundle.input_shape, bundle.num_classes, pipes.input_stats)  # fails before any file
-        compile_model(model, cfg, steps_per_epoch=pipes.steps_per_epoch)
+        compile_model(model, cfg, steps_per_epoch=pipes.steps_per_epoch if task is None  # multiworker: full batches
+                      else pipes.n_train // (cfg.batch_size * replicas(strategy)))
     with contextlib.ExitStack() as stack:
         def start() -> tuple[Path, bool]:  # under multiworker, every worker learns if one of them failed here
             stack.enter_context(hold(final_dir, "run directory"))
-            staged = staging_dir(final_dir, overwrite)
-            return staged, prepare_run_dir(staged, cfg)
+            return (staged := staging_dir(final_dir, overwrite)), prepare_run_dir(staged, cfg)
 
         run_dir, resuming = start() if task is None else agreed_start(strategy, start)
         clean_stale_temps(run_dir)
