@@ -142,12 +142,12 @@ def software_versions() -> dict[str, str]:
 
 def multiworker_dir(cfg: TrainConfig, run_dir: Path, task, overwrite: bool) -> Path:
     """Where this worker trains: the chief in the run directory, the others in a private sibling
-    `.<name>.<type>-<index>` (their checkpoints and logs, kept only for resuming)."""
+    `.<name>.<type>-<index>` (their checkpoints and logs, kept only for resuming). Whether the run can
+    start (a finished run without --overwrite, a held lock) is the chief's to say: train.agreed_start
+    tells every worker."""
     if cfg.fine_tune_at is not None:
         raise KerasDigitsError("--fine-tune-at is not supported with --strategy multiworker; train the two phases "
                                "with --strategy default or mirrored")
     if task.is_chief:
         return run_dir
-    if not overwrite and ended(run_dir) is not None:  # (seen where the workers share the run's file system)
-        raise KerasDigitsError(f"{run_dir} already holds a finished run; pass --overwrite or another --run-dir")
     return run_dir.parent / f".{run_dir.name}.{task.type}-{task.index}"

@@ -167,3 +167,19 @@ def test_killed_worker_stops_the_other_and_a_restart_resumes(tmp_path, data_dir)
     assert done >= 2 and f"Epoch {done + 1}/8" in (tmp_path / "worker0.log").read_text().split("lost contact")[-1]
     assert digest(tmp_path / "worker0.log") == digest(tmp_path / "worker1.log")
     assert json.loads((run / "metrics.json").read_text())["status"] == "finished"
+
+
+def test_a_worker_that_cannot_start_tells_the_others(tmp_path, data_dir):
+    """The chief finds a finished run (no --overwrite): it says so, and the other worker says that another
+    worker could not start, both at once instead of waiting for each other."""
+    from keras_digits.train import main
+
+    run = tmp_path / "run"
+    assert main(["--dataset", "mnist", "--data-dir", str(data_dir), "--arch", "simple_cnn_v1", "--epochs", "1",
+                 "--max-train-samples", "100", "--verbose", "0", "--run-dir", str(run)]) == 0
+    start = time.monotonic()
+    procs = start_workers(free_ports(2), run, data_dir, epochs=1, logs=tmp_path)
+    assert wait_all(procs, 120) == [2, 2]
+    assert time.monotonic() - start < 60
+    assert "already holds a finished run" in (tmp_path / "worker0.log").read_text()
+    assert "another worker could not start this run" in (tmp_path / "worker1.log").read_text()
