@@ -257,6 +257,7 @@ def _backup_cls():
         kill after the row, before the save) are dropped: they are trained again."""
 
         def on_train_begin(self, logs=None):
+            self.model._initial_epoch = None  # Keras never clears it: a second fit would start where the first resumed
             super().on_train_begin(logs)
             path = Path(self.history_path) if self.history_path else None
             meta = Path(self._training_metadata_path)

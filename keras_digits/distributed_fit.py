@@ -15,14 +15,15 @@ TensorFlow's multi-worker guide asks. What decides anything is identical everywh
 - validation is scored by each worker on the whole validation split and the figures all-reduced
   (averaged), so checkpoint and early-stopping choices agree.
 The chief's state is the authority: at the start its epoch (from its BackupAndRestore folder), weights and
-optimizer state are sent to every worker, and at each epoch's end the workers stop together if any of
-them wants to (early stopping, divergence). A lost worker makes the next collective fail (TensorFlow's
+optimizer state are sent to every worker, and at each epoch's end all workers stop when the chief does
+(early stopping; divergence is seen alike everywhere). A lost worker makes the next collective fail (TensorFlow's
 coordination service notices its missing heartbeats, about 10 s; a closed connection at once); that
 becomes one error saying to restart every worker, which resumes from the chief's last finished epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import Any
 
@@ -81,8 +82,9 @@ def agreed_start(strategy, start):
     raises its own error and every other worker one line saying so, instead of waiting for it."""
     try:
         out = start()
-    except KerasDigitsError:
-        all_ok(strategy, False)
+    except Exception:
+        with contextlib.suppress(LostWorker):  # keep this worker's own error even if the others are gone
+            all_ok(strategy, False)
         raise
     if not all_ok(strategy, True):
         raise KerasDigitsError("another worker could not start this run (its own error says why); fix that and "
@@ -100,7 +102,8 @@ def broadcast_from_chief(strategy, is_chief: bool, variables) -> None:
         ctx = tf.distribute.get_replica_context()
         for v in variables:
             value = tf.cast(tf.identity(v.value), tf.float64) * share
-            v.assign(tf.cast(ctx.all_reduce("SUM", value), v.dtype))
+            total = ctx.all_reduce("SUM", value)
+            v.assign(tf.cast(total if "float" in str(v.dtype) else tf.round(total), v.dtype))  # counters stay exact
 
     collective(lambda: tf.function(lambda: strategy.run(replica))())
 
@@ -247,7 +250,8 @@ def distributed_fit(model, strategy, pipes, callbacks: list, *, epochs: int, n_t
             steps.sync_stats()
             logs = {**logs, **_validate(steps, pipes.val, labels, select_on)}
             cbl.on_epoch_end(epoch, logs)
-            model.stop_training = not all_ok(strategy, not model.stop_training)  # one stops: all stop
+            # the chief's early stopping decides (a worker's own history may be older); divergence is the same everywhere
+            model.stop_training = bool(chief_values(strategy, is_chief, [float(model.stop_training)])[0])
             if model.stop_training:
                 break
         cbl.on_train_end(logs)
