@@ -19,6 +19,11 @@ SELECT_ON = ("accuracy", "auc")  # the validation metric that picks the best epo
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")  # keras_digits.precision resolves "auto"
 
 
+def sized_name(dataset: str, size: int | None) -> str:
+    """<dataset>, or <dataset>_<size> for a MedMNIST --size other than 28 (run and tuner project names)."""
+    return dataset if size in (None, 28) else f"{dataset}_{size}"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs; written resolved to the run's config.json."""

@@ -35,16 +35,22 @@ LOST_PEER_ERRORS = ("UnavailableError", "CancelledError", "DeadlineExceededError
 
 
 class LostWorker(KerasDigitsError):
-    """A collective failed: another worker died or became unreachable."""
+    """A collective failed: another worker died or became unreachable. `cause` names TensorFlow's error;
+    `epoch` (0-based), where known, is the epoch that was running."""
+
+    def __init__(self, cause: str, epoch: int | None = None):
+        self.cause = cause
+        if epoch is None:
+            super().__init__(f"lost contact with another worker while the workers were agreeing ({cause}); restart "
+                             "every worker with the same command to resume from the last finished epoch")
+        else:
+            super().__init__(f"lost contact with another worker during epoch {epoch + 1} ({cause}): training stopped "
+                             f"after {epoch} finished epoch(s); restart every worker with the same command to resume "
+                             "from there")
 
 
 def _local_replicas(strategy) -> int:
     return max(1, len(getattr(strategy.extended, "worker_devices", ()) or ()))
-
-
-def _lost(exc, when: str) -> LostWorker:
-    return LostWorker(f"lost contact with another worker {when} ({type(exc).__name__}); restart every worker with "
-                      "the same command to resume from the last finished epoch")
 
 
 def collective(fn):
@@ -56,7 +62,7 @@ def collective(fn):
     except tf.errors.OpError as exc:
         if type(exc).__name__ not in LOST_PEER_ERRORS:
             raise
-        raise _lost(exc, "while the workers were agreeing") from None
+        raise LostWorker(type(exc).__name__) from None
 
 
 def chief_values(strategy, is_chief: bool, values) -> np.ndarray:
@@ -258,8 +264,6 @@ def distributed_fit(model, strategy, pipes, callbacks: list, *, epochs: int, n_t
     except tf.errors.OpError as exc:
         if type(exc).__name__ not in LOST_PEER_ERRORS:
             raise
-        raise LostWorker(f"lost contact with another worker during epoch {epoch + 1} ({type(exc).__name__}): "
-                         f"training stopped after {epoch} finished epoch(s); restart every worker with the same "
-                         "command to resume from there") from None
-    except LostWorker as exc:
-        raise LostWorker(str(exc).replace("while the workers were agreeing", f"at epoch {epoch + 1}")) from None
+        raise LostWorker(type(exc).__name__, epoch) from None
+    except LostWorker as exc:  # from an agreement inside the loop: say which epoch
+        raise LostWorker(exc.cause, epoch) from None

@@ -82,7 +82,9 @@ def serve_grid(n_runs: int, out, worker_timeout: float | None = DEFAULT_WORKER_T
 
     log(f"chief: {n_runs} run(s) to hand out")
     serve_oracle(SimpleNamespace(oracle=oracle), on_change=progress)
-    failed = [t for t in oracle.trials.values() if str(t.status) not in ("COMPLETED", "TrialStatus.COMPLETED")]
+    from keras_tuner.engine.trial import TrialStatus
+
+    failed = [t for t in oracle.trials.values() if t.status != TrialStatus.COMPLETED]
     if failed:
         log(f"chief: {len(failed)} run(s) failed on their workers; they are trained here now")
 

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from keras_digits.config import TrainConfig, comparable
+from keras_digits.config import TrainConfig, comparable, sized_name
 from keras_digits.errors import KerasDigitsError, TrainingDiverged
 from keras_digits.io import read_json_object, write_json
 
@@ -63,8 +63,7 @@ def default_run_dir(cfg: TrainConfig, root: Path = RUNS_DIR) -> Path:
     rerunning an interrupted command resumes it and a finished run is never overwritten; a run of
     the same config that diverged is returned too, so rerunning it reports that instead of training
     the same divergence again in a new folder."""
-    size = f"_{cfg.size}" if cfg.size not in (None, 28) else ""
-    base = root / f"{cfg.dataset}{size}-{cfg.arch}-s{cfg.seed}"
+    base = root / f"{sized_name(cfg.dataset, cfg.size)}-{cfg.arch}-s{cfg.seed}"
     candidate, n = base, 1
     while (metrics := ended(candidate)) is not None:
         if is_diverged(metrics) and same_config(candidate, cfg):

@@ -79,9 +79,8 @@ def _check_splits(spec: DatasetSpec, path: Path, splits: dict, size: int) -> Non
 def read_medmnist_npz(path: Path, spec: DatasetSpec, size: int = 28) -> RawSplits:
     """Load and validate a MedMNIST npz with its official train/val/test splits (memory-mapped above 28 px)."""
     if size > IN_MEMORY_SIZE:
-        from keras_digits.data.npz_stream import cached_arrays, needed_bytes
+        from keras_digits.data.npz_stream import cached_arrays
 
-        needed_bytes(path, MEDMNIST_KEYS)  # a missing key or a broken zip: one clear error before converting
         data = cached_arrays(path, MEDMNIST_KEYS, IMAGE_KEYS, tag=f"{spec.name}_{size}")
     else:
         data = load_npz(path, spec.name)

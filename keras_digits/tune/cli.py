@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from keras_digits.cli import positive_int, quiet_tensorflow
-from keras_digits.config import TrainConfig
+from keras_digits.config import TrainConfig, sized_name
 from keras_digits.flags import FILES, add_train_flags, given_options
 from keras_digits.errors import KerasDigitsError
 from keras_digits.io import check_output_dir, read_json_object, write_json
@@ -101,8 +101,7 @@ def search_settings(cfg: TrainConfig, tuner: str, objective: str, fixed: dict[st
 
 def stored_settings(directory: Path, project: str | None, given: dict[str, Any], tuner: str) -> dict[str, Any]:
     """The search.json of the project this command resumes ({} for a new project or none stored)."""
-    size = given.get("size")
-    dataset = f"{given.get('dataset', TrainConfig.dataset)}{f'_{size}' if size not in (None, 28) else ''}"
+    dataset = sized_name(given.get("dataset", TrainConfig.dataset), given.get("size"))
     name = project or f"{dataset}-{given.get('arch', TrainConfig.arch)}-{tuner}"
     return read_json_object(directory / name / SEARCH_FILE, lenient=True)
 
@@ -167,8 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from keras_digits.tune.space import check_fixed, parse_fixed
 
     role = role_from_env()
-    sized = f"{base.dataset}_{base.size}" if base.size not in (None, 28) else base.dataset
-    project = args.project or f"{sized}-{base.arch}-{tuner_kind}"
+    project = args.project or f"{sized_name(base.dataset, base.size)}-{base.arch}-{tuner_kind}"
     directory = Path(args.directory)
     project_dir = directory / project
     overwrite = args.overwrite
