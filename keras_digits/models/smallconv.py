@@ -1,0 +1,140 @@
+"""Conv2D whose small feature maps are computed as matrix products, for the project's own models.
+
+On a CPU, TensorFlow's convolutions (oneDNN) are fast on large feature maps and slow on small ones:
+ResNet-18 at 28 px ends in a 4x4x512 stage, and there one 3x3 512->512 convolution at batch 64 in
+bfloat16 took 25 ms forward, 21 ms for the input gradient and 66 ms for the weight gradient on the
+development machine (2 cores, AMX-BF16), against 12-15 ms each as im2col matrix products
+(benchmarks/conv_paths.py prints the table for the machine it runs on). At 7x7 the weight gradient
+still gains (27 ms against 15 ms); the forward pass and the input gradient do not. PyTorch's CPU
+convolutions do not have the gap, which was most of ResNet-18's distance to PyTorch in bfloat16.
+
+The gain is oneDNN's AMX bfloat16 kernels' (and so is the gap). In float32 the matrix products were
+no faster at 4x4 and slower at 7x7; in bfloat16 with AMX switched off (ONEDNN_MAX_CPU_ISA=
+AVX512_CORE_BF16) they were slower for the forward pass and the input gradient; a GPU's cuDNN has no
+such gap. So the paths are taken only where they were measured to pay: bfloat16 compute on a CPU
+with AMX-BF16 (read from /proc/cpuinfo, not assumed) and no visible GPU.
+
+`SmallMapConv2D` is `keras.layers.Conv2D` (same variables, options and saved config) that, there and on
+the TensorFlow backend, computes a 2D convolution of output maps of at most MATMUL_MAX_AREA positions
+(4x4) as one matrix product of the input's patches with the kernel, and takes the weight gradient
+as a matrix product up to WGRAD_MAX_AREA positions (7x7). The input gradient is a matrix product
+for stride 1 and TensorFlow's own kernel otherwise. Anything else (another backend, groups,
+dilation, channels_first, larger maps) is Keras' own computation. Results equal Keras' Conv2D up to
+the summation order (tested for values and both gradients). It is registered as
+'keras_digits>SmallMapConv2D': a saved model loads after `import keras_digits.models`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import keras
+from keras import layers
+
+MATMUL_MAX_AREA = 16  # output maps up to 4x4: forward and gradients as matrix products
+WGRAD_MAX_AREA = 49  # up to 7x7: the weight gradient as a matrix product
+
+
+@functools.lru_cache(maxsize=None)
+def _amx_cpu_only() -> bool:
+    from keras_digits import precision
+
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if isa not in ("", "ALL") and "AMX" not in isa:
+        return False
+    return "amx_bf16" in precision.cpu_flags() and not precision.gpu_capabilities()
+
+
+def matmul_paths_pay(compute_dtype: str) -> bool:
+    """Whether this machine takes the matrix-product paths for layers computing in `compute_dtype`."""
+    return compute_dtype == "bfloat16" and _amx_cpu_only()
+
+
+def _same_pads(size: int, k: int, s: int) -> tuple[int, int, int]:
+    """TensorFlow's SAME padding: (output size, pad before, pad after)."""
+    out = -(-size // s)
+    total = max((out - 1) * s + k - size, 0)
+    return out, total // 2, total - total // 2
+
+
+def _geometry(in_h, in_w, kh, kw, sh, sw, padding):
+    if padding == "same":
+        out_h, pt, pb = _same_pads(in_h, kh, sh)
+        out_w, pl, pr = _same_pads(in_w, kw, sw)
+    else:
+        out_h, out_w = (in_h - kh) // sh + 1, (in_w - kw) // sw + 1
+        pt = pb = pl = pr = 0
+    return out_h, out_w, (pt, pb, pl, pr)
+
+
+def _patches(tf, x, kh, kw, sh, sw, out_h, out_w, pads):
+    """(N*out_h*out_w, kh*kw*C) rows of x's patches, in the kernel's (kh, kw, C) order."""
+    pt, pb, pl, pr = pads
+    if any(pads):
+        x = tf.pad(x, [[0, 0], [pt, pb], [pl, pr], [0, 0]])
+    cols = [x[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
+            for i in range(kh) for j in range(kw)]
+    return tf.reshape(tf.concat(cols, axis=-1), [-1, kh * kw * int(x.shape[-1])])
+
+
+def small_map_conv(x, kernel, strides, padding):
+    """conv2d(x, kernel) (NHWC, static H, W and C) with the matrix-product paths described above."""
+    import tensorflow as tf
+
+    _, in_h, in_w, channels = (int(d) if d is not None else None for d in x.shape)
+    kh, kw, _, filters = (int(d) for d in kernel.shape)
+    sh, sw = strides
+    out_h, out_w, pads = _geometry(in_h, in_w, kh, kw, sh, sw, padding)
+    area = out_h * out_w
+    pad_mode = padding.upper()
+
+    @tf.custom_gradient
+    def conv(x, kernel):
+        if area <= MATMUL_MAX_AREA and sh == sw == 1:
+            flat = _patches(tf, x, kh, kw, sh, sw, out_h, out_w, pads) @ tf.reshape(kernel, [-1, filters])
+            y = tf.reshape(flat, [-1, out_h, out_w, filters])
+        else:
+            y = tf.nn.conv2d(x, kernel, [1, sh, sw, 1], pad_mode)
+
+        def grad(dy):
+            dy_flat = tf.reshape(dy, [-1, filters])
+            dk = tf.reshape(tf.matmul(_patches(tf, x, kh, kw, sh, sw, out_h, out_w, pads), dy_flat,
+                                      transpose_a=True), [kh, kw, channels, filters])
+            if area <= MATMUL_MAX_AREA and sh == sw == 1:
+                pt, pb, pl, pr = pads  # the input gradient: dy, padded, convolved with the flipped kernel
+                flipped = tf.reshape(tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2]), [-1, channels])
+                rows = _patches(tf, dy, kh, kw, 1, 1, in_h, in_w, (kh - 1 - pt, kh - 1 - pb, kw - 1 - pl, kw - 1 - pr))
+                dx = tf.reshape(rows @ flipped, [-1, in_h, in_w, channels])
+            else:
+                dx = tf.compat.v1.nn.conv2d_backprop_input(tf.shape(x), kernel, dy, [1, sh, sw, 1], pad_mode)
+            return dx, dk
+
+        return y, grad
+
+    # a tensor, not the variable: tf.custom_gradient would otherwise want the variables' gradients too
+    return conv(x, tf.convert_to_tensor(kernel))
+
+
+@keras.saving.register_keras_serializable(package="keras_digits")
+class SmallMapConv2D(layers.Conv2D):
+    """keras.layers.Conv2D with small output maps computed as matrix products (see the module doc)."""
+
+    def _fast(self, inputs) -> bool:
+        if keras.backend.backend() != "tensorflow" or self.data_format != "channels_last" or self.groups != 1:
+            return False
+        if tuple(self.dilation_rate) != (1, 1) or len(inputs.shape) != 4:
+            return False
+        if not matmul_paths_pay(self.compute_dtype):
+            return False
+        in_h, in_w, channels = inputs.shape[1:]
+        if in_h is None or in_w is None or channels is None:
+            return False
+        kh, kw = self.kernel_size
+        out_h, out_w, _ = _geometry(int(in_h), int(in_w), kh, kw, *self.strides, self.padding)
+        return 0 < out_h * out_w <= WGRAD_MAX_AREA
+
+    def convolution_op(self, inputs, kernel):
+        if not self._fast(inputs):
+            return super().convolution_op(inputs, kernel)
+        return small_map_conv(inputs, kernel, tuple(self.strides), self.padding)

@@ -1,0 +1,162 @@
+"""SmallMapConv2D equals keras.layers.Conv2D: values, input and weight gradients, config, saving."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import keras
+import tensorflow as tf
+
+from keras_digits.models import smallconv
+from keras_digits.models.smallconv import SmallMapConv2D
+
+# (input size, kernel, stride, padding): whole-matmul maps (<= 4x4), weight-gradient-only maps
+# (<= 7x7), even kernels (asymmetric SAME padding), VALID, and a map large enough for Keras' own path.
+CASES = [
+    (4, 3, 1, "same"), (7, 3, 2, "same"), (7, 1, 2, "same"), (7, 3, 1, "same"), (4, 2, 1, "same"),
+    (6, 3, 1, "valid"), (5, 2, 1, "valid"), (8, 3, 2, "valid"), (14, 3, 1, "same"), (4, 1, 1, "same"),
+]
+
+
+@pytest.fixture
+def paths_on(monkeypatch):
+    """The matrix-product paths in every dtype (they are taken only for bfloat16 on AMX CPUs)."""
+    monkeypatch.setattr(smallconv, "matmul_paths_pay", lambda dtype: True)
+
+
+def _pair(size, k, stride, padding, channels=5, filters=6):
+    ref = keras.layers.Conv2D(filters, k, strides=stride, padding=padding, use_bias=True)
+    new = SmallMapConv2D(filters, k, strides=stride, padding=padding, use_bias=True)
+    ref.build((None, size, size, channels))
+    new.build((None, size, size, channels))
+    rng = np.random.default_rng(size * 100 + k * 10 + stride)
+    new.set_weights([rng.normal(size=w.shape).astype("float32") for w in ref.get_weights()])
+    ref.set_weights(new.get_weights())
+    return ref, new
+
+
+def _value_and_grads(layer, x, dy):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * dy)
+    dx, dk, db = tape.gradient(loss, [x, layer.kernel, layer.bias])
+    return [v.numpy() for v in (y, dx, dk, db)]
+
+
+@pytest.mark.parametrize("size,k,stride,padding", CASES)
+def test_equals_keras_conv(size, k, stride, padding, paths_on):
+    ref, new = _pair(size, k, stride, padding)
+    x = tf.constant(np.random.default_rng(1).normal(size=(3, size, size, 5)).astype("float32"))
+    y_shape = ref.compute_output_shape(x.shape)
+    dy = tf.constant(np.random.default_rng(2).normal(size=(3,) + tuple(y_shape[1:])).astype("float32"))
+    for got, want, what in zip(_value_and_grads(new, x, dy), _value_and_grads(ref, x, dy),
+                               ("output", "input gradient", "kernel gradient", "bias gradient")):
+        assert got.shape == want.shape, what
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=what)
+
+
+def test_paths_taken_by_map_size(paths_on):
+    x4 = keras.KerasTensor((None, 4, 4, 8))
+    assert SmallMapConv2D(4, 3, padding="same")._fast(x4)
+    assert SmallMapConv2D(4, 3, strides=2, padding="same")._fast(keras.KerasTensor((None, 14, 14, 8)))  # 7x7 out
+    assert not SmallMapConv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, 14, 14, 8)))
+    assert not SmallMapConv2D(4, 3, padding="same", dilation_rate=2)._fast(x4)
+    assert not SmallMapConv2D(4, 3, padding="same", groups=2)._fast(x4)
+    assert not SmallMapConv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, None, None, 8)))
+
+
+def test_matmul_path_used_under_a_mixed_policy(monkeypatch, paths_on):
+    calls = []
+    real = smallconv.small_map_conv
+    monkeypatch.setattr(smallconv, "small_map_conv", lambda *a: calls.append(a) or real(*a))
+    ref, new = _pair(4, 3, 1, "same")
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        ref_b = keras.layers.Conv2D(6, 3, padding="same")
+        new_b = SmallMapConv2D(6, 3, padding="same")
+        for layer in (ref_b, new_b):
+            layer.build((None, 4, 4, 5))
+            layer.set_weights(new.get_weights())
+        x = tf.constant(np.random.default_rng(3).normal(size=(2, 4, 4, 5)).astype("float32"))
+        got, want = new_b(x), ref_b(x)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert calls and got.dtype == want.dtype == tf.bfloat16
+    np.testing.assert_allclose(tf.cast(got, tf.float32), tf.cast(want, tf.float32), rtol=0.05, atol=0.1)
+
+
+def test_only_where_measured_to_pay(monkeypatch):
+    monkeypatch.setattr(smallconv, "_amx_cpu_only", lambda: True)
+    assert smallconv.matmul_paths_pay("bfloat16")
+    assert not smallconv.matmul_paths_pay("float32") and not smallconv.matmul_paths_pay("float16")
+    monkeypatch.setattr(smallconv, "_amx_cpu_only", lambda: False)
+    assert not smallconv.matmul_paths_pay("bfloat16")
+    assert not SmallMapConv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, 4, 4, 8)))
+
+
+def test_amx_read_from_the_cpu(monkeypatch):
+    from keras_digits import precision
+
+    for flags, isa, gpus, want in [({"amx_bf16"}, "", (), True), ({"avx512_bf16"}, "", (), False),
+                                   ({"amx_bf16"}, "AVX512_CORE_BF16", (), False),
+                                   ({"amx_bf16"}, "AVX512_CORE_AMX", (), True),
+                                   ({"amx_bf16"}, "", ((8, 0),), False)]:
+        smallconv._amx_cpu_only.cache_clear()
+        monkeypatch.setattr(precision, "cpu_flags", lambda f=flags: frozenset(f))
+        monkeypatch.setattr(precision, "gpu_capabilities", lambda g=gpus: g)
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+        assert smallconv._amx_cpu_only() is want, (flags, isa, gpus)
+    smallconv._amx_cpu_only.cache_clear()
+
+
+def test_saved_and_loaded(tmp_path):
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, SmallMapConv2D(2, 3, padding="same", name="c")(inputs))
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path, compile=False)
+    assert type(loaded.get_layer("c")) is SmallMapConv2D
+    x = np.random.default_rng(4).normal(size=(2, 4, 4, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+
+
+def _resnet_grads(x, y, width=8):
+    from keras_digits.models import build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model("resnet18", (28, 28, 3), 4, width=width)
+    with tf.GradientTape() as tape:
+        loss = keras.losses.sparse_categorical_crossentropy(y, model(x, training=True))
+    return model, [g.numpy() for g in tape.gradient(loss, model.trainable_weights)]
+
+
+def test_resnet18_gradients_unchanged(monkeypatch):
+    """Every conv of the 4x4 and 7x7 stages (stride-2, 1x1 shortcut) through the paths: same gradients."""
+    x = tf.constant(np.random.default_rng(5).uniform(0, 255, size=(4, 28, 28, 3)).astype("float32"))
+    y = tf.constant([0, 1, 2, 3])
+    calls = []
+    real = smallconv.small_map_conv
+    monkeypatch.setattr(smallconv, "small_map_conv", lambda *a: calls.append(a[0].shape) or real(*a))
+    _, plain = _resnet_grads(x, y)
+    assert not calls  # float32: Keras' own convolutions
+    monkeypatch.setattr(smallconv, "matmul_paths_pay", lambda dtype: True)
+    model, fast = _resnet_grads(x, y)
+    assert sorted({tuple(s[1:3]) for s in calls}) == [(4, 4), (7, 7), (14, 14)]  # 14x14 inputs of stride-2 convs
+    assert any(isinstance(layer, SmallMapConv2D) for layer in model.layers)
+    for a, b in zip(fast, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_resnet18_exports_with_the_paths(monkeypatch, tmp_path):
+    from keras_digits.export import export_model
+
+    monkeypatch.setattr(smallconv, "matmul_paths_pay", lambda dtype: True)
+    x = np.random.default_rng(6).uniform(0, 255, size=(2, 28, 28, 3)).astype("float32")
+    model, _ = _resnet_grads(tf.constant(x), tf.constant([0, 1]))
+    out = export_model(model, tmp_path / "1", [str(i) for i in range(4)])
+    served = tf.saved_model.load(str(out)).signatures["serving_default"]
+    got = served(tf.constant(x.astype("uint8")))["probabilities"].numpy()
+    want = model.predict(x.astype("uint8").astype("float32"), verbose=0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
