@@ -124,6 +124,8 @@ def main() -> int:
     p.add_argument("--peer", choices=("torch",), help="time a PyTorch re-creation of the model in the same run")
     p.add_argument("--repeats", type=int, default=3, help="alternating timed runs of each side (median reported)")
     p.add_argument("--baseline", action="store_true", help="also time a plain Keras fit on float32 NumPy arrays")
+    p.add_argument("--without-small-map-paths", action="store_true",
+                   help="also time the same model with SmallMapConv2D's matrix-product paths off, alternating")
     p.add_argument("--profile", metavar="DIR", help="trace steps with TensorFlow's profiler; print the top ops")
     p.add_argument("--target-accuracy", type=float, help="train until test accuracy reaches this (MNIST)")
     p.add_argument("--max-epochs", type=int, default=15)
@@ -168,10 +170,26 @@ def main() -> int:
 
             print(f"peer: PyTorch {version}, {torch.get_num_threads()} threads, "
                   f"{'bfloat16 autocast' if resolved.name == 'bfloat16' else 'float32'}")
-    ours, theirs = [], []
+    plain = None
+    if args.without_small_map_paths:
+        from keras_digits.models import smallconv
+
+        plain = keras_model(args, cfg, x.shape[1:], classes)
+        taken = smallconv.matmul_paths_pay
+        smallconv.matmul_paths_pay = lambda dtype: False  # while its train step is traced
+        try:
+            plain.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0)
+        finally:
+            smallconv.matmul_paths_pay = taken
+        print(f"also timed: the same model without SmallMapConv2D's paths (this machine takes them: "
+              f"{taken(keras.config.dtype_policy().compute_dtype)})")
+    ours, theirs, without = [], [], []
     for r in range(max(1, args.repeats)):
         ours.append(keras_images_per_second(model, ds, args.batch_size, steps, warmup if r == 0 else spe))
         line = f"  repeat {r + 1}: keras_digits {ours[-1]:8.1f} images/s"
+        if plain is not None:
+            without.append(keras_images_per_second(plain, ds, args.batch_size, steps, spe))
+            line += f"   without the paths {without[-1]:8.1f} images/s"
         if peer is not None:
             theirs.append(peer.train_images_per_second(args.arch, x, y, classes, args.batch_size, steps,
                                                        warmup if r == 0 else 5, resolved.name))
@@ -183,6 +201,10 @@ def main() -> int:
         t = statistics.median(theirs)
         print(f"PyTorch peer:                          {t:8.1f} images/s (median of {len(theirs)})")
         print(f"ratio keras_digits / PyTorch: {k / t:.2f}x")
+    if without:
+        w = statistics.median(without)
+        print(f"without SmallMapConv2D's paths:        {w:8.1f} images/s (median of {len(without)}); "
+              f"with / without: {k / w:.2f}x" + (f"; without / PyTorch: {w / t:.2f}x" if theirs else ""))
     if args.baseline:
         keras.utils.set_random_seed(0)
         base = keras_model(args, cfg.replace(steps_per_execution=1), x.shape[1:], classes)  # fit's default step

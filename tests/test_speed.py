@@ -292,6 +292,21 @@ def test_throughput_benchmark_prints_ratio_and_profile(tmp_path):
 
 
 @pytest.mark.slow
+def test_small_map_benchmarks_run(tmp_path):
+    bench = REPO / "benchmarks"
+    out = subprocess.run([sys.executable, str(bench / "train_throughput.py"), "--arch", "resnet18", "--shape", "28,28,3",
+                          "--classes", "3", "--batch-size", "4", "--steps", "2", "--warmup", "1", "--repeats", "1",
+                          "--precision", "bfloat16", "--without-small-map-paths"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "with / without:" in out.stdout
+    out = subprocess.run([sys.executable, str(bench / "conv_paths.py"), "--batch", "2", "--repeats", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "4x4x512" in out.stdout and "TensorFlow's kernels" in out.stdout
+
+
+@pytest.mark.slow
 def test_medmnist_recipe_runs_end_to_end(tmp_path, pathmnist_dir, capsys):
     """The MedMNIST recipe on a PathMNIST file in the real layout: step schedule, no early stopping,
     the best-val-AUC epoch kept (a narrow ResNet-18 and 3 epochs keep it quick)."""

@@ -10,16 +10,16 @@ convolutions do not have the gap, which was most of ResNet-18's distance to PyTo
 
 The gain is oneDNN's AMX bfloat16 kernels' (and so is the gap). In float32 the matrix products were
 no faster at 4x4 and slower at 7x7; in bfloat16 with AMX switched off (ONEDNN_MAX_CPU_ISA=
-AVX512_CORE_BF16) they were slower for the forward pass and the input gradient; a GPU's cuDNN has no
-such gap. So the paths are taken only where they were measured to pay: bfloat16 compute on a CPU
+AVX512_CORE_BF16) they were slower for the forward pass and the input gradient; on a GPU they were
+not measured. So the paths are taken only where they were measured to pay: bfloat16 compute on a CPU
 with AMX-BF16 (read from /proc/cpuinfo, not assumed) and no visible GPU.
 
 `SmallMapConv2D` is `keras.layers.Conv2D` (same variables, options and saved config) that, there and on
 the TensorFlow backend, computes a 2D convolution of output maps of at most MATMUL_MAX_AREA positions
 (4x4) as one matrix product of the input's patches with the kernel, and takes the weight gradient
-as a matrix product up to WGRAD_MAX_AREA positions (7x7). The input gradient is a matrix product
-for stride 1 and TensorFlow's own kernel otherwise. Anything else (another backend, groups,
-dilation, channels_first, larger maps) is Keras' own computation. Results equal Keras' Conv2D up to
+as a matrix product up to WGRAD_MAX_AREA positions (7x7). A strided convolution keeps TensorFlow's
+forward pass and input gradient (its strided patches cost more than they saved). Anything else
+(another backend, groups, dilation, channels_first, larger maps) is Keras' own computation. Results equal Keras' Conv2D up to
 the summation order (tested for values and both gradients). It is registered as
 'keras_digits>SmallMapConv2D': a saved model loads after `import keras_digits.models`.
 """
