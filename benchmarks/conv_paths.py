@@ -1,14 +1,15 @@
-"""TensorFlow's convolution against SmallMapConv2D's matrix-product paths, per ResNet-18 stage.
+"""TensorFlow's convolution against smallconv.Conv2D's matrix-product paths, per ResNet-18 stage.
 
     python benchmarks/conv_paths.py [--batch 64] [--dtype bfloat16|float32] [--repeats 20]
 
-For each 3x3 stride-1 convolution of ResNet-18 at 28 px (28x28x64, 14x14x128, 7x7x256, 4x4x512) and
-the stage-4 stride-2 entry (7x7x256 -> 4x4x512), times the forward pass and forward + both gradients
-with `tf.nn.conv2d` (what Keras' Conv2D runs) and with `keras_digits.models.smallconv.small_map_conv`
-(matrix products where the output map is small; TensorFlow's kernels elsewhere), on this machine, in
-one run, and prints milliseconds and the ratio. It also prints whether this machine takes the paths
-under a bfloat16 policy (AMX-BF16 CPU, no GPU): the layer takes them only where they pay, so on other
-machines this table shows what it would cost to take them.
+For each convolution shape of ResNet-18 at 28 px (the 3x3 stride-1 convolutions of each stage, the
+3x3 stride-2 stage entries and their 1x1 stride-2 projections), times the forward pass and forward +
+both gradients with `tf.nn.conv2d` (what Keras' Conv2D runs) and with
+`keras_digits.models.smallconv.small_map_conv` (the layer's paths), on this machine, in one run, and
+prints milliseconds and the ratio. Where the layer keeps TensorFlow's forward pass (maps over 4x4,
+strided convolutions) its column says so; where it keeps TensorFlow's kernels altogether the row
+says so. It also prints whether this machine takes the paths under the given policy (bfloat16 on an
+AMX-BF16 CPU without a GPU): elsewhere the table shows what taking them would cost.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-CASES = [  # (map size in, channels in, channels out, stride)
-    (28, 64, 64, 1), (14, 128, 128, 1), (7, 256, 256, 1), (7, 256, 512, 2), (4, 512, 512, 1)]
+CASES = [  # (map size in, channels in, channels out, kernel, stride), in the network's order
+    (28, 64, 64, 3, 1), (28, 64, 128, 3, 2), (28, 64, 128, 1, 2), (14, 128, 128, 3, 1),
+    (14, 128, 256, 3, 2), (14, 128, 256, 1, 2), (7, 256, 256, 3, 1), (7, 256, 512, 3, 2),
+    (7, 256, 512, 1, 2), (4, 512, 512, 3, 1)]
 
 
 def _timed(fn, args, repeats):
@@ -51,11 +54,12 @@ def main(argv=None) -> int:
     print(f"CPU bfloat16 feature: {precision.cpu_bf16_feature(flags) or 'none'}; "
           f"paths taken under a {args.dtype} policy here: {smallconv.matmul_paths_pay(args.dtype)}")
     print(f"batch {args.batch}, {args.dtype}, mean of {args.repeats} calls (ms)")
-    print(f"{'map':>10} {'stride':>6} {'fwd tf':>8} {'fwd ours':>9} {'fwd+bwd tf':>11} {'fwd+bwd ours':>13} {'ratio':>6}")
-    for size, cin, cout, stride in CASES:
-        rng = tf.random.Generator.from_seed(size * cin)
+    print(f"{'map':>10} {'kernel':>6} {'stride':>6} {'fwd tf':>8} {'fwd ours':>9} {'fwd+bwd tf':>11} "
+          f"{'fwd+bwd ours':>13} {'ratio':>6}")
+    for size, cin, cout, k, stride in CASES:
+        rng = tf.random.Generator.from_seed(size * cin + k)
         x = tf.cast(rng.normal([args.batch, size, size, cin]), dtype)
-        w = tf.cast(rng.normal([3, 3, cin, cout]) * 0.05, dtype)
+        w = tf.cast(rng.normal([k, k, cin, cout]) * 0.05, dtype)
 
         def both(conv):
             @tf.function
@@ -74,15 +78,17 @@ def main(argv=None) -> int:
         tf_fwd, tf_step = both(lambda x, w: tf.nn.conv2d(x, w, [1, stride, stride, 1], "SAME"))
         our_fwd, our_step = both(lambda x, w: smallconv.small_map_conv(x, w, (stride, stride), "same"))
         out = -(-size // stride)
-        name = f"{size}x{size}x{cin}"
+        head = f"{f'{size}x{size}x{cin}':>10} {f'{k}x{k}':>6} {stride:>6}"
         if out * out > smallconv.WGRAD_MAX_AREA:
             fwd, step = (_timed(f, (x, w), args.repeats) for f in (tf_fwd, tf_step))
-            print(f"{name:>10} {stride:>6} {fwd:8.2f} {'-':>9} {step:11.2f} {'-':>13} {'':>6}  the layer keeps "
-                  "TensorFlow's kernels")
+            print(f"{head} {fwd:8.2f} {'-':>9} {step:11.2f} {'-':>13} {'':>6}  TensorFlow's kernels kept")
             continue
-        times = [_timed(f, (x, w), args.repeats) for f in (tf_fwd, our_fwd, tf_step, our_step)]
-        print(f"{name:>10} {stride:>6} {times[0]:8.2f} {times[1]:9.2f} {times[2]:11.2f} {times[3]:13.2f} "
-              f"{times[2] / times[3]:5.2f}x")
+        same_forward = out * out > smallconv.MATMUL_MAX_AREA or stride != 1
+        fwd_tf = _timed(tf_fwd, (x, w), args.repeats)
+        fwd_ours = "same" if same_forward else f"{_timed(our_fwd, (x, w), args.repeats):.2f}"
+        step_tf, step_ours = (_timed(f, (x, w), args.repeats) for f in (tf_step, our_step))
+        print(f"{head} {fwd_tf:8.2f} {fwd_ours:>9} {step_tf:11.2f} {step_ours:13.2f} {step_tf / step_ours:5.2f}x"
+              + ("  (weight gradient only)" if same_forward else ""))
     return 0
 
 

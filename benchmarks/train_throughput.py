@@ -22,6 +22,7 @@ figures only within one run: absolute timings on a shared machine are noisy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -82,6 +83,22 @@ def fit_seconds(model, *args, **kwargs) -> float:
     return ended[-1] - t0
 
 
+@contextlib.contextmanager
+def small_map_paths_off():
+    """smallconv.Conv2D's matrix-product paths off while a model's step is traced or run; yields whether
+    this machine takes them under the current policy."""
+    import keras
+
+    from keras_digits.models import smallconv
+
+    taken = smallconv.matmul_paths_pay
+    smallconv.matmul_paths_pay = lambda dtype: False
+    try:
+        yield taken(keras.config.dtype_policy().compute_dtype)
+    finally:
+        smallconv.matmul_paths_pay = taken
+
+
 def keras_images_per_second(model, ds, batch_size: int, steps: int, warmup: int) -> float:
     """Images/s of one fit over `steps` batches, after a warm-up fit (tracing) of `warmup` batches."""
     model.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0)
@@ -125,7 +142,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3, help="alternating timed runs of each side (median reported)")
     p.add_argument("--baseline", action="store_true", help="also time a plain Keras fit on float32 NumPy arrays")
     p.add_argument("--without-small-map-paths", action="store_true",
-                   help="also time the same model with SmallMapConv2D's matrix-product paths off, alternating")
+                   help="also time the same model with smallconv.Conv2D's matrix-product paths off, alternating")
     p.add_argument("--profile", metavar="DIR", help="trace steps with TensorFlow's profiler; print the top ops")
     p.add_argument("--target-accuracy", type=float, help="train until test accuracy reaches this (MNIST)")
     p.add_argument("--max-epochs", type=int, default=15)
@@ -172,23 +189,18 @@ def main() -> int:
                   f"{'bfloat16 autocast' if resolved.name == 'bfloat16' else 'float32'}")
     plain = None
     if args.without_small_map_paths:
-        from keras_digits.models import smallconv
-
         plain = keras_model(args, cfg, x.shape[1:], classes)
-        taken = smallconv.matmul_paths_pay
-        smallconv.matmul_paths_pay = lambda dtype: False  # while its train step is traced
-        try:
+        with small_map_paths_off() as taken:
             plain.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0)
-        finally:
-            smallconv.matmul_paths_pay = taken
-        print(f"also timed: the same model without SmallMapConv2D's paths (this machine takes them: "
-              f"{taken(keras.config.dtype_policy().compute_dtype)})")
+        print("also timed: the same model without smallconv.Conv2D's paths"
+              + ("" if taken else " (this machine does not take them here, so both are the same model)"))
     ours, theirs, without = [], [], []
     for r in range(max(1, args.repeats)):
         ours.append(keras_images_per_second(model, ds, args.batch_size, steps, warmup if r == 0 else spe))
         line = f"  repeat {r + 1}: keras_digits {ours[-1]:8.1f} images/s"
         if plain is not None:
-            without.append(keras_images_per_second(plain, ds, args.batch_size, steps, spe))
+            with small_map_paths_off():  # any retrace of its step happens with the paths off too
+                without.append(keras_images_per_second(plain, ds, args.batch_size, steps, spe))
             line += f"   without the paths {without[-1]:8.1f} images/s"
         if peer is not None:
             theirs.append(peer.train_images_per_second(args.arch, x, y, classes, args.batch_size, steps,
@@ -203,7 +215,7 @@ def main() -> int:
         print(f"ratio keras_digits / PyTorch: {k / t:.2f}x")
     if without:
         w = statistics.median(without)
-        print(f"without SmallMapConv2D's paths:        {w:8.1f} images/s (median of {len(without)}); "
+        print(f"without smallconv.Conv2D's paths:        {w:8.1f} images/s (median of {len(without)}); "
               f"with / without: {k / w:.2f}x" + (f"; without / PyTorch: {w / t:.2f}x" if theirs else ""))
     if args.baseline:
         keras.utils.set_random_seed(0)

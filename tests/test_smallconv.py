@@ -1,4 +1,4 @@
-"""SmallMapConv2D equals keras.layers.Conv2D: values, input and weight gradients, config, saving."""
+"""smallconv.Conv2D equals keras.layers.Conv2D: values, input and weight gradients, config, saving."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import keras
 import tensorflow as tf
 
 from keras_digits.models import smallconv
-from keras_digits.models.smallconv import SmallMapConv2D
 
 # (input size, kernel, stride, padding): whole-matmul maps (<= 4x4), weight-gradient-only maps
 # (<= 7x7), even kernels (asymmetric SAME padding), VALID, and a map large enough for Keras' own path.
@@ -27,7 +26,7 @@ def paths_on(monkeypatch):
 
 def _pair(size, k, stride, padding, channels=5, filters=6):
     ref = keras.layers.Conv2D(filters, k, strides=stride, padding=padding, use_bias=True)
-    new = SmallMapConv2D(filters, k, strides=stride, padding=padding, use_bias=True)
+    new = smallconv.Conv2D(filters, k, strides=stride, padding=padding, use_bias=True)
     ref.build((None, size, size, channels))
     new.build((None, size, size, channels))
     rng = np.random.default_rng(size * 100 + k * 10 + stride)
@@ -49,6 +48,8 @@ def _value_and_grads(layer, x, dy):
 def test_equals_keras_conv(size, k, stride, padding, paths_on):
     ref, new = _pair(size, k, stride, padding)
     x = tf.constant(np.random.default_rng(1).normal(size=(3, size, size, 5)).astype("float32"))
+    out = ref.compute_output_shape(x.shape)[1]
+    assert new._fast(x) == (stride == 1 and out * out <= smallconv.WGRAD_MAX_AREA)
     y_shape = ref.compute_output_shape(x.shape)
     dy = tf.constant(np.random.default_rng(2).normal(size=(3,) + tuple(y_shape[1:])).astype("float32"))
     for got, want, what in zip(_value_and_grads(new, x, dy), _value_and_grads(ref, x, dy),
@@ -57,14 +58,33 @@ def test_equals_keras_conv(size, k, stride, padding, paths_on):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=what)
 
 
+@pytest.mark.parametrize("size,k,stride,padding", [c for c in CASES if c[2] > 1])
+def test_strided_function_equals_tf(size, k, stride, padding):
+    """The layer keeps strided convolutions on TensorFlow's kernels; the function (benchmarks) is right too."""
+    rng = np.random.default_rng(7)
+    x = tf.constant(rng.normal(size=(2, size, size, 5)).astype("float32"))
+    w = tf.constant(rng.normal(size=(k, k, 5, 6)).astype("float32"))
+    results = []
+    for conv in (lambda a, b: smallconv.small_map_conv(a, b, (stride, stride), padding),
+                 lambda a, b: tf.nn.conv2d(a, b, stride, padding.upper())):
+        with tf.GradientTape() as tape:
+            tape.watch([x, w])
+            y = conv(x, w)
+            loss = tf.reduce_sum(y * tf.cos(y))
+        results.append([y.numpy()] + [g.numpy() for g in tape.gradient(loss, [x, w])])
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_paths_taken_by_map_size(paths_on):
     x4 = keras.KerasTensor((None, 4, 4, 8))
-    assert SmallMapConv2D(4, 3, padding="same")._fast(x4)
-    assert SmallMapConv2D(4, 3, strides=2, padding="same")._fast(keras.KerasTensor((None, 14, 14, 8)))  # 7x7 out
-    assert not SmallMapConv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, 14, 14, 8)))
-    assert not SmallMapConv2D(4, 3, padding="same", dilation_rate=2)._fast(x4)
-    assert not SmallMapConv2D(4, 3, padding="same", groups=2)._fast(x4)
-    assert not SmallMapConv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, None, None, 8)))
+    assert smallconv.Conv2D(4, 3, padding="same")._fast(x4)
+    assert smallconv.Conv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, 7, 7, 8)))
+    assert not smallconv.Conv2D(4, 3, strides=2, padding="same")._fast(keras.KerasTensor((None, 7, 7, 8)))
+    assert not smallconv.Conv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, 14, 14, 8)))
+    assert not smallconv.Conv2D(4, 3, padding="same", dilation_rate=2)._fast(x4)
+    assert not smallconv.Conv2D(4, 3, padding="same", groups=2)._fast(x4)
+    assert not smallconv.Conv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, None, None, 8)))
 
 
 def test_matmul_path_used_under_a_mixed_policy(monkeypatch, paths_on):
@@ -75,7 +95,7 @@ def test_matmul_path_used_under_a_mixed_policy(monkeypatch, paths_on):
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
         ref_b = keras.layers.Conv2D(6, 3, padding="same")
-        new_b = SmallMapConv2D(6, 3, padding="same")
+        new_b = smallconv.Conv2D(6, 3, padding="same")
         for layer in (ref_b, new_b):
             layer.build((None, 4, 4, 5))
             layer.set_weights(new.get_weights())
@@ -93,7 +113,7 @@ def test_only_where_measured_to_pay(monkeypatch):
     assert not smallconv.matmul_paths_pay("float32") and not smallconv.matmul_paths_pay("float16")
     monkeypatch.setattr(smallconv, "_amx_cpu_only", lambda: False)
     assert not smallconv.matmul_paths_pay("bfloat16")
-    assert not SmallMapConv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, 4, 4, 8)))
+    assert not smallconv.Conv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, 4, 4, 8)))
 
 
 def test_amx_read_from_the_cpu(monkeypatch):
@@ -113,11 +133,11 @@ def test_amx_read_from_the_cpu(monkeypatch):
 
 def test_saved_and_loaded(tmp_path):
     inputs = keras.Input((4, 4, 3))
-    model = keras.Model(inputs, SmallMapConv2D(2, 3, padding="same", name="c")(inputs))
+    model = keras.Model(inputs, smallconv.Conv2D(2, 3, padding="same", name="c")(inputs))
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.models.load_model(path, compile=False)
-    assert type(loaded.get_layer("c")) is SmallMapConv2D
+    assert type(loaded.get_layer("c")) is smallconv.Conv2D
     x = np.random.default_rng(4).normal(size=(2, 4, 4, 3)).astype("float32")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
 
@@ -133,7 +153,7 @@ def _resnet_grads(x, y, width=8):
 
 
 def test_resnet18_gradients_unchanged(monkeypatch):
-    """Every conv of the 4x4 and 7x7 stages (stride-2, 1x1 shortcut) through the paths: same gradients."""
+    """The stride-1 convs of the 7x7 and 4x4 stages through the paths: the whole model's gradients unchanged."""
     x = tf.constant(np.random.default_rng(5).uniform(0, 255, size=(4, 28, 28, 3)).astype("float32"))
     y = tf.constant([0, 1, 2, 3])
     calls = []
@@ -143,8 +163,8 @@ def test_resnet18_gradients_unchanged(monkeypatch):
     assert not calls  # float32: Keras' own convolutions
     monkeypatch.setattr(smallconv, "matmul_paths_pay", lambda dtype: True)
     model, fast = _resnet_grads(x, y)
-    assert sorted({tuple(s[1:3]) for s in calls}) == [(4, 4), (7, 7), (14, 14)]  # 14x14 inputs of stride-2 convs
-    assert any(isinstance(layer, SmallMapConv2D) for layer in model.layers)
+    assert sorted({tuple(s[1:3]) for s in calls}) == [(4, 4), (7, 7)]  # the stride-1 convs of stages 3 and 4
+    assert any(isinstance(layer, smallconv.Conv2D) for layer in model.layers)
     for a, b in zip(fast, plain):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
@@ -160,3 +180,41 @@ def test_resnet18_exports_with_the_paths(monkeypatch, tmp_path):
     got = served(tf.constant(x.astype("uint8")))["probabilities"].numpy()
     want = model.predict(x.astype("uint8").astype("float32"), verbose=0)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_mixed_bfloat16_gradients_close(monkeypatch):
+    """Under mixed_bfloat16, the only setting that takes the paths in practice: float32 kernel gradients,
+    close to Keras' own computation at bfloat16's precision."""
+    x = tf.constant(np.random.default_rng(8).uniform(0, 255, size=(4, 28, 28, 3)).astype("float32"))
+    y = tf.constant([0, 1, 2, 3])
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        _, plain = _resnet_grads(x, y)
+        monkeypatch.setattr(smallconv, "matmul_paths_pay", lambda dtype: True)
+        _, fast = _resnet_grads(x, y)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    for a, b in zip(fast, plain):
+        assert a.dtype == b.dtype == np.float32
+        scale = float(np.abs(b).max()) or 1.0
+        assert float(np.abs(a - b).max()) <= 0.05 * scale
+
+
+def test_weights_files_shared_with_keras_conv2d(tmp_path):
+    """Weights files and BackupAndRestore backups name entries after the layer class: models built
+    with Keras' Conv2D (runs backed up before this layer) load into these models, and back."""
+    def build(conv):
+        inputs = keras.Input((4, 4, 3))
+        h = conv(4, 3, padding="same", name="a")(inputs)
+        return keras.Model(inputs, conv(2, 1, name="b")(h))
+
+    old, new = build(keras.layers.Conv2D), build(smallconv.Conv2D)
+    old.save_weights(tmp_path / "old.weights.h5")
+    new.load_weights(tmp_path / "old.weights.h5")
+    for a, b in zip(new.get_weights(), old.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    new.save_weights(tmp_path / "new.weights.h5")
+    back = build(keras.layers.Conv2D)
+    back.load_weights(tmp_path / "new.weights.h5")
+    for a, b in zip(back.get_weights(), old.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -5,8 +5,8 @@ ResNet-18 at 28 px ends in a 4x4x512 stage, and there one 3x3 512->512 convoluti
 bfloat16 took 25 ms forward, 21 ms for the input gradient and 66 ms for the weight gradient on the
 development machine (2 cores, AMX-BF16), against 12-15 ms each as im2col matrix products
 (benchmarks/conv_paths.py prints the table for the machine it runs on). At 7x7 the weight gradient
-still gains (27 ms against 15 ms); the forward pass and the input gradient do not. PyTorch's CPU
-convolutions do not have the gap, which was most of ResNet-18's distance to PyTorch in bfloat16.
+still gains (27 ms against 15 ms); the forward pass and the input gradient do not. Those two
+stages were most of ResNet-18's distance to PyTorch in bfloat16 (README, Precision and speed).
 
 The gain is oneDNN's AMX bfloat16 kernels' (and so is the gap). In float32 the matrix products were
 no faster at 4x4 and slower at 7x7; in bfloat16 with AMX switched off (ONEDNN_MAX_CPU_ISA=
@@ -14,14 +14,18 @@ AVX512_CORE_BF16) they were slower for the forward pass and the input gradient; 
 not measured. So the paths are taken only where they were measured to pay: bfloat16 compute on a CPU
 with AMX-BF16 (read from /proc/cpuinfo, not assumed) and no visible GPU.
 
-`SmallMapConv2D` is `keras.layers.Conv2D` (same variables, options and saved config) that, there and on
+`Conv2D` here is `keras.layers.Conv2D` (same variables, options and saved config) that, there and on
 the TensorFlow backend, computes a 2D convolution of output maps of at most MATMUL_MAX_AREA positions
 (4x4) as one matrix product of the input's patches with the kernel, and takes the weight gradient
-as a matrix product up to WGRAD_MAX_AREA positions (7x7). A strided convolution keeps TensorFlow's
-forward pass and input gradient (its strided patches cost more than they saved). Anything else
-(another backend, groups, dilation, channels_first, larger maps) is Keras' own computation. Results equal Keras' Conv2D up to
-the summation order (tested for values and both gradients). It is registered as
-'keras_digits>SmallMapConv2D': a saved model loads after `import keras_digits.models`.
+as a matrix product up to WGRAD_MAX_AREA positions (7x7), for stride-1 convolutions. Strided ones
+keep TensorFlow's kernels: with the weight gradient as a product, ResNet-18's 14x14 -> 7x7 stride-2
+3x3 convolution ran at 0.58x and the 7x7 -> 4x4 one broke even. Anything else (another backend,
+groups, dilation, channels_first, larger maps) is Keras' own computation. Results equal Keras'
+Conv2D up to the summation order (tested for values and both gradients). It is registered as
+'keras_digits>Conv2D': a saved model loads after `import keras_digits.models`. It keeps Keras' class
+name on purpose: Keras names a weights file's entries after the layer's class (`conv2d_3/...`), so
+with this name the weights files and BackupAndRestore backups of models built with Keras' Conv2D
+load into these models and back (tested); a new class name broke resuming runs backed up before.
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ def _amx_cpu_only() -> bool:
 
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if isa not in ("", "ALL") and "AMX" not in isa:
-        return False
+        return False  # AMX switched off in oneDNN
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false"):
+        return False  # TensorFlow's own kernels, not oneDNN's: not what was measured
     return "amx_bf16" in precision.cpu_flags() and not precision.gpu_capabilities()
 
 
@@ -68,14 +74,14 @@ def _geometry(in_h, in_w, kh, kw, sh, sw, padding):
     return out_h, out_w, (pt, pb, pl, pr)
 
 
-def _patches(tf, x, kh, kw, sh, sw, out_h, out_w, pads):
-    """(N*out_h*out_w, kh*kw*C) rows of x's patches, in the kernel's (kh, kw, C) order."""
+def _patches(tf, x, channels, kh, kw, sh, sw, out_h, out_w, pads):
+    """(N*out_h*out_w, kh*kw*channels) rows of x's patches, in the kernel's (kh, kw, C) order."""
     pt, pb, pl, pr = pads
     if any(pads):
         x = tf.pad(x, [[0, 0], [pt, pb], [pl, pr], [0, 0]])
     cols = [x[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
             for i in range(kh) for j in range(kw)]
-    return tf.reshape(tf.concat(cols, axis=-1), [-1, kh * kw * int(x.shape[-1])])
+    return tf.reshape(tf.concat(cols, axis=-1), [-1, kh * kw * channels])
 
 
 def small_map_conv(x, kernel, strides, padding):
@@ -86,25 +92,26 @@ def small_map_conv(x, kernel, strides, padding):
     kh, kw, _, filters = (int(d) for d in kernel.shape)
     sh, sw = strides
     out_h, out_w, pads = _geometry(in_h, in_w, kh, kw, sh, sw, padding)
-    area = out_h * out_w
+    whole = out_h * out_w <= MATMUL_MAX_AREA and sh == sw == 1  # forward and input gradient as products too
     pad_mode = padding.upper()
 
     @tf.custom_gradient
     def conv(x, kernel):
-        if area <= MATMUL_MAX_AREA and sh == sw == 1:
-            flat = _patches(tf, x, kh, kw, sh, sw, out_h, out_w, pads) @ tf.reshape(kernel, [-1, filters])
+        if whole:
+            flat = _patches(tf, x, channels, kh, kw, sh, sw, out_h, out_w, pads) @ tf.reshape(kernel, [-1, filters])
             y = tf.reshape(flat, [-1, out_h, out_w, filters])
         else:
             y = tf.nn.conv2d(x, kernel, [1, sh, sw, 1], pad_mode)
 
         def grad(dy):
             dy_flat = tf.reshape(dy, [-1, filters])
-            dk = tf.reshape(tf.matmul(_patches(tf, x, kh, kw, sh, sw, out_h, out_w, pads), dy_flat,
+            dk = tf.reshape(tf.matmul(_patches(tf, x, channels, kh, kw, sh, sw, out_h, out_w, pads), dy_flat,
                                       transpose_a=True), [kh, kw, channels, filters])
-            if area <= MATMUL_MAX_AREA and sh == sw == 1:
-                pt, pb, pl, pr = pads  # the input gradient: dy, padded, convolved with the flipped kernel
+            if whole:  # the input gradient: dy, padded by k-1-pad, convolved with the flipped kernel
+                pt, pb, pl, pr = pads
+                dy_pads = (kh - 1 - pt, kh - 1 - pb, kw - 1 - pl, kw - 1 - pr)
                 flipped = tf.reshape(tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2]), [-1, channels])
-                rows = _patches(tf, dy, kh, kw, 1, 1, in_h, in_w, (kh - 1 - pt, kh - 1 - pb, kw - 1 - pl, kw - 1 - pr))
+                rows = _patches(tf, dy, filters, kh, kw, 1, 1, in_h, in_w, dy_pads)
                 dx = tf.reshape(rows @ flipped, [-1, in_h, in_w, channels])
             else:
                 dx = tf.compat.v1.nn.conv2d_backprop_input(tf.shape(x), kernel, dy, [1, sh, sw, 1], pad_mode)
@@ -117,14 +124,14 @@ def small_map_conv(x, kernel, strides, padding):
 
 
 @keras.saving.register_keras_serializable(package="keras_digits")
-class SmallMapConv2D(layers.Conv2D):
+class Conv2D(layers.Conv2D):
     """keras.layers.Conv2D with small output maps computed as matrix products (see the module doc)."""
 
     def _fast(self, inputs) -> bool:
         if keras.backend.backend() != "tensorflow" or self.data_format != "channels_last" or self.groups != 1:
             return False
-        if tuple(self.dilation_rate) != (1, 1) or len(inputs.shape) != 4:
-            return False
+        if tuple(self.dilation_rate) != (1, 1) or tuple(self.strides) != (1, 1) or len(inputs.shape) != 4:
+            return False  # strided convolutions lost or broke even (benchmarks/conv_paths.py)
         if not matmul_paths_pay(self.compute_dtype):
             return False
         in_h, in_w, channels = inputs.shape[1:]
