@@ -66,10 +66,10 @@ def fit_seconds(model, *args, **kwargs) -> float:
     """Seconds of `model.fit(*args, **kwargs)` from the call to the end of training (`on_train_end`).
 
     Not to `fit`'s return: when `fit` returns, its tf.data iterator is deleted, and that deletion
-    waited for tf.data's autotuning thread to wake, whose sleep doubles from 10 ms. A fit whose last
-    step ended 23.8 s after the call returned at 40.96 s (10 ms x 2^12); the earlier timing's exact
-    62.5 and 31.2 images/s ResNet-18 repeats were that wait (README, Precision and speed). A training
-    run calls `fit` once, so it pays the wait at most once; a benchmark of short fits paid it at random."""
+    waited for tf.data's autotuning thread to wake, whose sleep doubles from 10 ms (it wakes at
+    10 ms x (2^n - 1)). A fit whose last step ended 23.8 s after the call returned at 40.96 s; the earlier
+    timing's exact 62.5 and 31.2 images/s ResNet-18 repeats were that wait (README, Precision and speed).
+    Training runs did not show it; a benchmark of short fits paid it at random."""
     import keras
 
     ended = []

@@ -34,14 +34,14 @@ def apply_basic_block(x, filters: int, *, stride: int = 1, name: str):
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
         shortcut = smallconv.Conv2D(filters, 1, strides=stride, use_bias=False, kernel_initializer="he_normal",
-                                 name=f"{name}_proj_conv")(x)
+                                    name=f"{name}_proj_conv")(x)
         shortcut = fused_bn(name=f"{name}_proj_bn")(shortcut)
     y = smallconv.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, kernel_initializer="he_normal",
-                      name=f"{name}_conv1")(x)
+                         name=f"{name}_conv1")(x)
     y = fused_bn(name=f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
     y = smallconv.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
-                      name=f"{name}_conv2")(y)
+                         name=f"{name}_conv2")(y)
     y = fused_bn(name=f"{name}_bn2")(y)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.ReLU(name=f"{name}_out")(y)
@@ -51,10 +51,10 @@ def apply_stem(x, filters: int, *, small: bool):
     """Small-image stem (3x3/1, no pool) or ImageNet stem (7x7/2 + maxpool 3x3/2)."""
     if small:
         x = smallconv.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
-                          name="stem_conv")(x)
+                             name="stem_conv")(x)
     else:
         x = smallconv.Conv2D(filters, 7, strides=2, padding="same", use_bias=False, kernel_initializer="he_normal",
-                          name="stem_conv")(x)
+                             name="stem_conv")(x)
     x = fused_bn(name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     if not small:
