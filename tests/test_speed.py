@@ -361,3 +361,31 @@ def test_tune_refuses_select_on(tmp_path, capsys):
 
     code, _, err = run_main(tune_main, ["--dataset", "digits", "--select-on", "auc", "--directory", tmp_path], capsys)
     assert code == 2 and "--select-on accuracy" in err
+
+
+@pytest.mark.parametrize("balance,augment", [("none", "none"), ("none", "rotate=0.5:10"), ("resample", "none")])
+def test_training_pipelines_run_without_tf_data_autotuning(mnist_like_dir, balance, augment):
+    """Deleting an iterator waited for tf.data's autotuning thread: every epoch's new iterator started late."""
+    from keras_digits.data import load_for
+    from keras_digits.data.datasets import make_datasets
+    from keras_digits.data.pipeline import epoch_variable, make_pipeline
+
+    cfg = TrainConfig(dataset="mnist", data_dir=str(mnist_like_dir), balance=balance, augment=augment, batch_size=16)
+    pipes = make_datasets(cfg, load_for(cfg), epoch=epoch_variable())
+    plain = make_pipeline(np.zeros((8, 4, 4, 1), np.uint8), np.zeros(8, np.int32), 4)
+    for ds in (pipes.train, pipes.val, plain):
+        assert ds.options().autotune.enabled is False
+        assert ds.options().deterministic is True
+    images, labels = next(iter(pipes.train))
+    assert images.dtype.name == "uint8" and images.shape[0] == 16
+
+
+def test_epoch_overhead_benchmark_runs(mnist_like_dir):
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "epoch_overhead.py"), "--data-dir",
+                          str(mnist_like_dir), "--epochs", "2", "--recipe", "fast"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "as shipped" in out.stdout and "autotune on" in out.stdout and "x as long with autotuning" in out.stdout
+    bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "epoch_overhead.py"), "--epochs", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "at least 2" in bad.stderr

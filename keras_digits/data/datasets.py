@@ -55,7 +55,7 @@ def make_datasets(cfg: Any, bundle: DataBundle, replicas: int = 1, epoch: Any = 
     resumed run continues them; without it they change with every pass over the dataset."""
     from keras_digits.data.augment import augment_dataset, make_augment
     from keras_digits.data.balance import balanced_pipeline, class_weights
-    from keras_digits.data.pipeline import make_pipeline
+    from keras_digits.data.pipeline import make_pipeline, pipeline_options
 
     (x_tr, y_tr), (x_va, y_va) = bundle.train, bundle.val
     augment = make_augment(cfg.augment, bundle.name, cfg.seed, channels=bundle.input_shape[-1],
@@ -73,8 +73,7 @@ def make_datasets(cfg: Any, bundle: DataBundle, replicas: int = 1, epoch: Any = 
             weights = class_weights(y_tr, bundle.num_classes)
         elif balance not in ("none", "", None):
             raise KerasDigitsError(f"unknown balance {balance!r}; choose one of: none, class_weight, resample")
-    options = tf.data.Options()
-    options.deterministic = True
+    options = pipeline_options()  # deterministic, and no autotuning: its thread delayed every epoch's start
     train = train.with_options(options)
     val = make_pipeline(x_va, y_va, max(batch, 256)).with_options(options)
     stats = normalization_stats(cfg.normalize, x_tr)

@@ -33,6 +33,22 @@ def per_epoch(build: Callable[[tf.Tensor], tf.data.Dataset], seed: int, epoch: t
     return tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).flat_map(one_epoch)
 
 
+def pipeline_options() -> tf.data.Options:
+    """The options of every pipeline built here: a deterministic order, and tf.data's autotuning off.
+
+    Deleting a tf.data iterator waits for the autotuning thread's next wake-up, and that thread sleeps
+    10 ms, 20, 40, ... (it wakes 10 ms x (2^n - 1) after the iterator started). Keras makes a new
+    iterator for every epoch and every validation pass, so each epoch began by waiting for up to as
+    long as the previous one had run (MNIST `--recipe best` on 2 cores: 40 s epochs, 22 s with this
+    off, the same numbers). Without autotuning, map's AUTOTUNE parallelism is min(16, cores) and
+    prefetch buffers still grow when the consumer starves (benchmarks/epoch_overhead.py measures it).
+    """
+    options = tf.data.Options()
+    options.deterministic = True
+    options.autotune.enabled = False
+    return options
+
+
 def stateless_key(key: tf.Tensor, salt) -> tf.Tensor:
     """A [2] int64 seed for tf.random.stateless_* ops: the epoch key and a salt naming the use."""
     return tf.stack([tf.cast(key, tf.int64), tf.cast(salt, tf.int64)])
@@ -104,4 +120,4 @@ def make_pipeline(
     if training and epoch is not None:
         ds = with_cardinality(ds, math.ceil(n / batch_size))
     ds = ds.map(gather, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.prefetch(AUTOTUNE)
+    return ds.prefetch(AUTOTUNE).with_options(pipeline_options())
