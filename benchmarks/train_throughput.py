@@ -69,7 +69,8 @@ def fit_seconds(model, *args, **kwargs) -> float:
     waited for tf.data's autotuning thread to wake, whose sleep doubles from 10 ms (it wakes at
     10 ms x (2^n - 1)). A fit whose last step ended 23.8 s after the call returned at 40.96 s; the earlier
     timing's exact 62.5 and 31.2 images/s ResNet-18 repeats were that wait (README, Precision and speed).
-    Training runs did not show it; a benchmark of short fits paid it at random."""
+    The project's pipelines now run without autotuning (`pipeline_options`), which removes it; the
+    timing stays robust to a pipeline that autotunes."""
     import keras
 
     ended = []

@@ -100,7 +100,9 @@ def balanced_pipeline(
     ds = with_cardinality(ds.batch(batch_size, drop_remainder=True).take(steps), steps)
     ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = augment_dataset(ds, augment, seed, epoch)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    from keras_digits.data.pipeline import pipeline_options
+
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(pipeline_options())
 
 
 def long_tail_counts(counts: np.ndarray, ratio: float) -> np.ndarray:

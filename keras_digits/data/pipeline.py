@@ -36,12 +36,15 @@ def per_epoch(build: Callable[[tf.Tensor], tf.data.Dataset], seed: int, epoch: t
 def pipeline_options() -> tf.data.Options:
     """The options of every pipeline built here: a deterministic order, and tf.data's autotuning off.
 
-    Deleting a tf.data iterator waits for the autotuning thread's next wake-up, and that thread sleeps
-    10 ms, 20, 40, ... (it wakes 10 ms x (2^n - 1) after the iterator started). Keras makes a new
-    iterator for every epoch and every validation pass, so each epoch began by waiting for up to as
-    long as the previous one had run (MNIST `--recipe best` on 2 cores: 40 s epochs, 22 s with this
-    off, the same numbers). Without autotuning, map's AUTOTUNE parallelism is min(16, cores) and
-    prefetch buffers still grow when the consumer starves (benchmarks/epoch_overhead.py measures it).
+    With autotuning on, epochs after the first of a `keras_digits.train` run often began with a
+    stall of many seconds (MNIST `--recipe best` on 2 cores, one run of 4 epochs: 28.6, 43.0, 38.1,
+    25.3 s; without autotuning 28.2, 24.3, 24.0, 23.6 s; benchmarks/epoch_overhead.py). Deleting an
+    iterator can wait for the autotuning thread's next wake-up (seen at `fit`'s return), and Keras
+    makes new iterators every epoch; what triggers it in a training run but not in a bare `fit` is
+    not known (README, Precision and speed). Without autotuning, tf.data uses its fixed defaults
+    for AUTOTUNE (map parallelism, prefetch buffers); the first epoch took the same time.
+    Under `--strategy mirrored` / `multiworker`, TensorFlow's per-device iterators build their own
+    datasets; whether those autotune and stall was not checked.
     """
     options = tf.data.Options()
     options.deterministic = True
