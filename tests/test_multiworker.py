@@ -139,6 +139,7 @@ def test_two_workers_train_identical_weights(tmp_path, data_dir):
     assert "the chief writes and scores" in (tmp_path / "worker1.log").read_text()
 
 
+@pytest.mark.slow  # ~47 s; two-worker training stays in the default run (test_two_workers_train_identical_weights)
 def test_killed_worker_stops_the_other_and_a_restart_resumes(tmp_path, data_dir):
     run = tmp_path / "run"
     procs = start_workers(free_ports(2), run, data_dir, epochs=8, logs=tmp_path)
