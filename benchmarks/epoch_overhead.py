@@ -4,8 +4,9 @@
     python benchmarks/epoch_overhead.py --dataset mnist --data-dir ../shared/data --epochs 4     # the defaults
 
 Runs `keras_digits.train.train_and_evaluate` for the recipe (or the defaults) with --epochs, twice
-per repeat, alternating (and alternating which goes first): once as shipped (every pipeline built with `pipeline_options`, autotuning
-off), once with `options.autotune.enabled = True` (tf.data's default, what the project used before).
+per repeat, alternating (and alternating which goes first): once as shipped (every pipeline built
+with `pipeline_options`, autotuning off), once with `options.autotune.enabled = True` (tf.data's
+default, what the project used before).
 It prints each epoch's seconds from the run's history.csv (training and the validation pass) and the
 wall time of the whole run (loading, training, scoring, report). Keras makes a new iterator at every
 epoch and validation pass, and deleting one could wait for the autotuning thread's next wake-up.
@@ -75,7 +76,6 @@ def main() -> int:
     quiet_tensorflow()
     from keras_digits import precision
     from keras_digits.config import TrainConfig
-    from keras_digits.data import load_for
     from keras_digits.errors import KerasDigitsError
 
     try:
@@ -88,20 +88,19 @@ def main() -> int:
                              "max_train_samples": args.max_train_samples, "verbose": 0,
                              "seed": args.seed})
         cfg = TrainConfig(**{**cfg.to_dict(), "precision": precision.apply(cfg.precision).name})
-        bundle = load_for(cfg)
+        print(f"{cfg.arch} on {cfg.dataset}, batch {cfg.batch_size}, augment {cfg.augment or 'none'}, "
+              f"precision {cfg.precision}, {args.epochs} epochs")
+        totals: dict[bool, list[float]] = {False: [], True: []}
+        for r in range(max(1, args.repeats)):
+            for autotune in ((False, True) if r % 2 == 0 else (True, False)):  # each side goes first in turn
+                epochs, total = timed_run(cfg, autotune)  # the run loads the data itself
+                totals[autotune].append(total)
+                name = "autotune on " if autotune else "as shipped  "
+                print(f"  repeat {r + 1}, {name}: epochs " + "  ".join(f"{s:5.1f}" for s in epochs)
+                      + f" s   run {total:6.1f} s", flush=True)
     except KerasDigitsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{cfg.arch} on {bundle.name}, batch {cfg.batch_size}, augment {cfg.augment or 'none'}, "
-          f"precision {cfg.precision}, {args.epochs} epochs")
-    totals: dict[bool, list[float]] = {False: [], True: []}
-    for r in range(max(1, args.repeats)):
-        for autotune in ((False, True) if r % 2 == 0 else (True, False)):  # each side goes first in turn
-            epochs, total = timed_run(cfg, autotune)
-            totals[autotune].append(total)
-            name = "autotune on " if autotune else "as shipped  "
-            print(f"  repeat {r + 1}, {name}: epochs " + "  ".join(f"{s:5.1f}" for s in epochs)
-                  + f" s   run {total:6.1f} s", flush=True)
     off, on = min(totals[False]), min(totals[True])
     print(f"run seconds (best of {len(totals[False])}): as shipped {off:.1f}, autotune on {on:.1f}: "
           f"{on / off:.2f}x as long with autotuning")

@@ -73,9 +73,10 @@ def make_datasets(cfg: Any, bundle: DataBundle, replicas: int = 1, epoch: Any = 
             weights = class_weights(y_tr, bundle.num_classes)
         elif balance not in ("none", "", None):
             raise KerasDigitsError(f"unknown balance {balance!r}; choose one of: none, class_weight, resample")
-    options = pipeline_options()  # deterministic, and no autotuning: its thread delayed every epoch's start
-    train = train.with_options(options)
-    val = make_pipeline(x_va, y_va, max(batch, 256)).with_options(options)
+    # deterministic, and no autotuning (its thread delayed every epoch's start); here for the training
+    # pipeline as a whole (augmentation zips in a seed stream), make_pipeline sets them on its own
+    train = train.with_options(pipeline_options())
+    val = make_pipeline(x_va, y_va, max(batch, 256))
     stats = normalization_stats(cfg.normalize, x_tr)
     return Pipelines(train=train, val=val, class_weight=weights, input_stats=stats, epoch=epoch,
                      val_labels=np.asarray(y_va), n_train=len(y_tr))
