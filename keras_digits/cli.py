@@ -1,14 +1,41 @@
-"""Shared CLI plumbing: one clear line and exit code 2 for user errors, quiet TensorFlow logs."""
+"""Shared CLI plumbing: one clear line and exit code 2 for user errors, quiet TensorFlow logs, a quiet
+`interrupted` (exit code 130) for Ctrl-C at any point of a command, its start-up imports included."""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence  # (not typing: a slower import, and cli is imported first)
 
 from keras_digits.errors import KerasDigitsError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _interrupted_at_start(signum: int, frame: object) -> None:
+    """SIGINT before run_cli took over (module imports): say so and exit 130, no KeyboardInterrupt traceback."""
+    # Exit at once: an exception raised here would surface inside whichever import was running, and a C
+    # extension's (numpy's) turns it into a long ImportError; before run_cli nothing has been written.
+    os.write(2, b"interrupted\n")
+    os._exit(EXIT_INTERRUPTED)
+
+
+def quiet_interrupts_at_start() -> None:
+    """For `python -m keras_digits.X` (keras_digits/__init__ calls it): until run_cli starts, Ctrl-C prints
+    `interrupted` and exits 130 instead of a traceback from whichever import it hit."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # leave a handler someone else set
+        try:
+            signal.signal(signal.SIGINT, _interrupted_at_start)
+        except ValueError:  # not the main thread
+            pass
+
+
+def _default_interrupts() -> None:
+    """From here on Ctrl-C raises KeyboardInterrupt again (run_cli reports it after the command's cleanups)."""
+    if signal.getsignal(signal.SIGINT) is _interrupted_at_start:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def quiet_tensorflow() -> None:
@@ -35,8 +62,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     import warnings
 
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
-    quiet_tensorflow()
     try:
+        _default_interrupts()  # inside the try: a Ctrl-C from here on is the `except KeyboardInterrupt` below
+        quiet_tensorflow()
         code = main(argv)
     except KerasDigitsError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
@@ -57,7 +85,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return int(code or 0)
 
 

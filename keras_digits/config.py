@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from keras_digits.errors import KerasDigitsError
+from keras_digits.tfconfig import DEFAULT_WORKER_WAIT
 
 OPTIMIZERS = ("adam", "sgd", "nadam", "adagrad", "adamw", "rmsprop")
 SCHEDULES = ("none", "plateau", "step", "cosine", "onecycle")
@@ -17,6 +19,15 @@ NORMALIZES = ("none", "dataset", "imagenet")
 STRATEGIES = ("auto", "mirrored", "default", "multiworker")
 SELECT_ON = ("accuracy", "auc")  # the validation metric that picks the best epoch
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")  # keras_digits.precision resolves "auto"
+
+
+def default_verbose() -> int:
+    """Keras fit verbosity when none is given: 1 (a progress bar) on a terminal, else 2 (a line per epoch), so
+    a log file gets no carriage-return progress bars."""
+    try:
+        return 1 if sys.stdout is not None and sys.stdout.isatty() else 2
+    except (AttributeError, ValueError):  # a replaced or closed stdout
+        return 2
 
 
 def sized_name(dataset: str, size: int | None) -> str:
@@ -63,7 +74,8 @@ class TrainConfig:
     early_stopping: bool = True
     evaluate_test: bool = True
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    verbose: int = 1
+    verbose: int = field(default_factory=default_verbose)
+    worker_wait: float = DEFAULT_WORKER_WAIT  # seconds a distributed worker waits for the others (--worker-wait)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -89,6 +101,8 @@ class TrainConfig:
             raise KerasDigitsError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.verbose not in (0, 1, 2):
             raise KerasDigitsError(f"--verbose must be 0, 1 or 2, got {self.verbose}")
+        if not self.worker_wait > 0:
+            raise KerasDigitsError(f"--worker-wait must be positive, got {self.worker_wait}")
         if self.fine_tune_at is not None and self.fine_tune_at < 0:
             raise KerasDigitsError(f"--fine-tune-at must be >= 0, got {self.fine_tune_at}")
         if self.fine_tune_epochs is not None and self.fine_tune_epochs <= 0:
@@ -195,12 +209,14 @@ def renamed_keys(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def comparable(cfg_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """A config dict as compared between runs: verbosity aside, tuples as the lists JSON reads back, options
-    a run recorded before they existed at their defaults, `precision: auto` as this machine resolves it."""
+    """A config dict as compared between runs: verbosity and --worker-wait aside, tuples as the lists JSON reads
+    back, options a run recorded before they existed at their defaults, `precision: auto` as this machine
+    resolves it."""
     import json
 
     d = {**TrainConfig().to_dict(), **renamed_keys(cfg_dict)}  # options added later read as their defaults
     d.pop("verbose", None)
+    d.pop("worker_wait", None)  # how long workers wait for each other, not what they train
     if d.get("precision", "auto") == "auto":  # a run records what auto chose on its machine
         from keras_digits.precision import resolve
 

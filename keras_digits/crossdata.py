@@ -4,18 +4,26 @@ through a label map), with or without MNIST-style digit normalisation, and under
     evaluate --run RUN --dataset NAME [--data-dir D] [--preprocess auto|digit|none] [--label-map FILE.json]
     evaluate --run RUN --perturb noise blur:3 ... [--dataset NAME]
 
-Writes, beside the run's own metrics.json (never replaced by these):
-    metrics-<dataset>.json / metrics-<dataset>-digit.json   scores on a dataset (without / with normalisation;
-                                                            a folder's name and fingerprint are added for folder)
-    robustness-<dataset>-<split>[-digit].json               accuracy per corruption and severity, clean first
-and regenerates the run's report.html.
+Writes, beside the run's own metrics.json (never replaced by these), files named by what was scored:
+    metrics-<dataset>[-<folder>]-<fp>[-map-<h>][-digit].json
+        scores on a dataset, one entry per split scored;
+    robustness-<dataset>-<split>[-<folder>]-<fp>[-map-<h>][-digit]-seed<N>.json
+        accuracy per corruption and severity, clean first; later corruptions are added to the same file
+where <folder> is a folder tree's name, <fp> the first 8 hex digits of the data's test-split fingerprint,
+<h> a hash of the --label-map and -digit marks digit normalisation. Scoring the same thing again
+replaces its own entry (or row); a file that holds another scoring (an older name, a hash collision) is
+never replaced: the result goes to <name>-2.json, -3... Regenerates the run's report.html.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import sys
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -42,7 +50,7 @@ def class_mapping(model_names: Sequence[str], data_names: Sequence[str], label_m
     model_names, data_names = [str(n) for n in model_names], [str(n) for n in data_names]
     if label_map is None:
         if model_names != data_names:
-            diff = [f"{a!r} vs {b!r}" for a, b in zip(data_names, model_names) if a != b][:3]
+            diff = [f"{a!r} vs {b!r}" for a, b in zip(data_names, model_names, strict=False) if a != b][:3]
             raise KerasDigitsError(f"{dataset} has labels {data_names}, the model was trained on {model_names}"
                                    + (f" (first differences: {', '.join(diff)})" if diff else "")
                                    + "; give --label-map FILE.json mapping the data's names to the model's")
@@ -58,12 +66,64 @@ def class_mapping(model_names: Sequence[str], data_names: Sequence[str], label_m
     return np.array([model_names.index(label_map.get(n, n)) for n in data_names])
 
 
+def scoring_name(name: str, source: str, test_fingerprint: str, label_map: dict[str, str] | None,
+                 digit: bool) -> str:
+    """What was scored, as a file-name part: [<folder>-]<fp>[-map-<h>][-digit] (see the module doc)."""
+    parts = [re.sub(r"[^A-Za-z0-9_.+-]+", "_", Path(source).name or "data")] if name == "folder" else []
+    parts.append(test_fingerprint[:8])
+    if label_map:
+        parts.append("map-" + hashlib.sha256(json.dumps(label_map, sort_keys=True).encode()).hexdigest()[:6])
+    if digit:
+        parts.append("digit")
+    return "-".join(parts)
+
+
+SCORING = ("dataset", "source", "preprocess", "trained_on", "label_map")  # what makes two scorings the same
+
+
+def same_scoring(old: dict, new: dict, keys: Sequence[str] = ()) -> bool:
+    """Whether result file content `old` scored what `new` does (then `new` may update it in place)."""
+    for k in (*SCORING, *keys):
+        if k == "trained_on" and k not in old:  # older files did not record it: the run's own model
+            continue
+        if old.get(k, "none" if k == "preprocess" else None) != new.get(k, "none" if k == "preprocess" else None):
+            return False
+    old_fps, new_fps = old.get("fingerprints") or {}, new.get("fingerprints") or {}
+    return all(old_fps.get(s, fp) == fp for s, fp in new_fps.items())
+
+
+def result_path(run_dir: Path, stem: str, head: dict, keys: Sequence[str] = ()) -> tuple[Path, dict]:
+    """(RUN/<stem>.json, its content) when that file is free or holds the same scoring, else the first
+    <stem>-2.json, -3... that is: a result is never written over another scoring's."""
+    from keras_digits.io import read_json_object
+
+    for i in range(1, 1000):
+        path = run_dir / (f"{stem}.json" if i == 1 else f"{stem}-{i}.json")
+        if not path.exists():
+            return path, {}
+        old = read_json_object(path, lenient=True)
+        if old and same_scoring(old, head, keys):
+            return path, old
+    raise KerasDigitsError(f"{run_dir} holds 999 results named {stem}-*.json; move some away")
+
+
+def merge_rows(old: Sequence[dict], new: Sequence[dict]) -> list[dict]:
+    """Robustness rows of `old` with those of `new` added: the same corruption and severity is replaced
+    (the same scoring again), the clean row stays first."""
+    rows = {(r.get("corruption"), r.get("severity")): r for r in old if isinstance(r, dict)}
+    rows.update({(r["corruption"], r["severity"]): r for r in new})
+    return sorted(rows.values(), key=lambda r: r.get("corruption") != "clean")
+
+
 def score_elsewhere(run_dir: str | Path, dataset: str | None, data_dir: str | None, split: str, preprocess: str,
-                    label_map_path: str | None, perturb: Sequence[str] | None, seed: int = 0) -> tuple[dict, Path]:
-    """Score the run on `dataset` (None: its own) and/or under corruptions; returns (result, file written)."""
+                    label_map_path: str | None, perturb: Sequence[str] | None, seed: int = 0,
+                    progress: Callable[[str], Any] | None = None) -> tuple[dict, Path]:
+    """Score the run on `dataset` (None: its own) and/or under corruptions; returns (this scoring's result,
+    file written). `progress(line)` hears of each corruption and severity as it finishes."""
     from keras_digits.config import TrainConfig
     from keras_digits.data import corrupt, get_spec, load_dataset, load_for
     from keras_digits.data.adapt import fit_array, wants_digit
+    from keras_digits.data.fingerprint import split_fingerprint
     from keras_digits.evaluate import classification_metrics, load_run, predict_probs
     from keras_digits.html_report import write_run_page
     from keras_digits.io import check_output_dir, write_json
@@ -100,30 +160,41 @@ def score_elsewhere(run_dir: str | Path, dataset: str | None, data_dir: str | No
         inkless[0] = max(inkless[0], blank)
         return classification_metrics(y, predict_probs(model, fitted), model_names)
 
-    suffix = "-digit" if digit else ""
-    if name == "folder":  # two trees must not share one file: the folder's name and test fingerprint
-        from keras_digits.evaluate import other_metrics_path
-
-        suffix = other_metrics_path(run_dir, bundle).stem.removeprefix("metrics-folder") + suffix
+    what = scoring_name(name, bundle.source, split_fingerprint(*bundle.test), label_map, digit)
     head = {"dataset": name, "source": bundle.source, "split": split, "preprocess": "digit" if digit else "none",
-            "trained_on": cfg.dataset, **({"label_map": label_map} if label_map else {})}
+            "trained_on": cfg.dataset, "label_map": label_map,
+            "fingerprints": {split: split_fingerprint(*bundle.split(split))}}
+    if not label_map:
+        del head["label_map"]
+    say = progress or (lambda line: None)
     with hold(run_dir, "run directory"):
+        start = time.perf_counter()
         clean = score(x)
         if settings:
+            say(f"clean: accuracy {clean['accuracy']:.4f} ({time.perf_counter() - start:.1f} s)")
             rows = [{"corruption": "clean", "severity": 0, "accuracy": clean["accuracy"], "f1": clean["f1"]}]
-            for cname, sev in settings:
+            for i, (cname, sev) in enumerate(settings, start=1):
+                start = time.perf_counter()
                 m = score(corrupt.apply(x, cname, sev, seed))
                 rows.append({"corruption": cname, "severity": sev, "accuracy": m["accuracy"], "f1": m["f1"]})
+                say(f"[{i}/{len(settings)}] {cname}:{sev}: accuracy {m['accuracy']:.4f} "
+                    f"({time.perf_counter() - start:.1f} s)")
             result = {**head, "seed": seed, "n": int(len(y)), "rows": rows}
-            path = run_dir / f"robustness-{name}-{split}{suffix}.json"
+            path, old = result_path(run_dir, f"robustness-{name}-{split}-{what}-seed{seed}", result,
+                                    ("split", "seed", "n"))
+            saved = {**result, "rows": merge_rows(old.get("rows") or [], rows)}
         else:
-            result = {**head, split: clean}
-            path = run_dir / f"metrics-{name}{suffix}.json"
+            path, old = result_path(run_dir, f"metrics-{name}-{what}", head)
+            result = {**old, **head, "fingerprints": {**(old.get("fingerprints") or {}), **head["fingerprints"]},
+                      split: clean}
+            result.pop("split", None)  # one file holds every split scored on this data
+            saved = result
         if inkless[0]:
-            result["images_without_ink"] = inkless[0]
+            for holder in (result, saved) if settings else (clean,):  # a metrics file: per split
+                holder["images_without_ink"] = inkless[0]
             print(f"warning: {inkless[0]} image(s) had no ink to normalise; they were only grey-scaled and resized",
                   file=sys.stderr)
-        write_json(path, result)
+        write_json(path, saved)
         write_run_page(run_dir)
     return result, path
 

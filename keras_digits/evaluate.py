@@ -126,7 +126,7 @@ def check_compatible(model, record: dict, bundle, what: str) -> None:
                                f"{bundle.num_classes}")
     trained = [str(n) for n in record.get("label_names") or []]
     if trained and trained != [str(n) for n in bundle.label_names]:
-        diff = [f"{a!r} vs {b!r}" for a, b in zip(trained, bundle.label_names) if a != str(b)][:3]
+        diff = [f"{a!r} vs {b!r}" for a, b in zip(trained, bundle.label_names, strict=False) if a != str(b)][:3]
         raise KerasDigitsError(f"{what}: the model was trained on labels {trained}, the data ({bundle.source}) has "
                                f"{list(bundle.label_names)} (first differences: {', '.join(diff)})")
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
@@ -147,22 +147,22 @@ def same_data(record: dict, bundle, split: str) -> bool:
 
 
 def other_metrics_path(run_dir: Path, bundle) -> Path:
-    """metrics-<dataset>-<folder>-<test fingerprint>.json: where scores on data other than the run's own
-    go (the fingerprint keeps two trees whose folders share a name apart)."""
-    import re
-
+    """metrics-<dataset>[-<folder>]-<test fingerprint>.json: where scores on data other than the run's own
+    go (the fingerprint keeps two trees whose folders share a name apart); the name `evaluate --dataset`
+    gives the same scoring (keras_digits.crossdata.scoring_name), so the two share one file."""
+    from keras_digits.crossdata import scoring_name
     from keras_digits.data.fingerprint import split_fingerprint
 
-    folder = re.sub(r"[^A-Za-z0-9_.+-]+", "_", Path(bundle.source).name or "data")
-    return run_dir / f"metrics-{bundle.name}-{folder}-{split_fingerprint(*bundle.test)[:8]}.json"
+    what = scoring_name(bundle.name, bundle.source, split_fingerprint(*bundle.test), None, False)
+    return run_dir / f"metrics-{bundle.name}-{what}.json"
 
 
 def rescore_run(run_dir: str | Path, splits: Sequence[str], data_dir: str | None = None) -> tuple[dict, Path]:
     """Recompute a saved run's metrics on the given splits; returns (metrics, file written).
 
-    Scores on the run's own data are merged into metrics.json; scores on other data (another
-    --data-dir whose splits differ from those recorded in dataset.json) go to metrics-<dataset>-<folder>.json,
-    so the run's own figures are never replaced by figures on something else."""
+    Scores on the run's own data are merged into metrics.json; scores on other data (another --data-dir
+    whose splits differ from those recorded in dataset.json) go to metrics-<dataset>[-<folder>]-<fingerprint>.json,
+    so the run's own figures are never replaced by figures on something else (nor those by another scoring's)."""
     from keras_digits.config import TrainConfig
     from keras_digits.data import load_for
     from keras_digits.io import check_output_dir
@@ -177,11 +177,18 @@ def rescore_run(run_dir: str | Path, splits: Sequence[str], data_dir: str | None
     record = dataset_record(run_dir)
     check_compatible(model, record, bundle, f"cannot score {run_dir} on {bundle.name}")
     own = all(same_data(record, bundle, split) for split in splits)
-    path = run_dir / "metrics.json" if own else other_metrics_path(run_dir, bundle)
     with hold(run_dir, "run directory"):
-        metrics = read_json_object(path) if path.is_file() else {}
-        if not own:
-            metrics.update({"dataset": bundle.name, "source": bundle.source})
+        if own:
+            path = run_dir / "metrics.json"
+            metrics = read_json_object(path) if path.is_file() else {}
+        else:  # the file of this data (never one holding another scoring: keras_digits.crossdata.result_path)
+            from keras_digits.crossdata import result_path
+            from keras_digits.data.fingerprint import split_fingerprint
+
+            head = {"dataset": bundle.name, "source": bundle.source, "preprocess": "none", "trained_on": cfg.dataset,
+                    "fingerprints": {s: split_fingerprint(*bundle.split(s)) for s in splits}}
+            path, metrics = result_path(run_dir, other_metrics_path(run_dir, bundle).stem, head)
+            metrics.update({**head, "fingerprints": {**(metrics.get("fingerprints") or {}), **head["fingerprints"]}})
         for split in splits:
             x, y = bundle.split(split)
             # the page's curves and galleries follow the run's own latest scores, not other data's
@@ -208,15 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", action="append", choices=("train", "val", "test"),
                    help="split(s) to score (repeatable; default test)")
     p.add_argument("--data-dir", help="override the run's data directory (or the --dataset's)")
-    p.add_argument("--dataset", help="score on this dataset instead (writes metrics-<dataset>[-digit].json)")
+    p.add_argument("--dataset", help="score on this dataset instead (writes metrics-<dataset>-<data fingerprint>"
+                                     "[-map-<hash>][-digit].json: one file per data, label map and preprocessing)")
     p.add_argument("--preprocess", choices=PREPROCESS,
                    help="digit-normalise the images first (MNIST-style); auto (the default with --dataset): "
                         "digit for models trained on mnist; none is the default otherwise. Given alone, the "
-                        "run's own split is scored this way into metrics-<dataset>[-digit].json")
+                        "run's own split is scored this way into metrics-<dataset>-<fingerprint>[-digit].json")
     p.add_argument("--label-map", metavar="FILE.json",
                    help="JSON object renaming the dataset's labels to the model's ({\"zero\": \"0\", ...})")
     p.add_argument("--perturb", nargs="+", metavar="NAME[:SEVERITY]",
-                   help="score under corruptions (writes robustness-<dataset>-<split>[-digit].json)")
+                   help="score under corruptions (adds rows to robustness-<dataset>-<split>-<fingerprint>"
+                        "[-digit]-seed<N>.json; progress on stderr)")
     p.add_argument("--seed", type=int, default=0, help="seed of the corruptions (default 0)")
     return p
 
@@ -248,7 +257,8 @@ def score_elsewhere_cli(args, splits: Sequence[str]) -> int:
     # default: auto on another dataset; none for the run's own data (so the clean row is its own score)
     preprocess = args.preprocess or ("auto" if args.dataset else "none")
     result, path = score_elsewhere(args.run, args.dataset, args.data_dir, splits[0], preprocess,
-                                   args.label_map, args.perturb, args.seed)
+                                   args.label_map, args.perturb, args.seed,
+                                   progress=lambda line: print(line, file=sys.stderr, flush=True))
     what = f"{result['dataset']} {splits[0]} ({result['preprocess']} preprocessing)"
     if "rows" in result:
         print(f"robustness on {what}, {result['n']} images:\n{robustness_markdown(result)}")

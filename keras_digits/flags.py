@@ -19,6 +19,7 @@ from keras_digits.config import (
     BALANCES, NORMALIZES, OPTIMIZERS, PRECISIONS, SCHEDULES, SELECT_ON, STRATEGIES, TrainConfig, load_config_file,
 )
 from keras_digits.errors import KerasDigitsError
+from keras_digits.tfconfig import DEFAULT_WORKER_WAIT
 
 WHAT, HOW, RUNTIME, FILES = "what to train", "how to train", "runtime", "files"
 
@@ -114,7 +115,11 @@ FLAGS: tuple[Flag, ...] = (
          "per step; callbacks see every Nth batch)", positive_int),
     Flag("jit_compile", RUNTIME, "XLA compilation (slower on CPU)"),
     Flag("evaluate_test", RUNTIME, "score the test split at the end"),
-    Flag("verbose", RUNTIME, "Keras fit verbosity (1 = progress bar)", int, choices=(0, 1, 2)),
+    Flag("verbose", RUNTIME, "Keras fit verbosity: 0 = silent, 1 = progress bar, 2 = one line per epoch", int,
+         choices=(0, 1, 2), shown="1 on a terminal, 2 when output goes to a file or pipe"),
+    Flag("worker_wait", RUNTIME, "seconds a distributed process (--strategy multiworker, or a tune/sweep/experiment "
+         "worker with KERASTUNER_* variables) waits for the others or the chief before giving up", positive_float,
+         metavar="S", shown=f"{DEFAULT_WORKER_WAIT:g}"),
 )
 
 

@@ -20,6 +20,8 @@ from keras_digits.errors import KerasDigitsError, TrainingDiverged
 from keras_digits.io import read_json_object
 from keras_digits.rundir import is_diverged
 
+NOT_VARIED = ("seed", "verbose", "model_kwargs", "worker_wait")  # --seeds, and how a run is shown or spread
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -88,8 +90,8 @@ def parse_vary(items: Sequence[str]) -> list[Variant]:
         name = name.strip().replace("-", "_")
         if not eq or not values.strip():
             raise KerasDigitsError(f"--vary expects FIELD=V1,V2,..., got {item!r}")
-        if name not in fields or name in ("seed", "verbose", "model_kwargs"):
-            allowed = sorted(fields - {"seed", "verbose", "model_kwargs"})
+        if name not in fields or name in NOT_VARIED:
+            allowed = sorted(fields - set(NOT_VARIED))
             raise KerasDigitsError(f"--vary: {name!r} is not a field one can vary; fields: {', '.join(allowed)}")
         if name in seen:
             raise KerasDigitsError(f"--vary {name} given twice")
@@ -160,7 +162,7 @@ def run_grid(
                 metrics, _ = _run_one(variant, seed, cfg, out, label, transform_data, log)
                 return float("nan") if is_diverged(metrics) else float(metrics["val"]["accuracy"])
 
-            work_grid(unique, execute, log=log)
+            work_grid(unique, execute, log=log, wait_s=base.worker_wait)
             return None
         from keras_digits.grid_workers import serve_grid
 

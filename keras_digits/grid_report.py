@@ -15,6 +15,7 @@ import numpy as np
 
 from keras_digits.grid import RunResult, Variant
 from keras_digits.io import save_figure, write_text
+from keras_digits.report import plain, save_and_close, try_plot
 from keras_digits.report import pyplot as _pyplot
 
 COLUMNS = ("factor", "value", "seed", "status", "val_accuracy", "test_accuracy", "test_f1", "epochs_run",
@@ -49,7 +50,7 @@ def summarize(results: Sequence[RunResult]) -> list[dict[str, Any]]:
     the highest mean validation accuracy."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     variants: dict[tuple[str, str], Variant] = {}
-    for r, row in zip(results, result_rows(results)):
+    for r, row in zip(results, result_rows(results), strict=True):
         key = (r.variant.factor, r.variant.value)
         groups.setdefault(key, []).append(row)
         variants.setdefault(key, r.variant)
@@ -96,7 +97,7 @@ def plot_summary(summary: Sequence[dict[str, Any]], path: str | Path, title: str
     plt = _pyplot()
     factors = list(dict.fromkeys(s["factor"] for s in summary))
     fig, axes = plt.subplots(1, len(factors), figsize=(4.2 * len(factors) + 0.8, 3.8), squeeze=False)
-    for ax, factor in zip(axes[0], factors):
+    for ax, factor in zip(axes[0], factors, strict=True):
         rows = [s for s in summary if s["factor"] == factor]
         numeric = all(s["x"] is not None for s in rows)
         xs = np.asarray([s["x"] for s in rows], dtype=float) if numeric else np.arange(len(rows), dtype=float)
@@ -111,18 +112,17 @@ def plot_summary(summary: Sequence[dict[str, Any]], path: str | Path, title: str
             positive = xs[xs > 0]
             if len(positive) == len(xs) and positive.max() / positive.min() >= 50:
                 ax.set_xscale("log")
-            ax.set_xticks(xs, [s["value"] for s in rows])
+            ax.set_xticks(xs, [plain(s["value"]) for s in rows])
         else:
-            ax.set_xticks(xs, [s["value"] for s in rows], rotation=20, ha="right")
-        ax.set_xlabel(factor)
+            ax.set_xticks(xs, [plain(s["value"]) for s in rows], rotation=20, ha="right")
+        ax.set_xlabel(plain(factor))
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(plain(title))
     fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    save_and_close(fig, path)
 
 
 def plot_val_curves(results: Sequence[RunResult], path: str | Path, title: str = "") -> bool:
@@ -138,7 +138,7 @@ def plot_val_curves(results: Sequence[RunResult], path: str | Path, title: str =
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(factors), figsize=(4.2 * len(factors) + 0.8, 3.8), squeeze=False)
     drew = False
-    for ax, factor in zip(axes[0], factors):
+    for ax, factor in zip(axes[0], factors, strict=True):
         for (f, value), r in firsts.items():
             hist_path = r.run_dir / "history.csv"
             if f != factor or not hist_path.is_file():
@@ -146,20 +146,22 @@ def plot_val_curves(results: Sequence[RunResult], path: str | Path, title: str =
             hist = read_history(hist_path)
             if "val_accuracy" in hist:
                 ax.plot(np.arange(1, len(hist["val_accuracy"]) + 1), hist["val_accuracy"], marker="o", ms=3,
-                        label=value)
+                        label=plain(value))
                 drew = True
-        ax.set_title(factor, fontsize=10)
+        ax.set_title(plain(factor), fontsize=10)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    if drew:
-        save_figure(fig, path)
-    plt.close(fig)
+        fig.suptitle(plain(title))
+    try:
+        fig.tight_layout()
+        if drew:
+            save_figure(fig, path)
+    finally:
+        plt.close(fig)
     return drew
 
 
@@ -186,9 +188,16 @@ def write_results(
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     write_text(paths["csv"], buf.getvalue())
     summary = summarize(results)
-    plot_summary(summary, paths["png"], title)
-    if curves and plot_val_curves(results, out / f"{stem}_curves.png", title):
-        paths["curves"] = out / f"{stem}_curves.png"
+    missing = []  # a figure that cannot be drawn is left out (and said so), never the table
+    if try_plot("summary", lambda: plot_summary(summary, paths["png"], title))[1]:
+        paths["png"].unlink(missing_ok=True)  # not an older figure beside the new table
+        missing.append("summary")
+    if curves:
+        drew, why = try_plot("validation curves", lambda: plot_val_curves(results, out / f"{stem}_curves.png", title))
+        if drew:
+            paths["curves"] = out / f"{stem}_curves.png"
+        elif why:
+            missing.append("validation curves")
     parts = [f"# {title}", ""]
     if intro:
         parts += [intro.strip(), ""]
@@ -198,8 +207,11 @@ def write_results(
               "Mean ± sample standard deviation over the seeds. **Bold**: the best setting of each factor by "
               "validation accuracy, the only thing used to choose; test accuracy is reported, never used to "
               "choose. Training seconds are fit time on the machine that ran it. A run whose loss became "
-              "non-finite is marked diverged and left out of the means.", "",
-              f"![accuracy per setting]({paths['png'].name})"]
+              "non-finite is marked diverged and left out of the means."]
+    if "summary" not in missing:
+        parts += ["", f"![accuracy per setting]({paths['png'].name})"]
+    if missing:
+        parts += ["", f"The {' and '.join(missing)} figure could not be drawn (see the warning printed)."]
     if "curves" in paths:
         parts += ["", f"![validation accuracy per epoch (first seed)]({paths['curves'].name})"]
     parts += ["", f"Per-run numbers: [{paths['csv'].name}]({paths['csv'].name}); run directories under `runs/`."]

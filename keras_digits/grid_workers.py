@@ -90,16 +90,18 @@ def serve_grid(n_runs: int, out, worker_timeout: float | None = DEFAULT_WORKER_T
 
 
 def work_grid(runs: Sequence, execute: Callable[[int], float], heartbeat_s: float = HEARTBEAT_S,
-              log: Callable[[str], None] = print) -> int:
-    """Worker: ask the chief for runs, `execute(index)` each (returns its validation accuracy, NaN if it
-    diverged), report it; returns how many runs this worker ended. A run that fails here is reported
-    failed (the chief trains it at the end) and the worker carries on."""
+              log: Callable[[str], None] = print, wait_s: float | None = None) -> int:
+    """Worker: wait for the chief's oracle (at most `wait_s` seconds, --worker-wait), ask it for runs,
+    `execute(index)` each (returns its validation accuracy, NaN if it diverged), report it; returns how many
+    runs this worker ended. A run that fails here is reported failed (the chief trains it at the end) and
+    the worker carries on."""
     from keras_tuner.engine.trial import TrialStatus
 
-    from keras_digits.tune.distributed import Heartbeat, oracle_client
+    from keras_digits.tune.distributed import Heartbeat, oracle_client, wait_for_chief
 
-    client = oracle_client(_oracle(len(runs), ".", None))
     tuner_id = os.environ[ROLE_ENV]
+    wait_for_chief(f"worker {tuner_id}", wait_s)
+    client = oracle_client(_oracle(len(runs), ".", None))
     done, asked = 0, False
     while True:
         try:

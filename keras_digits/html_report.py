@@ -5,7 +5,8 @@ so the page opens from disk in any browser. Sections: summary, dataset and confi
 confusion matrix (counts and row-normalised), per-class precision/recall/F1/support, one-vs-rest ROC
 and precision-recall curves with their AUCs, galleries of the most confident mistakes and of correct
 examples per class, explanations (`keras_digits.explain`), scores on other data, robustness under
-corruptions, timings and software versions. `write_run_page` replaces the page atomically; a run that has not finished gets none.
+corruptions, timings and software versions. `write_run_page` replaces the page atomically; a run that has
+not finished gets none. A plot that cannot be drawn is a note on the page, never a missing page.
 """
 
 from __future__ import annotations
@@ -46,8 +47,10 @@ def figure_png(fig) -> bytes:
     from keras_digits.report import pyplot
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    pyplot().close(fig)
+    try:
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    finally:
+        pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -72,6 +75,11 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "", l
     body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(r))
                    + "</tr>" for r in rows)
     return f'<div class="wrap"><table class="{cls}"><tr>{head}</tr>{body}</table></div>'
+
+
+def missing_plot(what: str, why: str) -> str:
+    """The page's note in place of a plot that could not be drawn."""
+    return f'<p class="note bad">The {esc(what)} plot could not be drawn ({esc(why)}); the numbers are unaffected.</p>'
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -111,13 +119,14 @@ def data_section(dataset: dict, config: dict) -> str:
 
 
 def curves_section(run_dir: Path) -> str:
-    from keras_digits.report import plot_curves_figure, read_history
+    from keras_digits.report import plot_curves_figure, read_history, try_plot
 
     path = run_dir / "history.csv"
     if not path.is_file():
         return ""
-    fig = plot_curves_figure(read_history(path))
-    return "<h2>Learning curves</h2>" + img_tag(figure_png(fig), "loss and accuracy per epoch")
+    png, why = try_plot("learning curves", lambda: figure_png(plot_curves_figure(read_history(path))))
+    return "<h2>Learning curves</h2>" + (img_tag(png, "loss and accuracy per epoch") if png is not None
+                                         else missing_plot("learning curves", why))
 
 
 def confusion_section(m: dict, names: Sequence[str], split: str) -> str:
@@ -128,7 +137,7 @@ def confusion_section(m: dict, names: Sequence[str], split: str) -> str:
 
     def cells(values, shade, as_int):
         out = []
-        for v, s in zip(values, shade):
+        for v, s in zip(values, shade, strict=True):
             text = f"{int(v)}" if as_int else f"{v:.2f}"
             color = "#fff" if s > 0.55 else "#222"
             out.append(f'<span style="display:block;background:rgba(31,119,180,{s:.2f});color:{color}">{text}</span>')
@@ -151,13 +160,20 @@ def per_class_section(m: dict) -> str:
 def roc_section(pred: dict | None, names: Sequence[str], split: str) -> str:
     if pred is None:
         return ""
-    from keras_digits.report import plot_roc_pr_figure
+    from keras_digits.report import plot_roc_pr_figure, try_plot
 
-    fig, aucs = plot_roc_pr_figure(pred["y"], pred["probs"], names)
+    def draw() -> tuple[bytes, list]:
+        fig, aucs = plot_roc_pr_figure(pred["y"], pred["probs"], names)
+        return figure_png(fig), aucs
+
+    drawn, why = try_plot("ROC and precision-recall", draw)
+    head = f"<h2>ROC and precision-recall curves ({esc(split)}, one-vs-rest)</h2>"
+    if drawn is None:
+        return head + missing_plot("ROC and precision-recall", why)
+    png, aucs = drawn
     rows = [[esc(f"{i}: {n}"), fmt(aucs[i][0]), fmt(aucs[i][1])] for i, n in enumerate(names)]
-    return (f"<h2>ROC and precision-recall curves ({esc(split)}, one-vs-rest)</h2>"
-            + img_tag(figure_png(fig), "ROC and precision-recall curves")
-            + table(["class", "ROC AUC", "average precision"], rows))
+    return head + img_tag(png, "ROC and precision-recall curves") + table(["class", "ROC AUC", "average precision"],
+                                                                           rows)
 
 
 def gallery_section(ex: dict | None, names: Sequence[str], split: str) -> str:
@@ -181,21 +197,30 @@ def gallery_section(ex: dict | None, names: Sequence[str], split: str) -> str:
 
 
 def other_data_section(run_dir: Path) -> str:
+    """Every metrics-*.json (keras_digits.evaluate on other data, or with a label map or preprocessing), one
+    row per file and split, each labelled by what was scored."""
+    from keras_digits.report import label_map_text
+
     rows = []
     for path in sorted(run_dir.glob("metrics-*.json")):
         m = read_json_object(path, lenient=True)
+        data = " · ".join(str(v) for v in (m.get("dataset"), m.get("source")) if v)
         for split, s in m.items():
             if isinstance(s, dict) and "accuracy" in s:
-                rows.append([esc(path.name), esc(m.get("source", "")), esc(split), esc(m.get("preprocess", "none")),
-                             fmt(s["accuracy"]), fmt(s["f1"]), fmt(s.get("auc"))])
+                rows.append([esc(path.name), esc(data), esc(split), fmt(s.get("n")), esc(m.get("preprocess", "none")),
+                             esc(label_map_text(m.get("label_map"))), fmt(s.get("accuracy")), fmt(s.get("f1")),
+                             fmt(s.get("auc"))])
     if not rows:
         return ""
     return "<h2>Scores on other data</h2>" + table(
-        ["file", "data", "split", "preprocessing", "accuracy", "macro F1", "AUC"], rows, left=4)
+        ["file", "data", "split", "images", "preprocessing", "label map", "accuracy", "macro F1", "AUC"], rows,
+        left=6)
 
 
 def robustness_section(run_dir: Path) -> str:
     """One table per robustness-*.json (keras_digits.evaluate --perturb): clean first, then each corruption."""
+    from keras_digits.report import label_map_text
+
     out = []
     for path in sorted(run_dir.glob("robustness-*.json")):
         r = read_json_object(path, lenient=True)
@@ -206,8 +231,11 @@ def robustness_section(run_dir: Path) -> str:
         body = [[esc(x.get("corruption")), "" if x.get("corruption") == "clean" else esc(x.get("severity")),
                  fmt(x.get("accuracy")), "" if x.get("corruption") == "clean" else f"{x['accuracy'] - clean:+.4f}"]
                 for x in rows]
+        mapped = label_map_text(r.get("label_map"))
         out.append(f"<h3>{esc(r.get('dataset'))} {esc(r.get('split'))} · {esc(r.get('preprocess'))} preprocessing · "
-                   f"{esc(r.get('n'))} images · seed {esc(r.get('seed'))} ({esc(path.name)})</h3>"
+                   f"{esc(r.get('n'))} images · seed {esc(r.get('seed'))}"
+                   + (f" · label map {esc(mapped)}" if mapped else "") + f" ({esc(path.name)})</h3>"
+                   + (f'<p class="note">data: {esc(r.get("source"))}</p>' if r.get("source") else "")
                    + table(["corruption", "severity", "accuracy", "change"], body))
     return "<h2>Robustness</h2>" + "".join(out) if out else ""
 
@@ -300,6 +328,9 @@ def write_run_page(run_dir: str | Path) -> Path | None:
         return None
     path = Path(run_dir) / "report.html"
     write_text(path, text)
+    from keras_digits.report import update_results_markdown
+
+    update_results_markdown(run_dir)  # report.md lists the same scores on other data and robustness rows
     return path
 
 

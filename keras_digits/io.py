@@ -89,15 +89,21 @@ def current_umask() -> int:
 
 def replace_dir(new: str | os.PathLike, path: str | os.PathLike) -> None:
     """Move the finished folder `new` onto `path`, replacing what is there (renames; the old one is
-    moved aside first and deleted only once `new` is in place)."""
+    moved aside first and deleted only once `new` is in place). Where `path` is a symbolic link to a folder,
+    the folder it points to is replaced and the link stays."""
     new, path = Path(new), Path(path)
+    if path.is_symlink() and (path.resolve().is_dir() or not path.resolve().exists()):
+        path = path.resolve()
     old = None
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         os.replace(path, old)
     os.replace(new, path)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink():
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -135,12 +141,13 @@ def read_json_object(path: str | os.PathLike, what: str = "", lenient: bool = Fa
     label = f"{what} {path}".strip()
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         if lenient:
             return {}
         if isinstance(exc, OSError):
             raise
-        raise KerasDigitsError(f"{label} is not valid JSON: {exc}") from None
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+        raise KerasDigitsError(f"{label} is not valid JSON: {reason}") from None
     if not isinstance(data, dict) and lenient:
         return {}
     if not isinstance(data, dict):

@@ -17,12 +17,15 @@ in order, each folder's files sorted by path), columns:
     top_k       the K most probable classes, best first, as CLASS_ID:PROBABILITY joined by ";",
                 e.g. "3:0.9100;8:0.0500;5:0.0200" (4 decimals; K = --top-k, at most the class count)
 
-Images are decoded at their native size (grey stays one channel, anything else becomes RGB) and
-fed as uint8; the model's serving signature converts channels and resizes. With --preprocess digit
+Images are decoded at their native size (grey stays one channel, anything else becomes RGB; an image
+longer than 2048 px is reduced while decoded, one too large to decode is skipped, transparent pixels
+are background: see keras_digits.data.folder.read_image) and fed as uint8; the model's serving
+signature converts channels and resizes. With --preprocess digit
 (the default `auto` chooses it for models trained on MNIST-style centred digits, unless the export
 already does it in its signature) each image is first digit-normalised the way MNIST was built
-(keras_digits.data.digit_norm). Images of the same
-size are batched together. Only TensorFlow (and Pillow) is needed: keras is never imported here.
+(keras_digits.data.digit_norm); --preprocess none is refused for a model exported with
+--preprocess digit (its signature always normalises). Images of the same size are batched together.
+Only TensorFlow (and Pillow) is needed: keras is never imported here.
 
 Exit codes: 0 all images predicted; 1 some files were not images or could not be decoded (each is
 named on stderr, the rest are still predicted); 2 usage errors (missing model or path, bad option).
@@ -50,6 +53,8 @@ from keras_digits.io import atomic_path, check_output_file
 CSV_COLUMNS = ("file", "label", "class_id", "confidence", "top_k")
 SIGNATURE = "serving_default"
 PROGRESS_MIN_FILES = 200  # --progress defaults to on for at least this many files when stderr is a terminal
+BATCH_BYTES = 64 * 2**20  # decoded uint8 pixels per model call at most (the model works on float32 copies)
+CHUNK_BYTES = 256 * 2**20  # decoded pixels held at once by predict_files
 
 
 class NonFiniteOutput(KerasDigitsError):
@@ -90,6 +95,15 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
     raise KerasDigitsError(f"{path} is not a SavedModel folder (no saved_model.pb, no numbered version inside)")
 
 
+def check_preprocess(model: str | os.PathLike, preprocess: str) -> None:
+    """Refuse --preprocess none for a model exported with --preprocess digit: its signature normalises anyway."""
+    model_dir = resolve_model_dir(model)
+    if preprocess == "none" and read_export_config(model_dir).get("preprocess") == "digit":
+        raise KerasDigitsError(f"--preprocess none: {model_dir} was exported with --preprocess digit, so its signature "
+                               "digit-normalises every image and cannot skip it; use --preprocess auto, or export the "
+                               "run again without --preprocess digit")
+
+
 def read_export_config(model_dir: Path) -> dict:
     """The run config an export carries (assets/config.json); {} when absent or unreadable."""
     from keras_digits.io import read_json_object
@@ -103,7 +117,9 @@ class Predictor:
     `preprocess` (auto|digit|none, see keras_digits.data.adapt) decides whether images are digit-normalised
     (keras_digits.data.digit_norm, the same TF function export can put in the signature) first;
     `self.preprocess` is what is applied, `self.inkless` counts images without ink (only grey-scaled and
-    resized)."""
+    resized), `self.notes` holds (file, note) for images read in a way worth saying (fully transparent).
+    For a model whose signature normalises (exported with --preprocess digit) nothing more is applied; the
+    commands refuse an explicit --preprocess none for it (`check_preprocess`)."""
 
     def __init__(self, model_dir: str | os.PathLike, preprocess: str = "auto"):
         self.model_dir = resolve_model_dir(model_dir)
@@ -112,6 +128,7 @@ class Predictor:
         digit = wants_digit(preprocess, str(self.config.get("dataset", "")))
         self.preprocess = "digit" if digit and not self.in_graph else "none"
         self.inkless = 0
+        self.notes: list[tuple[Path, str]] = []
         import tensorflow as tf
 
         try:
@@ -174,8 +191,9 @@ class Predictor:
             groups.setdefault(im.shape, []).append(i)
         results: dict[int, tuple] = {}
         for idx in groups.values():
-            for start in range(0, len(idx), batch_size):
-                part = idx[start:start + batch_size]
+            step = max(1, min(batch_size, BATCH_BYTES // max(1, images[idx[0]].nbytes)))
+            for start in range(0, len(idx), step):
+                part = idx[start:start + step]
                 try:
                     probs, ids, labels = self.predict_batch(np.stack([images[i] for i in part]))
                     for j, i in enumerate(part):
@@ -203,17 +221,23 @@ class Predictor:
     ) -> Iterator[Prediction]:
         """Decode and predict files chunk by chunk (memory stays bounded); bad files go to on_error."""
         chunk = max(batch_size * 4, 256)
-        for start in range(0, len(files), chunk):
-            paths, images = [], []
-            for path in files[start:start + chunk]:
+        start = 0
+        while start < len(files):
+            paths, images, held = [], [], 0
+            while start < len(files) and len(paths) < chunk and held < CHUNK_BYTES:
+                path = files[start]
+                start += 1
+                notes: list[str] = []
                 try:
-                    images.append(decode_image(path))
+                    images.append(decode_image(path, notes))
                     paths.append(path)
+                    held += images[-1].nbytes
                 except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
                     if on_error:
                         on_error(path, _reason(exc))
                     if progress:
                         progress.update(1)
+                self.notes += [(path, note) for note in notes]
             for result in self.predict_images(images, batch_size):
                 path = paths[result[0]]
                 if progress:
@@ -226,9 +250,10 @@ class Predictor:
                 yield Prediction(path, np.asarray(probs, dtype=np.float64), class_id, label)
 
 
-def decode_image(path: Path) -> np.ndarray:
-    """uint8 (H, W, 1) for grey images, (H, W, 3) for everything else, at the native size."""
-    return read_image(path, None, None)
+def decode_image(path: Path, notes: list[str] | None = None) -> np.ndarray:
+    """uint8 (H, W, 1) for grey images, (H, W, 3) for everything else, at the native size (reduced when
+    longer than keras_digits.data.folder.MAX_SIDE); see read_image for transparency and `notes`."""
+    return read_image(path, None, None, notes)
 
 
 def _reason(exc: BaseException) -> str:
@@ -293,6 +318,11 @@ def make_progress(total: int, wanted: bool | None = None, label: str = "predict"
 
 
 def report_inkless(predictor: Predictor) -> None:
+    """Name the images read in a noteworthy way and count those without ink, on stderr."""
+    for path, note in predictor.notes[:10]:
+        print(f"note: {path}: {note}", file=sys.stderr)
+    if len(predictor.notes) > 10:
+        print(f"note: ... and {len(predictor.notes) - 10} more such note(s)", file=sys.stderr)
     if predictor.inkless:
         print(f"warning: {predictor.inkless} image(s) had no ink to normalise (blank or uniform); they were "
               "only grey-scaled and resized", file=sys.stderr)
@@ -344,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     files, skipped = find_images(args.paths)  # usage errors before the (slow) model load
     if not files and not skipped:
         raise KerasDigitsError("no files found in " + ", ".join(args.paths))
+    check_preprocess(args.model, args.preprocess)
     predictor = Predictor(args.model, args.preprocess)
     k = min(args.top_k, predictor.num_classes)
     failed: list[Path] = []

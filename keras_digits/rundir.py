@@ -78,6 +78,10 @@ def staging_dir(run_dir: Path, overwrite: bool) -> Path:
     `<name>.overwrite` that replaces it only once the new run has finished, so that a failed or
     interrupted rerun leaves the old run whole (and a repeated --overwrite resumes it)."""
     metrics = ended(run_dir)
+    if overwrite and run_dir.is_symlink() and (metrics is not None or interrupted(run_dir)):
+        raise KerasDigitsError(
+            f"run directory {run_dir} is a symbolic link (to {run_dir.resolve()}); --overwrite replaces only a real "
+            f"folder, never through a link: pass --run-dir {run_dir.resolve()} to replace the run there")
     if metrics is None:
         if overwrite and interrupted(run_dir):  # --overwrite replaces an interrupted run too: start it over
             shutil.rmtree(run_dir)
@@ -88,7 +92,9 @@ def staging_dir(run_dir: Path, overwrite: bool) -> Path:
                                    "--run-dir (with other settings, e.g. a lower --lr) or pass --overwrite")
         raise KerasDigitsError(f"{run_dir} already holds a finished run; pass --overwrite or another --run-dir")
     staged = run_dir.with_name(run_dir.name + ".overwrite")
-    if ended(staged) is not None:  # ended but never swapped in (killed in between, or diverged): start over
+    if staged.is_symlink():  # our own scratch name: remove the link itself, never what it points to
+        staged.unlink()
+    elif ended(staged) is not None:  # ended but never swapped in (killed in between, or diverged): start over
         shutil.rmtree(staged)
     return staged
 

@@ -22,8 +22,11 @@ It has to be set before the process first touches a TensorFlow device (use a fre
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
+from typing import Iterator
 
 from keras_digits.errors import KerasDigitsError
 
@@ -56,17 +59,91 @@ def configure_logical_cpus() -> int | None:
     return have
 
 
-def multiworker_strategy(verbose: int = 0):
-    """MultiWorkerMirroredStrategy from a checked TF_CONFIG; the strategy carries its task as `.task`."""
+# Run in a child process while TensorFlow joins the cluster: that C++ call holds the GIL and sees no signals.
+_WATCHDOG = r"""
+import os, select, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the parent through the wakeup fd
+parent, wakeup, limit, who = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+names = {int(signal.SIGINT): "Ctrl-C", int(signal.SIGTERM): "SIGTERM"}
+end = time.monotonic() + limit
+while True:
+    ready = select.select([0, wakeup], [], [], max(0.0, end - time.monotonic()))[0]
+    if 0 in ready:
+        sys.exit(0)  # the parent is through (it wrote), or gone (EOF)
+    if wakeup in ready:
+        got = [names[b] for b in os.read(wakeup, 64) if b in names]
+        if not got:
+            continue
+        if select.select([0], [], [], 1.0)[0]:
+            sys.exit(0)  # the parent came back and handles the signal itself
+        line = f"error: {who}: stopped by {got[0]} while TensorFlow connected the workers"
+        code = 143 if got[0] == "SIGTERM" else 130
+    else:
+        line = (f"error: {who}: gave up after {limit:g} s while TensorFlow connected the workers (--worker-wait): "
+                "a worker's address answers but its process did not join; restart every worker")
+        code = 2
+    print(line, file=sys.stderr, flush=True)
+    os.kill(parent, signal.SIGKILL)
+    sys.exit(code)
+"""
+
+
+@contextlib.contextmanager
+def _watchdog(who: str, limit_s: float) -> Iterator[None]:
+    """While inside, a child process ends this one with one line on Ctrl-C, on a SIGTERM that TensorFlow has
+    not yet taken over, or after `limit_s` seconds (the blocking part of joining the cluster)."""
+    import signal
+    import subprocess
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    child = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(read_fd), str(limit_s), who],
+                             stdin=subprocess.PIPE, pass_fds=(read_fd,))
+    os.close(read_fd)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        os.close(write_fd)
+        with contextlib.suppress(OSError):
+            child.stdin.write(b"done")
+            child.stdin.close()
+        child.wait()
+
+
+def _terminate(signum: int, frame: object) -> None:
+    from keras_digits.tfconfig import Terminated
+
+    raise Terminated("stopped by SIGTERM")
+
+
+def multiworker_strategy(verbose: int = 0, wait_s: float | None = None):
+    """MultiWorkerMirroredStrategy from a checked TF_CONFIG, once every worker answers (at most `wait_s`
+    seconds, --worker-wait); the strategy carries its task as `.task`."""
+    import signal
+
     import tensorflow as tf
 
-    from keras_digits.tfconfig import task_from_env
+    from keras_digits.tfconfig import DEFAULT_WORKER_WAIT, label, sigterm_raises, task_from_env, wait_for_workers
 
+    wait_s = DEFAULT_WORKER_WAIT if wait_s is None else wait_s
     task = task_from_env()
+    who = label(task.name)
     if verbose:
         print(f"strategy: MultiWorkerMirroredStrategy, {task.name} of {task.num_workers} worker(s)"
               + (" (chief)" if task.is_chief else "") + "; waiting for every worker to join", flush=True)
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    waited = wait_for_workers(task, wait_s)
+    if verbose:
+        print(f"{who}: every worker answers ({waited:.0f} s); TensorFlow connects them", flush=True)
+    with sigterm_raises("TensorFlow connected the workers"), _watchdog(who, wait_s):
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    # TensorFlow's preemption notifier took SIGTERM over (it only sets a flag): make it end the run again
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     strategy.task = task
     return strategy
 
@@ -76,14 +153,14 @@ def worker_task(strategy):
     return getattr(strategy, "task", None)
 
 
-def get_strategy(name: str = "auto", verbose: int = 0):
+def get_strategy(name: str = "auto", verbose: int = 0, worker_wait: float | None = None):
     """The tf.distribute strategy for --strategy (see the module docstring)."""
     import tensorflow as tf
 
     if name not in ("auto", "mirrored", "default", "multiworker"):
         raise KerasDigitsError(f"unknown strategy {name!r}; choose one of: auto, mirrored, default, multiworker")
     if name == "multiworker":
-        return multiworker_strategy(verbose)
+        return multiworker_strategy(verbose, worker_wait)
     configure_logical_cpus()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "default" or (name == "auto" and len(gpus) < 2):

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Sequence
 
 from keras_digits.cli import positive_int, run_cli
+from keras_digits.data.adapt import PREPROCESS, PREPROCESS_HELP
 from keras_digits.errors import KerasDigitsError
 from keras_digits.io import atomic_path, check_output_file
-from keras_digits.data.adapt import PREPROCESS, PREPROCESS_HELP
 
 FORMATS = {"ids": ("id", "label"), "kaggle": ("ImageId", "Label")}
 
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from keras_digits.data.folder import list_images
-    from keras_digits.predict import Predictor, make_progress, report_inkless
+    from keras_digits.predict import Predictor, check_preprocess, make_progress, report_inkless
 
     args = build_parser().parse_args(argv)
     if args.id_width < 0:
@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise KerasDigitsError(f"no image files in {images_dir}")
     for path in files:  # id problems surface before the model is loaded
         submission_id(path.stem, args.format, args.id_width)
+    check_preprocess(args.model, args.preprocess)
     predictor = Predictor(args.model, args.preprocess)
     failed: list[str] = []
     progress = make_progress(len(files), label="submit")

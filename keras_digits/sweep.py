@@ -55,15 +55,16 @@ def describe_config(cfg: TrainConfig, keys: Sequence[str] = ("arch", "dataset", 
 
 # ---------------------------------------------------------------------------- CLI
 def without_worker_flags(argv: Sequence[str] | None) -> list[str]:
-    """The command's arguments less --worker-timeout (how a grid was spread, not what it is)."""
+    """The command's arguments less --worker-timeout and --worker-wait (how a grid was spread, not what it is)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    flags = ("--worker-timeout", "--worker-wait")
     out, skip = [], False
     for a in args:
         if skip:
             skip = False
-        elif a == "--worker-timeout":
+        elif a in flags:
             skip = True
-        elif not a.startswith("--worker-timeout="):
+        elif not a.startswith(tuple(f"{f}=" for f in flags)):
             out.append(a)
     return out
 

@@ -13,7 +13,7 @@ from keras_digits.predictions import load_npz
 
 def mistakes_grid(ex: dict, names: Sequence[str], columns: int = 6):
     """A matplotlib figure: the most confident mistakes with true/predicted labels, or None."""
-    from keras_digits.report import pyplot
+    from keras_digits.report import plain, pyplot
 
     n = int(ex["mistakes"])
     if n == 0:
@@ -28,8 +28,8 @@ def mistakes_grid(ex: dict, names: Sequence[str], columns: int = 6):
         img = ex["images"][i]
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
         pred = int(np.argmax(ex["probs"][i]))
-        ax.set_title(f"{str(names[int(ex['y'][i])])[:10]}→{str(names[pred])[:10]}\n{ex['probs'][i][pred]:.2f}",
-                     fontsize=7)
+        true, guess = plain(str(names[int(ex["y"][i])])[:10]), plain(str(names[pred])[:10])
+        ax.set_title(f"{true}→{guess}\n{ex['probs'][i][pred]:.2f}", fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -7,20 +7,45 @@ a hang or a gRPC error minutes later.
 The cluster holds "worker" (and optionally one "chief") entries, each "host:port". The chief is the
 "chief" task if there is one, else worker 0: it alone writes the run directory. This process's own
 entry must name an address of this machine (checked by binding to it).
+
+Before TensorFlow joins the cluster (a blocking C++ call that sees no signals), `wait_for_workers` waits in
+Python until every other task accepts TCP connections on its address, listening on this task's own address
+meanwhile so the others see it too; it says what it waits for every few seconds, gives up after
+`--worker-wait` seconds, and SIGTERM or Ctrl-C end it at once. `wait_for` is the same wait for any address
+(a tuner or grid worker waiting for the chief's oracle).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import signal
 import socket
+import threading
+import time
 from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
 
 from keras_digits.errors import KerasDigitsError
 
 ENV = "TF_CONFIG"
 TASK_TYPES = ("chief", "worker")
+DEFAULT_WORKER_WAIT = 300.0  # seconds a worker waits for the others (--worker-wait)
+REPORT_EVERY_S = 5.0  # how often a waiting process says what it waits for
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
+
+
+def say(text: str) -> None:
+    """Print a progress line at once (stdout may be a file, block-buffered)."""
+    print(text, flush=True)
+
+
+class Terminated(KerasDigitsError):
+    """SIGTERM arrived: the CLI prints one line and exits 143."""
+
+    exit_code = EXIT_TERMINATED
 
 
 @dataclass(frozen=True)
@@ -132,3 +157,93 @@ def task_from_env(check_host: bool = True) -> Task:
     if check_host:
         check_this_host(task)
     return task
+
+
+def label(name: str) -> str:
+    """'worker 1' for a task name 'worker:1'."""
+    return name.replace(":", " ")
+
+
+def peers(task: Task) -> list[tuple[str, str]]:
+    """(label, host:port) of every other task of the cluster."""
+    return [(job if job == "chief" else f"{job} {i}", address)
+            for job in TASK_TYPES for i, address in enumerate(task.cluster.get(job, []))
+            if (job, i) != (task.type, task.index)]
+
+
+def reachable(address: str, timeout: float = 1.0) -> bool:
+    """Whether host:port accepts a TCP connection now."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def sigterm_raises(doing: str) -> Iterator[None]:
+    """Inside, SIGTERM raises Terminated ('stopped by SIGTERM while <doing>'); the handler before comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(f"stopped by SIGTERM while {doing}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def wait_for(targets: Sequence[tuple[str, str]], wait_s: float, who: str, *, flag: str = "--worker-wait",
+             log: Callable[[str], None] = say, every: float = REPORT_EVERY_S) -> float:
+    """Wait until every (label, host:port) of `targets` accepts TCP connections, saying '<who>: waiting for
+    <label> at <host:port> (N s)' every `every` seconds; KerasDigitsError after `wait_s` seconds, Terminated on
+    SIGTERM (Ctrl-C raises KeyboardInterrupt as anywhere). Returns the seconds waited."""
+    start = time.monotonic()
+    missing = list(targets)
+    next_report = start
+    with sigterm_raises(f"waiting for {', '.join(f'{n} at {a}' for n, a in targets)}"):
+        while True:
+            missing = [(n, a) for n, a in missing if not reachable(a)]
+            waited = time.monotonic() - start
+            if not missing:
+                return waited
+            if waited >= wait_s:
+                names = ", ".join(f"{n} at {a}" for n, a in missing)
+                raise KerasDigitsError(f"{who}: gave up after {wait_s:g} s waiting for {names} ({flag}); start "
+                                       "every process of the cluster with the same command, or check the "
+                                       "addresses")
+            if time.monotonic() >= next_report:
+                for n, a in missing:
+                    log(f"{who}: waiting for {n} at {a} ({waited:.0f} s)")
+                next_report += every
+            time.sleep(min(0.5, max(0.05, wait_s - waited)))
+
+
+def wait_for_workers(task: Task, wait_s: float, log: Callable[[str], None] = say,
+                     every: float = REPORT_EVERY_S) -> float:
+    """Wait for every other task of the cluster (see the module docstring), listening on this task's own
+    address meanwhile: TensorFlow's own server listens only once the blocking set-up has begun."""
+    host, _, port = task.address.rpartition(":")
+    listener = None
+    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host.strip("[]"), int(port), proto=socket.IPPROTO_TCP):
+        candidate = socket.socket(family, kind, proto)
+        try:
+            candidate.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            candidate.bind(sockaddr)
+            candidate.listen(16)
+            listener = candidate
+            break
+        except OSError:
+            candidate.close()
+    if listener is None:
+        check_this_host(task)  # says why
+        raise _fail(f"task {task.name}: cannot listen on {task.address}")
+    try:
+        return wait_for(peers(task), wait_s, label(task.name), log=log, every=every)
+    finally:
+        listener.close()  # never accepted: peers' probes are reset, nothing lingers in TIME_WAIT here

@@ -202,11 +202,14 @@ def fit_phases(model, cfg: TrainConfig, pipes, run_dir: Path, resuming: bool, st
 
 
 def score_run(cfg: TrainConfig, bundle, run_dir: Path) -> dict:
-    """Score the run's best model on val (and test); write the predictions the report needs, the plots,
-    report.md, metrics.json (last: it marks the run finished), report.html and TensorBoard images."""
+    """Score the run's best model on val (and test); write the predictions the report needs, report.md,
+    metrics.json (it marks the run finished), then the plots, report.html and TensorBoard images (a plot
+    that fails is a warning, never a lost score)."""
     from keras_digits.evaluate import evaluate_model, load_run
     from keras_digits.html_report import write_run_page
-    from keras_digits.report import metrics_markdown, plot_confusion, plot_curves, read_history, write_markdown
+    from keras_digits.report import (
+        metrics_markdown, plot_confusion, plot_curves, read_history, try_plot, write_markdown,
+    )
     from keras_digits.tb_images import log_result_images
     from keras_digits.data import get_spec
 
@@ -229,13 +232,16 @@ def score_run(cfg: TrainConfig, bundle, run_dir: Path) -> dict:
         metrics["medmnist"] = protocol_block(run_dir, cfg.dataset, cfg.size, spec.task,
                                              [s for s in ("val", "test") if s in metrics])
         text += "\n" + protocol_line(metrics["medmnist"]) + "\n"
-    plot_confusion(np.asarray(metrics[final]["confusion_matrix"]), bundle.label_names,
-                   run_dir / "confusion_matrix.png", title=f"{cfg.arch} on {bundle.name} ({final})")
-    plot_curves(history, run_dir / "curves.png", title=f"{cfg.arch} on {bundle.name}")
     write_markdown(run_dir / "report.md", text)
-    write_json(run_dir / "metrics.json", metrics)  # its presence marks a finished run
+    write_json(run_dir / "metrics.json", metrics)  # its presence marks a finished run; plots come after, non-fatal
+    try_plot("confusion matrix", lambda: plot_confusion(np.asarray(metrics[final]["confusion_matrix"]),
+                                                        bundle.label_names, run_dir / "confusion_matrix.png",
+                                                        title=f"{cfg.arch} on {bundle.name} ({final})"))
+    try_plot("learning curves", lambda: plot_curves(history, run_dir / "curves.png",
+                                                    title=f"{cfg.arch} on {bundle.name}"))
     write_run_page(run_dir)
-    log_result_images(run_dir, final, bundle.label_names, step=metrics["epochs_run"])
+    try_plot("TensorBoard results", lambda: log_result_images(run_dir, final, bundle.label_names,
+                                                              step=metrics["epochs_run"]))
     (run_dir / TRAINED).unlink(missing_ok=True)
     return metrics
 
@@ -269,7 +275,7 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, overwrite: bool, transf
 
     final_dir = check_output_dir(Path(run_dir), "run directory")
     check_fits_in_memory(cfg)
-    strategy = get_strategy(cfg.strategy, cfg.verbose)  # first: may split the CPU before TF sets up devices
+    strategy = get_strategy(cfg.strategy, cfg.verbose, cfg.worker_wait)  # first: may split the CPU before TF's devices
     task = worker_task(strategy)
     if task is not None:
         from keras_digits.rundir import multiworker_dir

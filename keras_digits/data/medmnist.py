@@ -66,10 +66,14 @@ def refuse_task(spec: DatasetSpec) -> None:
 
 
 def _check_splits(spec: DatasetSpec, path: Path, splits: dict, size: int) -> None:
-    shapes = {s: tuple(a[0].shape[1:]) for s, a in splits.items()}
+    _check_shapes(spec, path, {s: tuple(a[0].shape[1:]) for s, a in splits.items()}, size)
+
+
+def _check_shapes(spec: DatasetSpec, path: Path, shapes: dict[str, tuple[int, ...]], size: int) -> None:
+    """Refuse splits whose image shapes (H, W, C) differ, or differ from the spec's channels or `size`."""
     if len(set(shapes.values())) != 1:
         raise KerasDigitsError(f"{spec.name}: split image shapes differ in {path}: {shapes}")
-    h, w, c = shapes["train"]
+    h, w, c = next(iter(shapes.values()))
     if spec.image_shape and c != spec.image_shape[-1]:
         raise KerasDigitsError(f"{spec.name}: {path} holds {c}-channel images, expected {spec.image_shape[-1]}")
     if (h, w) != (size, size):
@@ -78,18 +82,27 @@ def _check_splits(spec: DatasetSpec, path: Path, splits: dict, size: int) -> Non
 
 def read_medmnist_npz(path: Path, spec: DatasetSpec, size: int = 28) -> RawSplits:
     """Load and validate a MedMNIST npz with its official train/val/test splits (memory-mapped above 28 px)."""
-    if size > IN_MEMORY_SIZE:
-        from keras_digits.data.npz_stream import cached_arrays
+    def validated(data: dict) -> dict:
+        splits = {
+            s: validate_arrays(spec.name, s, data[f"{s}_images"], np.asarray(data[f"{s}_labels"]), spec.num_classes)
+            for s in ("train", "val", "test")
+        }
+        _check_splits(spec, path, splits, size)
+        return splits
 
-        data = cached_arrays(path, MEDMNIST_KEYS, IMAGE_KEYS, tag=f"{spec.name}_{size}")
+    if size > IN_MEMORY_SIZE:
+        from keras_digits.data.npz_stream import array_shapes, cached_arrays
+
+        shapes = {k: (*s[1:], 1) if len(s) == 3 else s[1:] for k, s in array_shapes(path, IMAGE_KEYS).items()}
+        if all(len(s) == 3 for s in shapes.values()):  # refuse a wrong size before converting (minutes, GBs)
+            _check_shapes(spec, path, shapes, size)
+        splits: dict = {}  # filled by the check, which deletes the converted copy of a file it refuses
+        cached_arrays(path, MEDMNIST_KEYS, IMAGE_KEYS, tag=f"{spec.name}_{size}",
+                      check=lambda data: splits.update(validated(data)))
     else:
         data = load_npz(path, spec.name)
         require_keys(data, MEDMNIST_KEYS, path, spec.name)
-    splits = {
-        s: validate_arrays(spec.name, s, data[f"{s}_images"], np.asarray(data[f"{s}_labels"]), spec.num_classes)
-        for s in ("train", "val", "test")
-    }
-    _check_splits(spec, path, splits, size)
+        splits = validated(data)
     return RawSplits(train=splits["train"], val=splits["val"], test=splits["test"], source=str(path))
 
 

@@ -19,7 +19,7 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -50,6 +50,8 @@ def _member_header(zf: zipfile.ZipFile, key: str, path: Path):
         shape, fortran, dtype = read(fh)
     except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         raise KerasDigitsError(f"{path}: cannot read array {key!r} ({exc})") from None
+    if dtype.hasobject:  # its bytes are a pickle: never copied, never unpickled
+        raise KerasDigitsError(f"{path}: array {key!r} holds Python objects (dtype {dtype}); expected numbers")
     if fortran and len(shape) > 1:
         raise KerasDigitsError(f"{path}: array {key!r} is stored in Fortran order; expected C order")
     return fh, tuple(shape), dtype
@@ -82,6 +84,20 @@ def _copy_member(zf: zipfile.ZipFile, key: str, path: Path, dest: Path, images: 
                 remaining -= len(block)
 
 
+def array_shapes(path: Path, keys: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """The shapes of the arrays `keys` of an npz, read from their .npy headers alone (nothing converted)."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise KerasDigitsError(f"{path} is not a readable npz file ({exc})") from None
+    shapes = {}
+    with zf:
+        for key in keys:
+            fh, shapes[key], _ = _member_header(zf, key, path)
+            fh.close()
+    return shapes
+
+
 def needed_bytes(path: Path, keys: Sequence[str]) -> int:
     """Uncompressed size of the arrays `keys` of an npz (what the cache will take on disk)."""
     try:
@@ -104,7 +120,7 @@ def _drop_older_versions(folder: Path, stamp: dict) -> None:
             old = json.loads((other / "manifest.json").read_text())
         except (OSError, ValueError):
             continue
-        if old.get("source") == stamp["source"]:
+        if isinstance(old, dict) and old.get("source") == stamp["source"]:
             shutil.rmtree(other, ignore_errors=True)
 
 
@@ -128,11 +144,13 @@ def _fresh(folder: Path, stamp: dict) -> bool:
 
 
 def cached_arrays(path: Path, keys: Sequence[str], image_keys: Sequence[str], tag: str,
-                  verbose: bool = True) -> dict[str, np.ndarray]:
+                  verbose: bool = True, check: Callable[[dict[str, np.ndarray]], None] | None = None,
+                  ) -> dict[str, np.ndarray]:
     """The arrays `keys` of the npz at `path`: image arrays memory-mapped (read-only) from the cache,
     the others (labels) loaded. Converted once per source file: the cache folder is named after the
     file's path, size and modification time, so a changed or another file gets its own folder and a
-    folder in use is never replaced; concurrent runs wait for the one converting."""
+    folder in use is never replaced; concurrent runs wait for the one converting. `check(arrays)` may
+    refuse the file by raising: its cache folder is then deleted, so a refused file leaves no copy."""
     path = Path(path)
     stamp = _source_stamp(path)
     key = hashlib.sha256(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:12]
@@ -142,13 +160,21 @@ def cached_arrays(path: Path, keys: Sequence[str], image_keys: Sequence[str], ta
         with _conversion_lock(root / f".{tag}-{key}.lock"):
             if not _fresh(folder, stamp):  # another process may have finished it while we waited
                 _convert(path, keys, image_keys, folder, stamp, verbose)
-    out = {}
-    for name in keys:
-        try:
-            out[name] = np.load(folder / f"{name}.npy", mmap_mode="r" if name in image_keys else None,
-                                allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise KerasDigitsError(f"the cache {folder} is damaged ({exc}); delete it and run again") from None
+    try:
+        out = {}
+        for name in keys:
+            try:
+                out[name] = np.load(folder / f"{name}.npy", mmap_mode="r" if name in image_keys else None,
+                                    allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise KerasDigitsError(f"the cache {folder} is damaged ({exc}); it was deleted: run again") from None
+        if check is not None:
+            check(out)
+    except Exception:  # a damaged cache, or a file the caller refuses: no copy stays behind
+        out = {}  # drop the memory maps before deleting the files they map
+        with _conversion_lock(root / f".{tag}-{key}.lock"):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return out
 
 

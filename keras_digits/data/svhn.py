@@ -26,8 +26,8 @@ def read_svhn_mat(path: Path, spec: DatasetSpec, split: str) -> tuple[np.ndarray
     """Read one .mat file: X (32, 32, 3, N) uint8, y (N, 1) with 10 meaning digit 0."""
     import scipy.io
 
-    try:
-        mat = scipy.io.loadmat(path)
+    try:  # (loadmat builds arrays and MATLAB structs, cells and objects as plain data: it never runs code)
+        mat = scipy.io.loadmat(path, variable_names=("X", "y"))
     except Exception as exc:  # scipy raises ValueError, TypeError, MatReadError... on junk
         raise KerasDigitsError(f"{spec.name}: {path} is not a readable .mat file ({exc})") from None
     for key in ("X", "y"):
@@ -36,6 +36,8 @@ def read_svhn_mat(path: Path, spec: DatasetSpec, split: str) -> tuple[np.ndarray
     x, y = mat["X"], np.asarray(mat["y"]).reshape(-1)
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
         raise KerasDigitsError(f"{spec.name}: {path} X has shape {x.shape}, expected (32, 32, 3, N)")
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y))):
+        raise KerasDigitsError(f"{spec.name}: {path} y must hold whole numbers (labels 1..10), got dtype {y.dtype}")
     x = np.ascontiguousarray(np.transpose(x, (3, 0, 1, 2)))
     y = np.where(y == 10, 0, y).astype(np.int64)
     md5 = spec.checksums.get(path.name, "").removeprefix("md5:")

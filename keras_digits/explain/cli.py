@@ -1,14 +1,18 @@
 """`python -m keras_digits.explain --run RUN`: explain a trained run's predictions.
 
-Writes to RUN/explain/ (or --out DIR), replacing it as a whole once everything succeeded:
+Writes to RUN/explain/ (or --out DIR), replacing it as a whole once everything succeeded (when that
+path is a symbolic link, the folder it points to is replaced and the link kept):
 
     <method>.npy   (N, H, W) float32 maps at the input resolution (signed for ig/ig_blur/occlusion)
-    inputs.npz     the images (uint8), true labels (-1 for files), predictions, confidences, targets, contrasts
+    inputs.npz     the images as the model saw them (uint8), true labels (-1 for files), predictions,
+                   confidences, targets, contrasts
     grid.png       rows = images, columns = the input and each method's overlay
     explain.json   methods, target layer, targets, options, timings, and the --metrics / --sanity results
 
 RUN/report.html gains an "Explanations" section when the output is RUN/explain.
-Exit codes: 0 done; 1 done but some image files were skipped (named on stderr); 2 usage errors.
+Image files (--images) are read and fitted to the model as `predict` does, with the same --preprocess
+(default auto: digit-normalised for models trained on MNIST-style centred digits); the grid shows
+that input. Exit codes: 0 done; 1 done but some image files were skipped (named on stderr); 2 usage errors.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from keras_digits.cli import non_negative_int, positive_int, run_cli
+from keras_digits.data.adapt import PREPROCESS, PREPROCESS_HELP, wants_digit
 from keras_digits.errors import KerasDigitsError
 from keras_digits.explain import CAM_METHODS, METHODS, method_fn, parse_methods
 
@@ -53,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--images", nargs="+", metavar="FILE_OR_DIR",
                       help="explain these image files instead (folders searched; unreadable files skipped; "
                            "all of them, or the first --n when given)")
+    what.add_argument("--preprocess", choices=PREPROCESS, default="auto",
+                      help="--images only, as in predict: " + PREPROCESS_HELP.split("; never applied")[0]
+                      + "; split images are used as stored")
     what.add_argument("--data-dir", help="override the run's data directory")
     tgt = p.add_argument_group("what to explain")
     tgt.add_argument("--target", default="pred", help="pred (default), true, or a class (index or label name)")
@@ -109,6 +117,17 @@ def row_label(name: str, label: int, pred: int, conf: float, t: int, c: int, nam
     return f"{name}\n{true}pred {names[pred]} ({conf:.2f}){target}"
 
 
+def output_folder(out: Path) -> Path:
+    """`out`, or the folder it points to when it is a symbolic link (replacing that folder keeps the link, and
+    no moved-aside link is left behind)."""
+    if not out.is_symlink():
+        return out
+    try:
+        return out.resolve(strict=False)
+    except (OSError, RuntimeError) as exc:  # a loop of links
+        raise KerasDigitsError(f"output folder {out} is a symbolic link that cannot be followed: {exc}") from None
+
+
 def check_out(out: Path, run_dir: Path) -> None:
     """--out is replaced as a whole: refuse the run itself, a folder holding it, and a non-empty folder
     that explain did not write."""
@@ -138,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     run_dir = Path(args.run)
     cfg_dict, model = load_run(run_dir)
-    out = Path(args.out) if args.out else run_dir / "explain"
+    out = output_folder(Path(args.out) if args.out else run_dir / "explain")
     check_out(out, run_dir)
     own = out.resolve() == (run_dir / "explain").resolve()  # RUN/explain feeds the run's page
     with hold(run_dir, "run directory") if own else hold(out, "output folder"):
@@ -180,16 +199,32 @@ def explain(args, methods, every, run_dir, cfg_dict, model, out, own, say) -> in
     from keras_digits.explain import select
 
     n = args.n or (1 if args.per_class else 16)
+    preprocess = None
     if args.images:
-        sel = select.from_files(args.images, ex.input_shape, limit=args.n)
+        digit = wants_digit(args.preprocess, str(cfg_dict.get("dataset", "")))
+        preprocess = "digit" if digit else "none"
+        sel = select.from_files(args.images, ex.input_shape, limit=args.n, digit=digit)
         for f, why in sel.skipped:
             print(f"skipped {f}: {why}", file=sys.stderr)
+        for f, note in sel.notes:
+            print(f"note: {f}: {note}", file=sys.stderr)
+        if sel.inkless:
+            print(f"warning: {sel.inkless} image(s) had no ink to normalise (blank or uniform); they were only "
+                  "grey-scaled and resized", file=sys.stderr)
     else:
+        if args.preprocess == "digit":
+            print("note: --preprocess digit applies to --images files; split images are used as stored",
+                  file=sys.stderr)
         mode = "per_class" if args.per_class else "errors" if args.errors else "first"
         sel = select.from_split(*split_data(), args.split, n, mode, ex.predict, ex.num_classes)
     probs = ex.predict(sel.x)
     preds = probs.argmax(axis=1)
     t, c = select.targets(args.target, args.contrast, sel, preds, label_names)
+    plain = [sel.names[i] for i in np.flatnonzero(c < 0)] if args.contrast is not None else []
+    if plain:
+        print(f"note: --contrast {args.contrast}: {len(plain)} image(s) whose target is that class itself are "
+              f"explained without the contrast (contrast -1 in explain.json): {', '.join(plain[:5])}"
+              + (" ..." if len(plain) > 5 else ""), file=sys.stderr)
     layer_text = f"{ex.layer.path} {tuple(ex.layer.shape)}" if ex.layer is not None else "none"
     say(f"explaining {len(sel.x)} image(s) ({sel.how}) with {', '.join(methods)}; target layer {layer_text}")
     x = sel.x.astype(np.float32)
@@ -200,6 +235,8 @@ def explain(args, methods, every, run_dir, cfg_dict, model, out, own, say) -> in
         "layer": None if ex.layer is None else {"path": ex.layer.path, "shape": list(ex.layer.shape),
                                                 "chosen": "--layer" if args.layer else "automatically"},
         "logits": ex.head_kind, "images": sel.how, "split": None if args.images else args.split,
+        "preprocess": preprocess, "notes": [{"file": f, "note": note} for f, note in sel.notes],
+        "contrast_dropped": plain,
         "rows": [{"name": sel.names[i], "label": int(sel.labels[i]), "pred": int(preds[i]),
                   "confidence": float(probs[i, preds[i]]), "target": int(t[i]), "contrast": int(c[i])}
                  for i in range(len(sel.x))],

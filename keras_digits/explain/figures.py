@@ -29,7 +29,7 @@ def grey(img: np.ndarray) -> np.ndarray:
 
 def grid_figure(images: np.ndarray, maps: dict[str, np.ndarray], row_labels: Sequence[str], title: str = ""):
     """A matplotlib figure of the grid."""
-    from keras_digits.report import pyplot
+    from keras_digits.report import plain, pyplot
 
     plt = pyplot()
     cmap = plt.get_cmap("inferno")
@@ -39,18 +39,18 @@ def grid_figure(images: np.ndarray, maps: dict[str, np.ndarray], row_labels: Seq
     for r in range(n):
         base = grey(images[r])
         axes[r, 0].imshow(base, interpolation="nearest")
-        axes[r, 0].set_ylabel(row_labels[r], fontsize=7, rotation=0, ha="right", va="center", labelpad=4)
+        axes[r, 0].set_ylabel(plain(row_labels[r]), fontsize=7, rotation=0, ha="right", va="center", labelpad=4)
         for j, (name, m) in enumerate(maps.items(), start=1):
             heat = cmap(display_map(m[r]))[..., :3]
             axes[r, j].imshow(0.4 * base + 0.6 * heat, interpolation="nearest")
     for j, name in enumerate(["input", *maps], start=0):
-        axes[0, j].set_title(name, fontsize=8)
+        axes[0, j].set_title(plain(name), fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
     top = 1.0 - 0.45 / (n * cell + 0.5)
     if title:
-        fig.suptitle(title, fontsize=9, y=0.999)
+        fig.suptitle(plain(title), fontsize=9, y=0.999)
     fig.tight_layout(pad=0.3, h_pad=0.2, w_pad=0.2, rect=(0, 0, 1, top))
     return fig
 

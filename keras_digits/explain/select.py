@@ -4,7 +4,6 @@ confident mistakes) or from image files; targets `pred`, `true` or a class, and 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -20,6 +19,8 @@ class Selection:
     how: str  # in words, for explain.json
     indices: list[int] | None = None  # positions in the split
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (file, note) for files read noteworthily
+    inkless: int = 0  # files without ink for the digit normalisation (only grey-scaled and resized)
 
 
 SPLIT_MODES = ("first", "per_class", "errors")
@@ -58,41 +59,51 @@ def from_split(x: np.ndarray, y: np.ndarray, split: str, n: int, mode: str,
     return Selection(x[idx], y[idx], [f"{split} #{i}" for i in idx], how, indices=idx)
 
 
-def read_for_model(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    """One image file as uint8 (H, W, C) of the model's input shape (grey or RGB, bilinear resize)."""
-    from PIL import Image
+def fit_for_model(images: Sequence[np.ndarray], shape: tuple[int, int, int],
+                  digit: bool = False) -> tuple[np.ndarray, int]:
+    """Decoded images of any sizes -> (uint8 (N, *shape), images without ink), exactly as predict feeds an
+    exported model: digit-normalised first when `digit`, then the serving signature's channel conversion
+    and resize (keras_digits.data.adapt.fit_to_model). Same-size images share a call."""
+    from keras_digits.data.adapt import fit_array
 
+    out = np.zeros((len(images), *shape), np.uint8)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault(im.shape, []).append(i)
+    inkless = 0
+    for idx in groups.values():
+        fitted, none = fit_array(np.stack([images[i] for i in idx]), shape, digit)
+        out[idx] = fitted
+        inkless += none
+    return out, inkless
+
+
+def from_files(paths: Sequence[str], shape: tuple[int, int, int], limit: int | None = None,
+               digit: bool = False) -> Selection:
+    """Images named by files or folders, read and fitted to the model as `predict` does (`fit_for_model`;
+    `digit`: with --preprocess digit); unreadable files are skipped."""
     from keras_digits.data.folder import read_image
-
-    h, w, ch = shape
-    arr = read_image(path, None, "L" if ch == 1 else "RGB")
-    if arr.shape[:2] != (h, w):
-        im = Image.fromarray(arr[..., 0] if ch == 1 else arr).resize((w, h), Image.BILINEAR)
-        arr = np.asarray(im, np.uint8)
-        arr = arr[..., None] if arr.ndim == 2 else arr
-    return arr
-
-
-def from_files(paths: Sequence[str], shape: tuple[int, int, int], limit: int | None = None) -> Selection:
-    """Images named by files or folders, read like `predict` reads them; unreadable files are skipped."""
     from keras_digits.predict import _reason, find_images
 
     files, skipped = find_images(paths)
-    images, names = [], []
+    images, names, notes = [], [], []
     bad = [(str(p), why) for p, why in skipped]
     for f in files:
+        said: list[str] = []
         try:
-            images.append(read_for_model(f, shape))
+            images.append(read_image(f, None, None, said))
             names.append(str(f))
         except (OSError, ValueError, SyntaxError) as exc:  # Pillow's errors for non-images and broken files
             bad.append((str(f), _reason(exc)))
+        notes += [(str(f), note) for note in said]
         if limit is not None and len(images) >= limit:
             break
     if not images:
         raise KerasDigitsError(f"no readable image among {', '.join(paths)}"
                                + (f" ({bad[0][0]}: {bad[0][1]})" if bad else ""))
-    x = np.stack(images).astype(np.uint8)
-    return Selection(x, np.full(len(x), -1), names, f"{len(x)} image file(s)", skipped=bad)
+    x, inkless = fit_for_model(images, shape, digit)
+    how = f"{len(x)} image file(s)" + (", digit-normalised" if digit else "")
+    return Selection(x, np.full(len(x), -1), names, how, skipped=bad, notes=notes, inkless=inkless)
 
 
 def parse_class(text: str, label_names: Sequence[str], what: str) -> int:

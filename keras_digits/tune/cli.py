@@ -187,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     hypermodel = DigitsHyperModel(base, objective)
     if role != "chief":
         hypermodel.bundle  # noqa: B018  (load the data now: a missing file is one error, not failed trials)
+    if role == "worker":
+        from keras_digits.tune.distributed import wait_for_chief
+
+        wait_for_chief(f"worker {os.environ.get('KERASTUNER_TUNER_ID')}", base.worker_wait)
     oracle = make_oracle(tuner_kind, hypermodel.objective, args.max_trials, base.epochs, base.seed, fixed)
     oracle.worker_timeout = args.worker_timeout if role == "chief" else None
     search = Search(args, argv, role, tuner_kind, project, directory, overwrite, settings, hypermodel, oracle)
@@ -221,7 +225,7 @@ def run_search(search: Search) -> int:
     """Run the search (single process, chief or worker), then report and optionally retrain the best."""
     from keras_digits.strategy import get_strategy
     from keras_digits.tune.distributed import serve_oracle
-    from keras_digits.tune.report import write_reports
+    from keras_digits.tune.report import budget_note, write_reports
     from keras_digits.tune.search import DigitsHyperbandTuner, DigitsTuner, RestartProcess
 
     args, argv, role, hypermodel, oracle = search.args, search.argv, search.role, search.hypermodel, search.oracle
@@ -273,13 +277,16 @@ def run_search(search: Search) -> int:
         return 0
     info = read_json_object(project_dir / "best_trial.json", lenient=True)
     objective = settings["objective"]
-    print(f"best trial {info.get('trial_id')}: {objective} {info.get(objective):.4f}; "
+    print(f"best trial {info.get('trial')} (trial_{info.get('trial_id')}): {objective} {info.get(objective):.4f}; "
           f"table {project_dir / 'trials.md'}; config {project_dir / 'best_config.json'}")
+    print(budget_note(base))
     if args.retrain_best:
         from keras_digits.rundir import RUNS_DIR
         from keras_digits.train import train_and_evaluate
 
         run_dir = Path(args.run_dir) if args.run_dir else RUNS_DIR / f"tuned-{project}"
+        print(f"retraining the best configuration on the whole training set for up to {best.epochs} epochs "
+              f"into {run_dir}", flush=True)
         metrics = train_and_evaluate(best.replace(verbose=base.verbose), run_dir, overwrite=args.overwrite)
         split = "test" if "test" in metrics else "val"
         print(f"retrained best config into {run_dir}: {split} accuracy {metrics[split]['accuracy']:.4f}")

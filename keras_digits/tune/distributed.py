@@ -96,7 +96,7 @@ class LeaseOracleMixin:
             what = "no trial"
             if trial is not None:
                 self._retry_queue.append(trial.trial_id)
-                what = f"trial {trial.trial_id} goes back to the queue"
+                what = f"trial {int(trial.trial_id) + 1} (trial_{trial.trial_id}) goes back to the queue"
             print(f"worker {tuner_id} silent for {silent:.0f} s, considered lost: {what}", flush=True)
         if lost:
             self.save()
@@ -210,6 +210,20 @@ def oracle_client(oracle):
     from keras_tuner.src.distribute.oracle_client import OracleClient
 
     return OracleClient(oracle)
+
+
+def wait_for_chief(who: str, wait_s: float | None = None, log: Callable[[str], None] | None = None) -> float:
+    """Worker-side: wait until the chief's oracle (KERASTUNER_ORACLE_IP/PORT) accepts connections, saying so
+    every few seconds; one KerasDigitsError after `wait_s` seconds (--worker-wait): KerasTuner's own client
+    would wait an hour in silence."""
+    from keras_digits.tfconfig import DEFAULT_WORKER_WAIT, say, wait_for
+
+    address = f"{os.environ.get('KERASTUNER_ORACLE_IP', '')}:{os.environ.get('KERASTUNER_ORACLE_PORT', '')}"
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise KerasDigitsError(f"KERASTUNER_ORACLE_IP/KERASTUNER_ORACLE_PORT give {address!r}, not a host and port")
+    return wait_for([("the chief's oracle", address)], DEFAULT_WORKER_WAIT if wait_s is None else wait_s, who,
+                    log=log or say)
 
 
 def role_from_env() -> str:

@@ -1,5 +1,9 @@
 """The search's tables: trials.csv and trials.md (one row per trial), best_trial.json and
-best_config.json (the best trial as a TrainConfig that `train --config` accepts)."""
+best_config.json (the best trial as a TrainConfig that `train --config` accepts).
+
+best_config.json holds the searched hyperparameters and the base configuration, not the search's budget
+(BUDGET: --max-train-samples, the epochs per trial) nor runtime settings: `train --config best_config.json`
+trains on the whole training set for its own --epochs. best_trial.json records the budget the trials had."""
 
 from __future__ import annotations
 
@@ -14,6 +18,26 @@ from keras_digits.config import TrainConfig
 from keras_digits.io import read_json_object, write_json, write_text
 
 INFO_FILE = "run_info.json"  # per trial: worker, host, pid, epochs, seconds, RSS, earlier attempts
+BUDGET = ("max_train_samples", "epochs")  # what made trials cheap, not what the best trial found
+RUNTIME = ("verbose", "worker_wait")  # how a process runs, not what it trains
+
+
+def trial_number(trial_id: str) -> int:
+    """KerasTuner's 1-based trial number ("Trial 2 Complete") of a 0-based trial id ("01")."""
+    return int(trial_id) + 1
+
+
+def best_config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """`cfg` as best_config.json holds it: less the search budget and the runtime settings."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in BUDGET + RUNTIME}
+
+
+def budget_note(base: TrainConfig) -> str:
+    """One line on what best_config.json leaves out."""
+    subset = "all" if base.max_train_samples is None else str(base.max_train_samples)
+    return (f"best_config.json leaves out the search's budget (--max-train-samples {subset}, --epochs "
+            f"{base.epochs} per trial): train --config uses the whole training set and its own --epochs (default "
+            f"{TrainConfig.__dataclass_fields__['epochs'].default})")
 
 
 def trial_rows(oracle, project_dir: Path, objective: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -68,8 +92,11 @@ def write_reports(oracle, project_dir: Path, hypermodel) -> TrainConfig | None:
 
     if not best:
         return None
-    cfg = hypermodel.config(best[0].hyperparameters.copy()).replace(verbose=TrainConfig().verbose)
-    write_json(project_dir / "best_trial.json", {"trial_id": best_id, objective: best[0].score,
-                                                 "hyperparameters": best[0].hyperparameters.values})
-    write_json(project_dir / "best_config.json", cfg.to_dict())
-    return cfg
+    data = best_config_dict(hypermodel.config(best[0].hyperparameters.copy()))
+    base = hypermodel.base
+    write_json(project_dir / "best_trial.json", {"trial_id": best_id, "trial": trial_number(best_id),
+                                                 objective: best[0].score,
+                                                 "hyperparameters": best[0].hyperparameters.values,
+                                                 "search_budget": {k: getattr(base, k) for k in BUDGET}})
+    write_json(project_dir / "best_config.json", data)
+    return TrainConfig.from_dict(data)

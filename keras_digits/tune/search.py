@@ -17,7 +17,7 @@ from keras_tuner.engine.trial import TrialStatus
 from keras_digits.io import read_json_object, write_json
 from keras_digits.tune.distributed import IDLE, Heartbeat
 from keras_digits.tune.hypermodel import rss_mb
-from keras_digits.tune.report import INFO_FILE
+from keras_digits.tune.report import INFO_FILE, trial_number
 
 IDLE_WAIT_S = 2.0  # a worker told to wait asks again after this long
 
@@ -88,7 +88,8 @@ class DigitsTunerMixin:
         write_json(self.info_path(trial.trial_id), info)  # before end_trial: the chief's table reads it
         super().on_trial_end(trial)
         score = "n/a" if value is None else f"{value:.4f}"
-        line = (f"trial {trial.trial_id} done ({self.tuner_id}): {hm.objective.name} {score}, "
+        line = (f"trial {trial_number(trial.trial_id)} done (trial_{trial.trial_id}, {self.tuner_id}): "
+                f"{hm.objective.name} {score}, "
                 f"{hm.epochs} epochs, {info['seconds']:.1f} s, RSS {info['rss_mb']:.0f} MB")
         if trial.status != TrialStatus.COMPLETED:
             line += f" [{trial.status}: {info.get('error', '')}]"
