@@ -22,9 +22,17 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 CASES = [  # (map size in, channels in, channels out, kernel, stride), in the network's order
-    (28, 64, 64, 3, 1), (28, 64, 128, 3, 2), (28, 64, 128, 1, 2), (14, 128, 128, 3, 1),
-    (14, 128, 256, 3, 2), (14, 128, 256, 1, 2), (7, 256, 256, 3, 1), (7, 256, 512, 3, 2),
-    (7, 256, 512, 1, 2), (4, 512, 512, 3, 1)]
+    (28, 64, 64, 3, 1),
+    (28, 64, 128, 3, 2),
+    (28, 64, 128, 1, 2),
+    (14, 128, 128, 3, 1),
+    (14, 128, 256, 3, 2),
+    (14, 128, 256, 1, 2),
+    (7, 256, 256, 3, 1),
+    (7, 256, 512, 3, 2),
+    (7, 256, 512, 1, 2),
+    (4, 512, 512, 3, 1),
+]
 
 
 def _timed(fn, args, repeats):
@@ -46,16 +54,20 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
-    from keras_digits import precision
     from keras_digits.models import smallconv
+    from keras_digits.runtime import precision
 
     dtype = tf.as_dtype(args.dtype)
     flags = precision.cpu_flags()
-    print(f"CPU bfloat16 feature: {precision.cpu_bf16_feature(flags) or 'none'}; "
-          f"paths taken under a {args.dtype} policy here: {smallconv.matmul_paths_pay(args.dtype)}")
+    print(
+        f"CPU bfloat16 feature: {precision.cpu_bf16_feature(flags) or 'none'}; "
+        f"paths taken under a {args.dtype} policy here: {smallconv.matmul_paths_pay(args.dtype)}"
+    )
     print(f"batch {args.batch}, {args.dtype}, mean of {args.repeats} calls (ms)")
-    print(f"{'map':>10} {'kernel':>6} {'stride':>6} {'fwd tf':>8} {'fwd ours':>9} {'fwd+bwd tf':>11} "
-          f"{'fwd+bwd ours':>13} {'ratio':>6}")
+    print(
+        f"{'map':>10} {'kernel':>6} {'stride':>6} {'fwd tf':>8} {'fwd ours':>9} {'fwd+bwd tf':>11} "
+        f"{'fwd+bwd ours':>13} {'ratio':>6}"
+    )
     for size, cin, cout, k, stride in CASES:
         rng = tf.random.Generator.from_seed(size * cin + k)
         x = tf.cast(rng.normal([args.batch, size, size, cin]), dtype)
@@ -73,6 +85,7 @@ def main(argv=None) -> int:
                     y = conv(x, w)
                     loss = tf.reduce_sum(tf.cast(y, tf.float32) ** 2)
                 return tape.gradient(loss, [x, w])
+
             return fwd, step
 
         tf_fwd, tf_step = both(lambda x, w: tf.nn.conv2d(x, w, [1, stride, stride, 1], "SAME"))
@@ -87,8 +100,10 @@ def main(argv=None) -> int:
         fwd_tf = _timed(tf_fwd, (x, w), args.repeats)
         fwd_ours = "same" if same_forward else f"{_timed(our_fwd, (x, w), args.repeats):.2f}"
         step_tf, step_ours = (_timed(f, (x, w), args.repeats) for f in (tf_step, our_step))
-        print(f"{head} {fwd_tf:8.2f} {fwd_ours:>9} {step_tf:11.2f} {step_ours:13.2f} {step_tf / step_ours:5.2f}x"
-              + ("  (weight gradient only)" if same_forward else ""))
+        print(
+            f"{head} {fwd_tf:8.2f} {fwd_ours:>9} {step_tf:11.2f} {step_ours:13.2f} {step_tf / step_ours:5.2f}x"
+            + ("  (weight gradient only)" if same_forward else "")
+        )
     return 0
 
 

@@ -3,7 +3,7 @@
     python benchmarks/epoch_overhead.py --dataset mnist --data-dir ../shared/data --recipe best --epochs 4
     python benchmarks/epoch_overhead.py --dataset mnist --data-dir ../shared/data --epochs 4     # the defaults
 
-Runs `keras_digits.train.train_and_evaluate` for the recipe (or the defaults) with --epochs, twice
+Runs `keras_digits.training.run.train_and_evaluate` for the recipe (or the defaults) with --epochs, twice
 per repeat, alternating (and alternating which goes first): once as shipped (every pipeline built
 with `pipeline_options`, autotuning off), once with `options.autotune.enabled = True` (tf.data's
 default, what the project used before).
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from keras_digits.cli import quiet_tensorflow  # noqa: E402
+from keras_digits.utils.cli import quiet_tensorflow  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -49,9 +49,9 @@ def autotuning_on():
 
 def timed_run(cfg, autotune: bool) -> tuple[list[float], float]:
     """(seconds of each epoch from history.csv, wall seconds of the run) of one training run."""
-    from keras_digits.train import train_and_evaluate
+    from keras_digits.training.run import train_and_evaluate
 
-    with tempfile.TemporaryDirectory() as tmp, (autotuning_on() if autotune else contextlib.nullcontext()):
+    with tempfile.TemporaryDirectory() as tmp, autotuning_on() if autotune else contextlib.nullcontext():
         t0 = time.perf_counter()
         train_and_evaluate(cfg, Path(tmp) / "run")
         wall = time.perf_counter() - t0
@@ -74,9 +74,9 @@ def main() -> int:
         p.error("--epochs must be at least 2: the first epoch has no earlier iterator to delete")
 
     quiet_tensorflow()
-    from keras_digits import precision
     from keras_digits.config import TrainConfig
     from keras_digits.errors import KerasDigitsError
+    from keras_digits.runtime import precision
 
     try:
         base = {}
@@ -84,26 +84,42 @@ def main() -> int:
             from keras_digits.recipes import recipe_config
 
             base = recipe_config(args.recipe)
-        cfg = TrainConfig(**{**base, "dataset": args.dataset, "data_dir": args.data_dir, "epochs": args.epochs,
-                             "max_train_samples": args.max_train_samples, "verbose": 0,
-                             "seed": args.seed})
+        cfg = TrainConfig(
+            **{
+                **base,
+                "dataset": args.dataset,
+                "data_dir": args.data_dir,
+                "epochs": args.epochs,
+                "max_train_samples": args.max_train_samples,
+                "verbose": 0,
+                "seed": args.seed,
+            }
+        )
         cfg = TrainConfig(**{**cfg.to_dict(), "precision": precision.apply(cfg.precision).name})
-        print(f"{cfg.arch} on {cfg.dataset}, batch {cfg.batch_size}, augment {cfg.augment or 'none'}, "
-              f"precision {cfg.precision}, {args.epochs} epochs")
+        print(
+            f"{cfg.arch} on {cfg.dataset}, batch {cfg.batch_size}, augment {cfg.augment or 'none'}, "
+            f"precision {cfg.precision}, {args.epochs} epochs"
+        )
         totals: dict[bool, list[float]] = {False: [], True: []}
         for r in range(max(1, args.repeats)):
-            for autotune in ((False, True) if r % 2 == 0 else (True, False)):  # each side goes first in turn
+            for autotune in (False, True) if r % 2 == 0 else (True, False):  # each side goes first in turn
                 epochs, total = timed_run(cfg, autotune)  # the run loads the data itself
                 totals[autotune].append(total)
                 name = "autotune on " if autotune else "as shipped  "
-                print(f"  repeat {r + 1}, {name}: epochs " + "  ".join(f"{s:5.1f}" for s in epochs)
-                      + f" s   run {total:6.1f} s", flush=True)
+                print(
+                    f"  repeat {r + 1}, {name}: epochs "
+                    + "  ".join(f"{s:5.1f}" for s in epochs)
+                    + f" s   run {total:6.1f} s",
+                    flush=True,
+                )
     except KerasDigitsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     off, on = min(totals[False]), min(totals[True])
-    print(f"run seconds (best of {len(totals[False])}): as shipped {off:.1f}, autotune on {on:.1f}: "
-          f"{on / off:.2f}x as long with autotuning")
+    print(
+        f"run seconds (best of {len(totals[False])}): as shipped {off:.1f}, autotune on {on:.1f}: "
+        f"{on / off:.2f}x as long with autotuning"
+    )
     return 0
 
 

@@ -31,7 +31,7 @@ DEFAULT_CASES = ["simple_cnn:28:1", "resnet50:64:3"]
 def child(arch: str, side: int, channels: int, method: str, n: int, opts: dict) -> dict:
     import numpy as np
 
-    from keras_digits.cli import quiet_tensorflow
+    from keras_digits.utils.cli import quiet_tensorflow
 
     quiet_tensorflow()
     from keras_digits.explain import method_fn
@@ -52,8 +52,13 @@ def child(arch: str, side: int, channels: int, method: str, n: int, opts: dict) 
     fn(ex, x, t, c)
     secs = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"images_per_s": n / secs, "seconds": secs, "peak_mib": peak / 1024, "rise_mib": (peak - before) / 1024,
-            "layer": ex.layer.path if ex.layer is not None else None}
+    return {
+        "images_per_s": n / secs,
+        "seconds": secs,
+        "peak_mib": peak / 1024,
+        "rise_mib": (peak - before) / 1024,
+        "layer": ex.layer.path if ex.layer is not None else None,
+    }
 
 
 def cpu_name() -> str:
@@ -85,14 +90,29 @@ def main() -> int:
         print(json.dumps(child(arch, int(side), int(ch), method, args.images, opts)))
         return 0
     methods = parse_methods(args.methods)
-    print(f"# {cpu_name()}, {os.cpu_count()} cores; {args.images} images per method; batch {args.batch_size}; "
-          f"RISE {args.masks} masks, SmoothGrad {args.samples} samples, IG {args.steps} steps")
+    print(
+        f"# {cpu_name()}, {os.cpu_count()} cores; {args.images} images per method; batch {args.batch_size}; "
+        f"RISE {args.masks} masks, SmoothGrad {args.samples} samples, IG {args.steps} steps"
+    )
     print(f"{'arch':<11} {'px':>4} {'method':<11} {'images/s':>9} {'seconds':>8} {'peak RSS MiB':>13} {'rise MiB':>9}")
     for case in args.cases:
         for method in methods:
-            cmd = [sys.executable, __file__, "--child", f"{case}:{method}", "--images", str(args.images),
-                   "--batch-size", str(args.batch_size), "--masks", str(args.masks), "--samples", str(args.samples),
-                   "--steps", str(args.steps)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                f"{case}:{method}",
+                "--images",
+                str(args.images),
+                "--batch-size",
+                str(args.batch_size),
+                "--masks",
+                str(args.masks),
+                "--samples",
+                str(args.samples),
+                "--steps",
+                str(args.steps),
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             arch, side, _ = case.split(":")
             if proc.returncode != 0:
@@ -102,8 +122,11 @@ def main() -> int:
             if "skipped" in r:
                 print(f"{arch:<11} {side:>4} {method:<11} {r['skipped']}")
                 continue
-            print(f"{arch:<11} {side:>4} {method:<11} {r['images_per_s']:9.1f} {r['seconds']:8.2f} "
-                  f"{r['peak_mib']:13.0f} {r['rise_mib']:9.0f}", flush=True)
+            print(
+                f"{arch:<11} {side:>4} {method:<11} {r['images_per_s']:9.1f} {r['seconds']:8.2f} "
+                f"{r['peak_mib']:13.0f} {r['rise_mib']:9.0f}",
+                flush=True,
+            )
     assert set(methods) <= set(METHODS)
     return 0
 

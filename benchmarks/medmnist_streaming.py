@@ -51,10 +51,16 @@ def write_npz(path: Path, counts: dict[str, int], size: int, channels: int, clas
     tmp = path.with_name(path.name + ".part")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for split, n in counts.items():
-            _write_array(zf, f"{split}_images", (n, *shape), np.uint8,
-                         lambda a, b: rng.integers(0, 256, size=(b - a, *shape), dtype=np.uint8))
-            _write_array(zf, f"{split}_labels", (n, 1), np.uint8,
-                         lambda a, b: (np.arange(a, b) % classes).reshape(-1, 1))
+            _write_array(
+                zf,
+                f"{split}_images",
+                (n, *shape),
+                np.uint8,
+                lambda a, b: rng.integers(0, 256, size=(b - a, *shape), dtype=np.uint8),
+            )
+            _write_array(
+                zf, f"{split}_labels", (n, 1), np.uint8, lambda a, b: (np.arange(a, b) % classes).reshape(-1, 1)
+            )
     os.replace(tmp, path)
     return path.stat().st_size
 
@@ -64,18 +70,22 @@ def measure(args) -> int:
     import keras
 
     from keras_digits.config import TrainConfig
-    from keras_digits.data import load_dataset
+    from keras_digits.data import get_spec, load_dataset
     from keras_digits.data.datasets import make_datasets
     from keras_digits.data.fingerprint import split_fingerprint
-    from keras_digits.evaluate import predict_probs
-
-    from keras_digits.data import get_spec
+    from keras_digits.evaluation.metrics import predict_probs
 
     spec = get_spec(args.dataset)
     channels, classes = spec.image_shape[-1], spec.num_classes
-    model = keras.Sequential([keras.Input((args.size, args.size, channels)), keras.layers.Rescaling(1 / 255),
-                              keras.layers.Conv2D(4, 3, strides=4), keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(classes, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((args.size, args.size, channels)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Conv2D(4, 3, strides=4),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(classes, activation="softmax"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy")
     warm = np.zeros((args.batch_size, args.size, args.size, channels), np.uint8)
     model.fit(warm, np.zeros(len(warm), np.int32), epochs=1, verbose=0)
@@ -83,34 +93,44 @@ def measure(args) -> int:
     base = _status("VmData")
     limit = base + args.limit_mb * 2**20
     resource.setrlimit(resource.RLIMIT_DATA, (limit, resource.getrlimit(resource.RLIMIT_DATA)[1]))
-    print(f"data memory capped at {limit / 2**20:,.0f} MB ({base / 2**20:,.0f} MB in use + {args.limit_mb} MB)",
-          flush=True)
+    print(
+        f"data memory capped at {limit / 2**20:,.0f} MB ({base / 2**20:,.0f} MB in use + {args.limit_mb} MB)",
+        flush=True,
+    )
 
     t0 = time.perf_counter()
     bundle = load_dataset(args.dataset, args.data_dir, size=args.size)
     x, y = bundle.train
     split_mb = x.nbytes / 2**20
-    print(f"{args.dataset} {args.size} px: train split {x.shape} = {split_mb:,.0f} MB "
-          f"({split_mb / args.limit_mb:.1f}x the {args.limit_mb} MB allowed), memory-mapped: "
-          f"{isinstance(x, np.memmap)}; loaded in {time.perf_counter() - t0:.1f} s", flush=True)
-    cfg = TrainConfig(dataset=args.dataset, size=args.size, batch_size=args.batch_size, normalize="dataset",
-                      verbose=0)
+    print(
+        f"{args.dataset} {args.size} px: train split {x.shape} = {split_mb:,.0f} MB "
+        f"({split_mb / args.limit_mb:.1f}x the {args.limit_mb} MB allowed), memory-mapped: "
+        f"{isinstance(x, np.memmap)}; loaded in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
+    cfg = TrainConfig(dataset=args.dataset, size=args.size, batch_size=args.batch_size, normalize="dataset", verbose=0)
     t0 = time.perf_counter()
     pipes = make_datasets(cfg, bundle)
     print(f"normalisation statistics over the split: {time.perf_counter() - t0:.1f} s", flush=True)
     t0 = time.perf_counter()
     model.fit(pipes.train.take(args.steps), epochs=1, verbose=0)
     dt = time.perf_counter() - t0
-    print(f"trained {args.steps} batches of {args.batch_size} in {dt:.1f} s "
-          f"({args.steps * args.batch_size / dt:,.0f} images/s)", flush=True)
+    print(
+        f"trained {args.steps} batches of {args.batch_size} in {dt:.1f} s "
+        f"({args.steps * args.batch_size / dt:,.0f} images/s)",
+        flush=True,
+    )
     t0 = time.perf_counter()
     probs = predict_probs(model, x, batch_size=512)
     print(f"predicted all {len(probs):,} training images in {time.perf_counter() - t0:.1f} s", flush=True)
     t0 = time.perf_counter()
     print(f"fingerprint {split_fingerprint(x, y)} in {time.perf_counter() - t0:.1f} s", flush=True)
-    print(f"peak data memory after the run: VmData {_status('VmData') / 2**20:,.0f} MB; "
-          f"anonymous RSS {_status('RssAnon') / 2**20:,.0f} MB; peak RSS (file pages included) "
-          f"{_status('VmHWM') / 2**20:,.0f} MB", flush=True)
+    print(
+        f"peak data memory after the run: VmData {_status('VmData') / 2**20:,.0f} MB; "
+        f"anonymous RSS {_status('RssAnon') / 2**20:,.0f} MB; peak RSS (file pages included) "
+        f"{_status('VmHWM') / 2**20:,.0f} MB",
+        flush=True,
+    )
     if args.prove_limit:
         try:
             np.array(x)
@@ -140,8 +160,13 @@ def main(argv=None) -> int:
 
         spec = get_spec(args.dataset)
         path = Path(args.write) / f"{args.dataset}_{args.size}.npz"
-        n = write_npz(path, {"train": args.train, "val": args.eval, "test": args.eval}, args.size,
-                      spec.image_shape[-1], spec.num_classes)
+        n = write_npz(
+            path,
+            {"train": args.train, "val": args.eval, "test": args.eval},
+            args.size,
+            spec.image_shape[-1],
+            spec.num_classes,
+        )
         print(f"wrote {path} ({n / 2**20:,.0f} MB)")
         return 0
     if not args.data_dir:

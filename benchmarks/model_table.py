@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from keras_digits.cli import quiet_tensorflow  # noqa: E402
+from keras_digits.utils.cli import quiet_tensorflow  # noqa: E402
 
 
 def forward_flops(model, input_shape) -> int | None:
@@ -40,7 +40,7 @@ def forward_flops(model, input_shape) -> int | None:
 
 def train_speed(model, input_shape, classes: int, batch: int, steps: int, warmup: int) -> float:
     from keras_digits.config import TrainConfig
-    from keras_digits.train import compile_model
+    from keras_digits.training.setup import compile_model
 
     compile_model(model, TrainConfig())
     rng = np.random.default_rng(0)

@@ -51,9 +51,11 @@ def op_table(path: str | Path, steps: int, top: int = 15) -> str:
         lines.append(f"  {kind:34s} {ms / steps:8.2f} {100 * ms / total:5.1f}%")
     rest = total - sum(ms for _, ms in compute.most_common(top))
     lines.append(f"  {'(other op types)':34s} {rest / steps:8.2f} {100 * rest / total:5.1f}%")
-    lines.append(f"  op time {total / steps:.2f} ms/step over the compute threads; "
-                 f"step wall time {wall / steps:.2f} ms; input pipeline ops {sum(data.values()) / steps:.2f} ms/step "
-                 "(on their own threads)")
+    lines.append(
+        f"  op time {total / steps:.2f} ms/step over the compute threads; "
+        f"step wall time {wall / steps:.2f} ms; input pipeline ops {sum(data.values()) / steps:.2f} ms/step "
+        "(on their own threads)"
+    )
     return "\n".join(lines)
 
 

@@ -30,17 +30,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def export_untrained(tmp: Path) -> Path:
     """Export an untrained simple_cnn (28x28x1, 10 classes) into tmp; returns the version folder."""
-    from keras_digits.export import export_model
     from keras_digits.models import build_model
+    from keras_digits.serving.export import export_model
 
     model = build_model("simple_cnn", (28, 28, 1), 10)
     return export_model(model, tmp / "simple_cnn" / "1", [str(i) for i in range(10)], config={"arch": "simple_cnn"})
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python benchmarks/serving.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    p = argparse.ArgumentParser(
+        prog="python benchmarks/serving.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+    )
     p.add_argument("--model", help="SavedModel folder (default: export an untrained simple_cnn to a temp folder)")
     p.add_argument("--batch", type=int, default=256, help="batch size for the throughput figure (default 256)")
     p.add_argument("--runs", type=int, default=200, help="single-image calls timed (default 200)")
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         if args.model:
-            from keras_digits.predict import resolve_model_dir
+            from keras_digits.serving.predictor import resolve_model_dir
 
             model_dir = resolve_model_dir(args.model)
         else:
@@ -93,10 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         batch_s = time.perf_counter() - t0
 
     print(f"input {size[0]}x{size[1]}x{size[2]} uint8 -> model {h}x{w}x{c}; CPU, {os.cpu_count()} logical cores")
-    print(f"latency (1 image, {args.runs} calls): p50 {np.percentile(times, 50):.2f} ms, "
-          f"p90 {np.percentile(times, 90):.2f} ms, mean {times.mean():.2f} ms")
-    print(f"throughput (batch {args.batch}, {args.batch_runs} calls): "
-          f"{args.batch * args.batch_runs / batch_s:,.0f} images/s ({batch_s / args.batch_runs * 1000:.1f} ms/batch)")
+    print(
+        f"latency (1 image, {args.runs} calls): p50 {np.percentile(times, 50):.2f} ms, "
+        f"p90 {np.percentile(times, 90):.2f} ms, mean {times.mean():.2f} ms"
+    )
+    print(
+        f"throughput (batch {args.batch}, {args.batch_runs} calls): "
+        f"{args.batch * args.batch_runs / batch_s:,.0f} images/s ({batch_s / args.batch_runs * 1000:.1f} ms/batch)"
+    )
     return 0
 
 

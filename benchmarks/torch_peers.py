@@ -31,11 +31,22 @@ def simple_cnn(in_ch: int, classes: int, size: int):
 
     layers, ch = [], in_ch
     for f in (32, 64, 128):
-        layers += [nn.Conv2d(ch, f, 3, padding=1), nn.BatchNorm2d(f, momentum=0.1), nn.ReLU(), nn.MaxPool2d(2),
-                   nn.Dropout(0.25)]
+        layers += [
+            nn.Conv2d(ch, f, 3, padding=1),
+            nn.BatchNorm2d(f, momentum=0.1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(0.25),
+        ]
         ch, size = f, size // 2
-    layers += [nn.Flatten(), nn.Linear(ch * size * size, 256), nn.BatchNorm1d(256, momentum=0.1), nn.ReLU(),
-               nn.Dropout(0.5), nn.Linear(256, classes)]
+    layers += [
+        nn.Flatten(),
+        nn.Linear(ch * size * size, 256),
+        nn.BatchNorm1d(256, momentum=0.1),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Linear(256, classes),
+    ]
     return nn.Sequential(*layers)
 
 
@@ -52,10 +63,14 @@ def resnet18(in_ch: int, classes: int, size: int, width: int = 64):
     class Block(nn.Module):
         def __init__(self, cin, cout, stride):
             super().__init__()
-            self.body = nn.Sequential(conv(cin, cout, 3, stride), nn.BatchNorm2d(cout), nn.ReLU(),
-                                      conv(cout, cout, 3), nn.BatchNorm2d(cout))
-            self.short = (nn.Sequential(conv(cin, cout, 1, stride), nn.BatchNorm2d(cout))
-                          if stride != 1 or cin != cout else nn.Identity())
+            self.body = nn.Sequential(
+                conv(cin, cout, 3, stride), nn.BatchNorm2d(cout), nn.ReLU(), conv(cout, cout, 3), nn.BatchNorm2d(cout)
+            )
+            self.short = (
+                nn.Sequential(conv(cin, cout, 1, stride), nn.BatchNorm2d(cout))
+                if stride != 1 or cin != cout
+                else nn.Identity()
+            )
 
         def forward(self, x):
             return torch.relu(self.short(x) + self.body(x))
@@ -66,7 +81,7 @@ def resnet18(in_ch: int, classes: int, size: int, width: int = 64):
         stem.append(nn.MaxPool2d(3, 2, padding=1))
     blocks, cin = [], width
     for s, n in enumerate((2, 2, 2, 2)):
-        cout = width * 2 ** s
+        cout = width * 2**s
         for b in range(n):
             blocks.append(Block(cin, cout, 2 if (s > 0 and b == 0) else 1))
             cin = cout
@@ -76,8 +91,17 @@ def resnet18(in_ch: int, classes: int, size: int, width: int = 64):
 PEERS = {"simple_cnn": simple_cnn, "resnet18": resnet18}
 
 
-def train_images_per_second(arch: str, x: np.ndarray, y: np.ndarray, classes: int, batch_size: int,
-                            steps: int, warmup: int, precision: str = "float32", seed: int = 0) -> float:
+def train_images_per_second(
+    arch: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    classes: int,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    precision: str = "float32",
+    seed: int = 0,
+) -> float:
     """Images/s of `steps` training steps after `warmup`, on uint8 NHWC `x` (scaled to 0..1 in the
     loop, as the Keras model's Rescaling layer does), batches gathered by a shuffled index each epoch."""
     import torch
@@ -102,7 +126,7 @@ def train_images_per_second(arch: str, x: np.ndarray, y: np.ndarray, classes: in
             t0 = time.perf_counter()
         if pos + batch_size > len(order):
             order, pos = torch.randperm(len(labels), generator=gen), 0
-        idx = order[pos:pos + batch_size]
+        idx = order[pos : pos + batch_size]
         pos += batch_size
         xb = images[idx].permute(0, 3, 1, 2).float().div_(255.0)
         yb = labels[idx]

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from keras_digits.cli import quiet_tensorflow  # noqa: E402
+from keras_digits.utils.cli import quiet_tensorflow  # noqa: E402
 
 
 def get_data(args):
@@ -54,7 +54,7 @@ def keras_model(args, cfg, shape, classes):
     """The model and compile `keras_digits.train` would use for `cfg` (policy set by precision.apply)."""
     import keras
 
-    from keras_digits.train import build_for, compile_model
+    from keras_digits.training.setup import build_for, compile_model
 
     keras.utils.set_random_seed(0)
     model = build_for(cfg, shape, classes)
@@ -136,14 +136,21 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=300, help="timed steps")
     p.add_argument("--warmup", type=int, default=50, help="untimed steps first")
     p.add_argument("--max-train-samples", type=int)
-    p.add_argument("--precision", default="float32", choices=("auto", "float32", "bfloat16", "float16"),
-                   help="Keras policy (keras_digits.precision); the torch peer autocasts to bfloat16 for bfloat16")
+    p.add_argument(
+        "--precision",
+        default="float32",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="Keras policy (keras_digits.runtime.precision); the torch peer autocasts to bfloat16 for bfloat16",
+    )
     p.add_argument("--steps-per-execution", type=int, default=1)
     p.add_argument("--peer", choices=("torch",), help="time a PyTorch re-creation of the model in the same run")
     p.add_argument("--repeats", type=int, default=3, help="alternating timed runs of each side (median reported)")
     p.add_argument("--baseline", action="store_true", help="also time a plain Keras fit on float32 NumPy arrays")
-    p.add_argument("--without-small-map-paths", action="store_true",
-                   help="also time the same model with smallconv.Conv2D's matrix-product paths off, alternating")
+    p.add_argument(
+        "--without-small-map-paths",
+        action="store_true",
+        help="also time the same model with smallconv.Conv2D's matrix-product paths off, alternating",
+    )
     p.add_argument("--profile", metavar="DIR", help="trace steps with TensorFlow's profiler; print the top ops")
     p.add_argument("--target-accuracy", type=float, help="train until test accuracy reaches this (MNIST)")
     p.add_argument("--max-epochs", type=int, default=15)
@@ -153,48 +160,65 @@ def main() -> int:
     import keras
     import tensorflow as tf
 
-    from keras_digits import precision
     from keras_digits.config import TrainConfig
     from keras_digits.data.pipeline import make_pipeline
+    from keras_digits.runtime import precision
 
     (x, y), (x_te, y_te), classes = get_data(args)
     resolved = precision.apply(args.precision)
     spe = max(1, args.steps_per_execution)
     steps = -(-args.steps // spe) * spe
     warmup = -(-args.warmup // spe) * spe
-    cfg = TrainConfig(arch=args.arch, batch_size=args.batch_size, image_size=args.image_size,
-                      precision=resolved.name, steps_per_execution=spe, verbose=0)
+    cfg = TrainConfig(
+        arch=args.arch,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        precision=resolved.name,
+        steps_per_execution=spe,
+        verbose=0,
+    )
     model = keras_model(args, cfg, x.shape[1:], classes)
     ds = make_pipeline(x, y, args.batch_size, training=True, seed=0).repeat()
     threads = tf.config.threading.get_intra_op_parallelism_threads() or "all"
-    print(f"arch {args.arch}  input {tuple(x.shape[1:])}  batch {args.batch_size}  params {model.count_params():,}  "
-          f"{resolved.describe()}  steps_per_execution {spe}  {threads} threads")
+    print(
+        f"arch {args.arch}  input {tuple(x.shape[1:])}  batch {args.batch_size}  params {model.count_params():,}  "
+        f"{resolved.describe()}  steps_per_execution {spe}  {threads} threads"
+    )
     peer = None
     if args.peer == "torch":
         import torch_peers
 
         version = torch_peers.available()
-        why = ("PyTorch is not installed: pip install -e '.[bench]'" if version is None
-               else f"no PyTorch peer for {args.arch} (peers: {', '.join(torch_peers.PEERS)})"
-               if args.arch not in torch_peers.PEERS
-               else "--image-size resizes inside the Keras model; the peer trains at the data's size"
-               if args.image_size else "the peer has no float16 autocast on a CPU" if resolved.name == "float16"
-               else None)
+        why = (
+            "PyTorch is not installed: pip install -e '.[bench]'"
+            if version is None
+            else f"no PyTorch peer for {args.arch} (peers: {', '.join(torch_peers.PEERS)})"
+            if args.arch not in torch_peers.PEERS
+            else "--image-size resizes inside the Keras model; the peer trains at the data's size"
+            if args.image_size
+            else "the peer has no float16 autocast on a CPU"
+            if resolved.name == "float16"
+            else None
+        )
         if why:
             print(f"peer torch: skipped ({why})")
         else:
             peer = torch_peers
             import torch
 
-            print(f"peer: PyTorch {version}, {torch.get_num_threads()} threads, "
-                  f"{'bfloat16 autocast' if resolved.name == 'bfloat16' else 'float32'}")
+            print(
+                f"peer: PyTorch {version}, {torch.get_num_threads()} threads, "
+                f"{'bfloat16 autocast' if resolved.name == 'bfloat16' else 'float32'}"
+            )
     plain = None
     if args.without_small_map_paths:
         plain = keras_model(args, cfg, x.shape[1:], classes)
         with small_map_paths_off() as taken:
             plain.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0)
-        print("also timed: the same model without smallconv.Conv2D's paths"
-              + ("" if taken else " (this machine does not take them here, so both are the same model)"))
+        print(
+            "also timed: the same model without smallconv.Conv2D's paths"
+            + ("" if taken else " (this machine does not take them here, so both are the same model)")
+        )
     ours, theirs, without = [], [], []
     for r in range(max(1, args.repeats)):
         ours.append(keras_images_per_second(model, ds, args.batch_size, steps, warmup if r == 0 else spe))
@@ -204,8 +228,11 @@ def main() -> int:
                 without.append(keras_images_per_second(plain, ds, args.batch_size, steps, spe))
             line += f"   without the paths {without[-1]:8.1f} images/s"
         if peer is not None:
-            theirs.append(peer.train_images_per_second(args.arch, x, y, classes, args.batch_size, steps,
-                                                       warmup if r == 0 else 5, resolved.name))
+            theirs.append(
+                peer.train_images_per_second(
+                    args.arch, x, y, classes, args.batch_size, steps, warmup if r == 0 else 5, resolved.name
+                )
+            )
             line += f"   PyTorch {theirs[-1]:8.1f} images/s"
         print(line, flush=True)
     k = statistics.median(ours)
@@ -216,18 +243,32 @@ def main() -> int:
         print(f"ratio keras_digits / PyTorch: {k / t:.2f}x")
     if without:
         w = statistics.median(without)
-        print(f"without smallconv.Conv2D's paths:        {w:8.1f} images/s (median of {len(without)}); "
-              f"with / without: {k / w:.2f}x" + (f"; without / PyTorch: {w / t:.2f}x" if theirs else ""))
+        print(
+            f"without smallconv.Conv2D's paths:        {w:8.1f} images/s (median of {len(without)}); "
+            f"with / without: {k / w:.2f}x" + (f"; without / PyTorch: {w / t:.2f}x" if theirs else "")
+        )
     if args.baseline:
         keras.utils.set_random_seed(0)
         base = keras_model(args, cfg.replace(steps_per_execution=1), x.shape[1:], classes)  # fit's default step
         need = args.batch_size * (steps + warmup)
         xf = np.resize(x.astype("float32"), (need, *x.shape[1:]))
         yf = np.resize(y, need)
-        base.fit(xf[:args.batch_size * warmup], yf[:args.batch_size * warmup], batch_size=args.batch_size,
-                 epochs=1, verbose=0)
-        secs = fit_seconds(base, xf[:args.batch_size * steps], yf[:args.batch_size * steps],
-                           batch_size=args.batch_size, epochs=1, verbose=0, shuffle=True)
+        base.fit(
+            xf[: args.batch_size * warmup],
+            yf[: args.batch_size * warmup],
+            batch_size=args.batch_size,
+            epochs=1,
+            verbose=0,
+        )
+        secs = fit_seconds(
+            base,
+            xf[: args.batch_size * steps],
+            yf[: args.batch_size * steps],
+            batch_size=args.batch_size,
+            epochs=1,
+            verbose=0,
+            shuffle=True,
+        )
         print(f"plain Keras fit (float32 NumPy):       {steps * args.batch_size / secs:8.1f} images/s")
     if args.profile:
         profile_steps(model, ds, min(steps, 100), args.profile)
@@ -245,9 +286,11 @@ def main() -> int:
             if acc >= args.target_accuracy:
                 reached = time.perf_counter() - start
                 break
-        print(f"time to {args.target_accuracy:.4f} test accuracy: "
-              + (f"{reached:.1f} s ({epoch} epochs)" if reached else f"not reached in {args.max_epochs} epochs"))
-    from keras_digits.train import peak_rss_bytes
+        print(
+            f"time to {args.target_accuracy:.4f} test accuracy: "
+            + (f"{reached:.1f} s ({epoch} epochs)" if reached else f"not reached in {args.max_epochs} epochs")
+        )
+    from keras_digits.training.setup import peak_rss_bytes
 
     peak = peak_rss_bytes()
     print(f"peak RSS: {peak / 2**20:.0f} MB" if peak else "peak RSS: not reported by this OS")

@@ -29,10 +29,29 @@ def main(argv=None) -> int:
     p.add_argument("extra", nargs="*", help="more tune flags (after --)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tunemem-") as tmp:
-        cmd = [sys.executable, "-m", "keras_digits.tune", "--arch", "simple_cnn", "--dataset", "digits",
-               "--max-trials", str(args.trials), "--max-epochs", "1", "--max-train-samples", "300",
-               "--directory", tmp, "--verbose", "0", "--no-tensorboard", "--max-rss-mb", str(args.max_rss_mb),
-               *args.extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "keras_digits.tune",
+            "--arch",
+            "simple_cnn",
+            "--dataset",
+            "digits",
+            "--max-trials",
+            str(args.trials),
+            "--max-epochs",
+            "1",
+            "--max-train-samples",
+            "300",
+            "--directory",
+            tmp,
+            "--verbose",
+            "0",
+            "--no-tensorboard",
+            "--max-rss-mb",
+            str(args.max_rss_mb),
+            *args.extra,
+        ]
         print(" ".join(cmd[1:]))
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -43,8 +62,10 @@ def main(argv=None) -> int:
         print(proc.stdout[-2000:], proc.stderr[-2000:], sep="\n")
         return proc.returncode or 1
     growth = (rss[-1] - rss[0]) / max(1, len(rss) - 1)
-    print(f"{len(rss)} trials in {seconds:.0f} s, {restarts} restarts: RSS first {rss[0]:.0f} MB, "
-          f"last {rss[-1]:.0f} MB, max {max(rss):.0f} MB, mean growth {growth:+.1f} MB/trial")
+    print(
+        f"{len(rss)} trials in {seconds:.0f} s, {restarts} restarts: RSS first {rss[0]:.0f} MB, "
+        f"last {rss[-1]:.0f} MB, max {max(rss):.0f} MB, mean growth {growth:+.1f} MB/trial"
+    )
     print("RSS per trial (MB): " + " ".join(f"{r:.0f}" for r in rss))
     return 0
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from keras_digits.errors import KerasDigitsError
-from keras_digits.tfconfig import DEFAULT_WORKER_WAIT
+from keras_digits.runtime.precision import PRECISIONS
+from keras_digits.runtime.tfconfig import DEFAULT_WORKER_WAIT
 
 OPTIMIZERS = ("adam", "sgd", "nadam", "adagrad", "adamw", "rmsprop")
 SCHEDULES = ("none", "plateau", "step", "cosine", "onecycle")
@@ -18,7 +20,6 @@ BALANCES = ("none", "class_weight", "resample")
 NORMALIZES = ("none", "dataset", "imagenet")
 STRATEGIES = ("auto", "mirrored", "default", "multiworker")
 SELECT_ON = ("accuracy", "auc")  # the validation metric that picks the best epoch
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")  # keras_digits.precision resolves "auto"
 
 
 def default_verbose() -> int:
@@ -148,12 +149,20 @@ class TrainConfig:
                 "Mapping": isinstance(value, Mapping),
             }[kind]
             if not ok:
-                wanted = {"bool": "true or false", "int": "a whole number", "float": "a finite number",
-                          "str": "a string", "Mapping": "a JSON object"}[kind]
-                raise KerasDigitsError(f"config key {f.name!r} (--{f.name.replace('_', '-')}) must be {wanted}{' or null' if optional else ''}, "
-                                       f"got {value!r} ({type(value).__name__})")
+                wanted = {
+                    "bool": "true or false",
+                    "int": "a whole number",
+                    "float": "a finite number",
+                    "str": "a string",
+                    "Mapping": "a JSON object",
+                }[kind]
+                raise KerasDigitsError(
+                    f"config key {f.name!r} (--{f.name.replace('_', '-')}) must be {wanted}"
+                    f"{' or null' if optional else ''}, "
+                    f"got {value!r} ({type(value).__name__})"
+                )
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)
 
@@ -169,7 +178,7 @@ class TrainConfig:
         return {f.name for f in fields(cls)}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Build from a mapping; unknown keys are a user error."""
         data = known_keys(data)
         try:
@@ -183,7 +192,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise KerasDigitsError(f"config file not found: {path}")
-    from keras_digits.io import read_json_object
+    from keras_digits.utils.io import read_json_object
 
     return known_keys(read_json_object(path, "config file"), f"config file {path}: ")
 
@@ -193,8 +202,9 @@ def known_keys(data: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     data = renamed_keys(data)
     unknown = sorted(set(data) - TrainConfig.field_names())
     if unknown:
-        raise KerasDigitsError(f"{where}unknown config key(s) {', '.join(unknown)}; "
-                               f"known: {', '.join(sorted(TrainConfig.field_names()))}")
+        raise KerasDigitsError(
+            f"{where}unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(TrainConfig.field_names()))}"
+        )
     return data
 
 
@@ -218,7 +228,7 @@ def comparable(cfg_dict: Mapping[str, Any]) -> dict[str, Any]:
     d.pop("verbose", None)
     d.pop("worker_wait", None)  # how long workers wait for each other, not what they train
     if d.get("precision", "auto") == "auto":  # a run records what auto chose on its machine
-        from keras_digits.precision import resolve
+        from keras_digits.runtime.precision import resolve
 
         d["precision"] = resolve("auto").name
     return json.loads(json.dumps(d))

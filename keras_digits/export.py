@@ -28,178 +28,32 @@ keras_digits needed to serve it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
 
-from keras_digits.cli import positive_int, run_cli
-from keras_digits.errors import KerasDigitsError
-from keras_digits.finite import describe_nonfinite, nonfinite_variables
-from keras_digits.io import (
-    atomic_dir, check_output_dir, clean_stale_temps, current_umask, write_json, write_text,
-)
-from keras_digits.lock import hold
-
-SAVED_MODELS_DIR = Path("saved_models")
-SERVING_SIGNATURE = "serving_default"
-FLOAT_SIGNATURE = "serve_float"
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("probabilities", "class_id", "label")
-
-
-def _model_input_shape(model) -> tuple[int, int, int]:
-    """(H, W, C) of a model's single image input; refuses models without a fixed one."""
-    shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else ()
-    if len(shape) != 3 or any(d is None for d in shape):
-        raise KerasDigitsError(f"the model's input must be a fixed (height, width, channels) image, got {shape}")
-    return tuple(int(d) for d in shape)  # type: ignore[return-value]
-
-
-def _serving_fns(model, label_names: Sequence[str], preprocess: str = "none"):
-    """The two endpoint functions: uint8 any-size images (digit-normalised first with preprocess="digit"),
-    and float32 images at the model's shape."""
-    import tensorflow as tf
-
-    height, width, channels = _model_input_shape(model)
-    labels = tf.constant(list(label_names), dtype=tf.string)
-
-    def outputs(x):
-        probs = tf.cond(  # an empty batch gets empty outputs (oneDNN's Conv2D rejects it)
-            tf.shape(x)[0] > 0,
-            lambda: tf.cast(model(x, training=False), tf.float32),
-            lambda: tf.zeros([0, len(label_names)], tf.float32),
-        )
-        probs = tf.ensure_shape(probs, [None, len(label_names)])
-        class_id = tf.argmax(probs, axis=-1, output_type=tf.int64)
-        return {"probabilities": probs, "class_id": class_id, "label": tf.gather(labels, class_id)}
-
-    def serve(images):
-        from keras_digits.data.adapt import fit_to_model
-
-        return outputs(fit_to_model(images, (height, width, channels), digit=preprocess == "digit"))
-
-    def serve_float(images):
-        return outputs(images)
-
-    uint8_spec = tf.TensorSpec([None, None, None, None], tf.uint8, name=INPUT_NAME)
-    float_spec = tf.TensorSpec([None, height, width, channels], tf.float32, name=INPUT_NAME)
-    return (serve, uint8_spec), (serve_float, float_spec)
-
-
-def export_model(
-    model,
-    export_dir: str | Path,
-    label_names: Sequence[str],
-    config: dict[str, Any] | None = None,
-    dataset: dict[str, Any] | None = None,
-    overwrite: bool = False,
-    preprocess: str = "none",
-) -> Path:
-    """Write `model` as a SavedModel version folder `export_dir` (atomically); returns its path.
-    preprocess="digit" puts the MNIST-style digit normalisation inside serving_default and records
-    "preprocess": "digit" in the exported config (so predict does not apply it again)."""
-    import keras
-    import tensorflow as tf
-
-    export_dir = Path(export_dir)
-    num_classes = int(model.outputs[0].shape[-1])
-    label_names = [str(n) for n in label_names]
-    if len(label_names) != num_classes:
-        raise KerasDigitsError(f"{len(label_names)} label names for a model with {num_classes} outputs")
-    broken = [n for n in label_names if any(c in n for c in "\n\r")]
-    if broken:
-        raise KerasDigitsError(f"label name {broken[0]!r} holds a line break; assets/labels.txt needs one name a line")
-    bad = nonfinite_variables(model.weights)
-    if bad:
-        raise KerasDigitsError(f"the model holds non-finite values in {describe_nonfinite(bad)}; not exported")
-    if export_dir.exists() and not overwrite:
-        raise KerasDigitsError(f"{export_dir} already exists; pass --overwrite or another --version")
-    if preprocess not in ("none", "digit"):
-        raise KerasDigitsError(f"--preprocess must be none or digit, got {preprocess!r}")
-    config = {**(config or {}), **({"preprocess": "digit"} if preprocess == "digit" else {})}
-    (serve, uint8_spec), (serve_float, float_spec) = _serving_fns(model, label_names, preprocess)
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[uint8_spec])
-    archive.add_endpoint(FLOAT_SIGNATURE, serve_float, input_signature=[float_spec])
-    archive.add_variable_collection(
-        "label_names", [tf.Variable(tf.constant(label_names, tf.string), trainable=False, name="label_names")])
-    archive.add_variable_collection(
-        "config_json", [tf.Variable(json.dumps(config, sort_keys=True), trainable=False, name="config_json")])
-    with atomic_dir(export_dir) as tmp:
-        try:
-            archive.write_out(str(tmp), verbose=False)
-        except Exception as exc:  # TF raises many types; the message names the cause
-            raise KerasDigitsError(f"SavedModel export failed: {type(exc).__name__}: {exc}") from None
-        assets = tmp / "assets"
-        assets.mkdir(exist_ok=True)
-        write_text(assets / "labels.txt", "".join(f"{n}\n" for n in label_names))
-        write_json(assets / "config.json", config)
-        if dataset is not None:
-            write_json(assets / "dataset.json", dataset)
-        _usual_permissions(tmp)
-    return export_dir
-
-
-def _usual_permissions(root: Path) -> None:
-    """Temporary files and folders are private (0600/0700); give the export the umask's usual modes,
-    so a model server running as another user can read it."""
-    umask = current_umask()
-    root.chmod(0o777 & ~umask)
-    for path in root.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
-def export_run(
-    run_dir: str | Path,
-    out: str | Path | None = None,
-    version: int = 1,
-    overwrite: bool = False,
-    preprocess: str = "none",
-) -> Path:
-    """Export a finished run's best.keras to `out/<version>` (default saved_models/<run name>/<version>)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise KerasDigitsError(f"run directory not found: {run_dir}")
-    if version <= 0:
-        raise KerasDigitsError(f"--version must be a positive integer, got {version}")
-    out = Path(out) if out is not None else SAVED_MODELS_DIR / run_dir.resolve().name
-    version_dir = check_output_dir(out / str(version), "export folder")
-    if version_dir.exists() and not overwrite:  # checked before the (slow) model load
-        raise KerasDigitsError(f"{version_dir} already exists; pass --overwrite or another --version")
-    from keras_digits.rundir import dataset_record, model_label_names
-
-    dataset = dataset_record(run_dir) or None
-    from keras_digits.evaluate import load_run
-
-    config, model = load_run(run_dir)
-    num_classes = int(model.outputs[0].shape[-1])
-    label_names = model_label_names(dataset or {}, num_classes)
-    if dataset is None:
-        print(f"note: {run_dir} has no dataset.json; labels are the class ids 0..{num_classes - 1}", file=sys.stderr)
-    with hold(version_dir, "export folder"):
-        clean_stale_temps(out, version_dir.name)  # left by an export that was killed
-        return export_model(model, version_dir, label_names, config=config, dataset=dataset, overwrite=overwrite,
-                            preprocess=preprocess)
+from keras_digits.serving.export import FLOAT_SIGNATURE, SERVING_SIGNATURE, export_run
+from keras_digits.utils.cli import positive_int, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m keras_digits.export",
         description="Export a run's best model as a TensorFlow SavedModel (TF Serving layout OUT/VERSION/) "
-                    "whose serving_default signature takes uint8 images of any size with 1 or 3 channels "
-                    "and returns probabilities, class_id and label.",
+        "whose serving_default signature takes uint8 images of any size with 1 or 3 channels "
+        "and returns probabilities, class_id and label.",
     )
     p.add_argument("--run", required=True, help="run directory written by keras_digits.train")
     p.add_argument("--out", help="model folder (default saved_models/<run directory name>)")
     p.add_argument("--version", type=positive_int, default=1, help="version subfolder (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
-    p.add_argument("--preprocess", choices=("none", "digit"), default="none",
-                   help="digit: put the MNIST-style digit normalisation inside serving_default, for TF Serving "
-                        "clients (recorded in assets/config.json; predict then does not apply it again); "
-                        "default none")
+    p.add_argument(
+        "--preprocess",
+        choices=("none", "digit"),
+        default="none",
+        help="digit: put the MNIST-style digit normalisation inside serving_default, for TF Serving "
+        "clients (recorded in assets/config.json; predict then does not apply it again); "
+        "default none",
+    )
     return p
 
 

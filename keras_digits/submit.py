@@ -24,74 +24,47 @@ code is 1. Files without an image extension (a README, say) are skipped with a n
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from keras_digits.cli import positive_int, run_cli
 from keras_digits.data.adapt import PREPROCESS, PREPROCESS_HELP
 from keras_digits.errors import KerasDigitsError
-from keras_digits.io import atomic_path, check_output_file
-
-FORMATS = {"ids": ("id", "label"), "kaggle": ("ImageId", "Label")}
-
-
-def submission_id(stem: str, fmt: str, width: int) -> tuple[str, tuple]:
-    """(id text, sort key) for a file stem."""
-    numeric = stem.isascii() and stem.isdigit()
-    if fmt == "kaggle":
-        if not numeric:
-            raise KerasDigitsError(f"kaggle format needs numeric file names (1.png, 2.png, ...), got {stem!r}")
-        return str(int(stem)), (0, int(stem), "")
-    if numeric:
-        return (f"{int(stem):0{width}d}" if width else stem), (0, int(stem), stem)
-    return stem, (1, 0, stem)
-
-
-def make_rows(predictions, fmt: str = "ids", width: int = 5, label: str = "name") -> list[tuple[str, str]]:
-    """Sorted (id, label) rows; duplicate ids are an error."""
-    keyed, seen = [], {}
-    for pred in predictions:
-        ident, key = submission_id(pred.file.stem, fmt, width)
-        if ident in seen:
-            raise KerasDigitsError(f"duplicate id {ident}: {seen[ident]} and {pred.file}")
-        seen[ident] = pred.file
-        keyed.append((key, ident, pred.label if label == "name" else str(pred.class_id)))
-    keyed.sort()
-    return [(ident, value) for _, ident, value in keyed]
-
-
-def write_submission(rows: Sequence[tuple[str, str]], path: str | Path, fmt: str = "ids") -> None:
-    """Write the header and rows atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(FORMATS[fmt])
-        writer.writerows(rows)
+from keras_digits.serving.submission import FORMATS, make_rows, submission_id, write_submission
+from keras_digits.utils.cli import positive_int, run_cli
+from keras_digits.utils.io import check_output_file
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m keras_digits.submit",
         description="Write a contest submission CSV (one row per image, sorted by id) from a folder of "
-                    "images and an exported SavedModel.",
+        "images and an exported SavedModel.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="formats:\n"
-               "  ids     header id,label; id = file stem, zero-padded to --id-width digits when numeric\n"
-               "          (7.png -> 00007); non-numeric stems are kept as they are\n"
-               "  kaggle  header ImageId,Label (Kaggle digit-recognizer); ImageId = the numeric file stem\n"
-               "          as a plain integer (1-based ids: name files 1.png ... N.png)\n"
-               "label = predicted label name (default) or class index (--label id).\n"
-               "Any undecodable image: named on stderr, nothing written, exit 1.",
+        "  ids     header id,label; id = file stem, zero-padded to --id-width digits when numeric\n"
+        "          (7.png -> 00007); non-numeric stems are kept as they are\n"
+        "  kaggle  header ImageId,Label (Kaggle digit-recognizer); ImageId = the numeric file stem\n"
+        "          as a plain integer (1-based ids: name files 1.png ... N.png)\n"
+        "label = predicted label name (default) or class index (--label id).\n"
+        "Any undecodable image: named on stderr, nothing written, exit 1.",
     )
     p.add_argument("--model", required=True, help="SavedModel folder (saved_models/NAME/VERSION or saved_models/NAME)")
     p.add_argument("--images", required=True, help="folder of test images (searched recursively)")
     p.add_argument("--format", choices=sorted(FORMATS), default="ids", help="submission format (default ids)")
     p.add_argument("--out", default="submission.csv", help="CSV to write (default submission.csv)")
-    p.add_argument("--id-width", type=int, default=5, help="zero-pad numeric ids to this many digits, ids format "
-                   "(default 5; 0 = no padding)")
-    p.add_argument("--label", choices=("name", "id"), default="name",
-                   help="label column: predicted label name or class index (default name)")
+    p.add_argument(
+        "--id-width",
+        type=int,
+        default=5,
+        help="zero-pad numeric ids to this many digits, ids format (default 5; 0 = no padding)",
+    )
+    p.add_argument(
+        "--label",
+        choices=("name", "id"),
+        default="name",
+        help="label column: predicted label name or class index (default name)",
+    )
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per model call (default 64)")
     p.add_argument("--preprocess", choices=PREPROCESS, default="auto", help=PREPROCESS_HELP)
     return p
@@ -99,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from keras_digits.data.folder import list_images
-    from keras_digits.predict import Predictor, check_preprocess, make_progress, report_inkless
+    from keras_digits.serving.predictor import Predictor, check_preprocess, make_progress, report_inkless
 
     args = build_parser().parse_args(argv)
     if args.id_width < 0:
@@ -120,9 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed: list[str] = []
     progress = make_progress(len(files), label="submit")
     try:
-        preds = list(predictor.predict_files(files, args.batch_size,
-                                             on_error=lambda p, why: failed.append(f"{p}: {why}"),
-                                             progress=progress))
+        preds = list(
+            predictor.predict_files(
+                files, args.batch_size, on_error=lambda p, why: failed.append(f"{p}: {why}"), progress=progress
+            )
+        )
     finally:
         if progress:
             progress.close()

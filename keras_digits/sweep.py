@@ -1,4 +1,4 @@
-"""One-factor-at-a-time sweeps, and the run-grid runner and table/figure writer the studies share.
+"""One-factor-at-a-time sweeps (the grid runner and its tables live in keras_digits.studies).
 
     python -m keras_digits.sweep --arch simple_cnn --dataset mnist --data-dir D \\
         --vary lr=0.001,0.01,0.1 --vary batch_size=16,32,64 --vary epochs=5,10,15,20 --seeds 3 \\
@@ -22,58 +22,24 @@ accuracy is reported, never used to choose.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from keras_digits.cli import positive_int, run_cli
-from keras_digits.config import TrainConfig
-from keras_digits.flags import FILES, add_train_flags, config_from_args
-from keras_digits.grid import RunResult, Variant, parse_vary, run_grid  # noqa: F401  (the sweep's API)
-from keras_digits.grid_report import markdown_table, summarize, write_results  # noqa: F401
-from keras_digits.grid_workers import DEFAULT_WORKER_TIMEOUT, grid_role
-from keras_digits.io import check_output_dir
-from keras_digits.lock import hold
-
-
-def command_line(prog: str, argv: Sequence[str] | None) -> str:
-    """The command that reproduces this invocation."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    return " ".join(["python -m", prog] + [shlex.quote(a) for a in args])
-
-
-def describe_config(cfg: TrainConfig, keys: Sequence[str] = ("arch", "dataset", "epochs", "batch_size", "lr",
-                                                              "optimizer", "early_stopping", "patience",
-                                                              "max_train_samples", "augment", "balance",
-                                                              "normalize", "model_kwargs")) -> str:
-    """`key` = value list of the base configuration's headline fields."""
-    d = cfg.to_dict()
-    return ", ".join(f"`{k}={json.dumps(d[k]) if isinstance(d[k], dict) else d[k]}`" for k in keys)
-
-
-# ---------------------------------------------------------------------------- CLI
-def without_worker_flags(argv: Sequence[str] | None) -> list[str]:
-    """The command's arguments less --worker-timeout and --worker-wait (how a grid was spread, not what it is)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    flags = ("--worker-timeout", "--worker-wait")
-    out, skip = [], False
-    for a in args:
-        if skip:
-            skip = False
-        elif a in flags:
-            skip = True
-        elif not a.startswith(tuple(f"{f}=" for f in flags)):
-            out.append(a)
-    return out
-
-
-def add_worker_flag(group) -> None:
-    """--worker-timeout, for grids spread over workers (README: Sweeps over several workers)."""
-    group.add_argument("--worker-timeout", type=float, default=DEFAULT_WORKER_TIMEOUT, metavar="S",
-                       help="chief of a grid spread over workers (KERASTUNER_* variables): a worker silent this "
-                            f"long is lost and its run goes to another (default: {DEFAULT_WORKER_TIMEOUT:g})")
+from keras_digits.studies.grid import RunResult, Variant, parse_vary, run_grid  # noqa: F401  (the sweep's API)
+from keras_digits.studies.report import markdown_table, summarize, write_results  # noqa: F401
+from keras_digits.studies.sweep import (
+    add_worker_flag,
+    command_line,
+    describe_config,
+    quiet_retracing_warnings,
+    without_worker_flags,
+)
+from keras_digits.studies.workers import grid_role
+from keras_digits.training.flags import FILES, add_train_flags, config_from_args
+from keras_digits.utils.cli import positive_int, run_cli
+from keras_digits.utils.io import check_output_dir
+from keras_digits.utils.lock import hold
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,24 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m keras_digits.sweep",
         description="One-factor-at-a-time sweep around a base configuration (the training flags given), each "
-                    "setting over several seeds; writes OUT/sweep.md, sweep.csv, sweep.png and the runs.")
+        "setting over several seeds; writes OUT/sweep.md, sweep.csv, sweep.png and the runs.",
+    )
     g = p.add_argument_group("sweep")
-    g.add_argument("--vary", action="append", required=True, metavar="FIELD=V1,V2,...",
-                   help="a config field and its values (repeatable; one factor varies at a time), "
-                        "e.g. --vary lr=0.001,0.01,0.1 --vary batch_size=16,32,64")
+    g.add_argument(
+        "--vary",
+        action="append",
+        required=True,
+        metavar="FIELD=V1,V2,...",
+        help="a config field and its values (repeatable; one factor varies at a time), "
+        "e.g. --vary lr=0.001,0.01,0.1 --vary batch_size=16,32,64",
+    )
     g.add_argument("--seeds", type=positive_int, default=1, help="seeds per setting: seed, seed+1, ... (default: 1)")
     add_worker_flag(g)
     groups = add_train_flags(p)
-    groups[FILES].add_argument("--out", default=None,
-                               help="report folder (default: reports/sweep-<dataset>-<arch>)")
+    groups[FILES].add_argument("--out", default=None, help="report folder (default: reports/sweep-<dataset>-<arch>)")
     return p
-
-
-def quiet_retracing_warnings() -> None:
-    """Many short trainings in one process make TensorFlow warn about retracing; that is expected here."""
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,10 +77,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     with hold(out, "sweep folder"):
         results = run_grid(base, variants, seeds, out, worker_timeout=args.worker_timeout)
-        paths = write_results(out, "sweep", results, title=f"Sweep: {base.arch} on {base.dataset}",
-                              intro=f"One factor at a time around the base configuration {describe_config(base)}; "
-                                    f"{seeds} seed(s) per setting (seed {base.seed} + i).",
-                              command=command_line("keras_digits.sweep", without_worker_flags(argv)), curves=True)
+        paths = write_results(
+            out,
+            "sweep",
+            results,
+            title=f"Sweep: {base.arch} on {base.dataset}",
+            intro=f"One factor at a time around the base configuration {describe_config(base)}; "
+            f"{seeds} seed(s) per setting (seed {base.seed} + i).",
+            command=command_line("keras_digits.sweep", without_worker_flags(argv)),
+            curves=True,
+        )
     print(markdown_table(summarize(results)))
     print(f"wrote {paths['md']}, {paths['csv'].name}, {paths['png'].name}")
     return 0

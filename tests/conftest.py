@@ -46,7 +46,7 @@ def make_images(n: int, shape: tuple[int, ...], num_classes: int, seed: int = 0)
     cell = max(1, min(h, w) // 4)
     for i, label in enumerate(y):
         r, c = divmod(int(label), 4)
-        x[i, r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] = 220
+        x[i, r * cell : (r + 1) * cell, c * cell : (c + 1) * cell] = 220
     return x, y.astype(np.uint8)
 
 
@@ -87,8 +87,8 @@ def build_tiny_export(base: Path) -> dict[str, Path]:
     x_te, y_te = make_images(100, (28, 28), 10, seed=2)
     np.savez_compressed(paths["data"] / "mnist.npz", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
     from keras_digits.config import TrainConfig
-    from keras_digits.export import export_run
-    from keras_digits.train import train_and_evaluate
+    from keras_digits.serving.export import export_run
+    from keras_digits.training.run import train_and_evaluate
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KERAS_HOME", str(base / "keras_home"))
@@ -114,7 +114,7 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 def run_main(main, args, capsys) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of a CLI `main` run through run_cli with `args` (made strings)."""
-    from keras_digits.cli import run_cli
+    from keras_digits.utils.cli import run_cli
 
     code = run_cli(main, [str(a) for a in args])
     out, err = capsys.readouterr()

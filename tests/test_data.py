@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_images
+
 from keras_digits.data import get_spec, list_datasets, load_dataset, stratified_split
 from keras_digits.data.base import file_md5
 from keras_digits.errors import KerasDigitsError
@@ -95,14 +95,17 @@ def test_download_path_reaches_keras_when_online(tmp_path, monkeypatch):
         load_dataset("mnist", tmp_path)
 
 
-@pytest.mark.parametrize("problem,match", [
-    ("truncated", "not a readable npz"),
-    ("keys", "lacks key"),
-    ("dtype", "must be uint8"),
-    ("labels", r"labels must lie in \[0, 9\]"),
-    ("shape", "shape"),
-    ("count", "images but"),
-])
+@pytest.mark.parametrize(
+    "problem,match",
+    [
+        ("truncated", "not a readable npz"),
+        ("keys", "lacks key"),
+        ("dtype", "must be uint8"),
+        ("labels", r"labels must lie in \[0, 9\]"),
+        ("shape", "shape"),
+        ("count", "images but"),
+    ],
+)
 def test_bad_mnist_files(tmp_path, problem, match):
     x, y = make_images(40, (28, 28), 10)
     arrays = dict(x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from keras_digits.ensemble import ensemble_runs, main as ensemble_main
+from keras_digits.ensemble import main as ensemble_main
 from keras_digits.errors import KerasDigitsError
+from keras_digits.evaluation.ensemble import ensemble_runs
 from keras_digits.train import main as train_main
 
 
@@ -18,8 +19,27 @@ def two_runs(tmp_path_factory):
     runs = []
     for arch, seed in (("simple_cnn_v1", 1), ("dense", 2)):
         run = root / f"{arch}-{seed}"
-        assert train_main(["--arch", arch, "--epochs", "3", "--seed", str(seed), "--run-dir", str(run),
-                           "--verbose", "0", "--batch-size", "64", "--lr", "3e-3"]) == 0
+        assert (
+            train_main(
+                [
+                    "--arch",
+                    arch,
+                    "--epochs",
+                    "3",
+                    "--seed",
+                    str(seed),
+                    "--run-dir",
+                    str(run),
+                    "--verbose",
+                    "0",
+                    "--batch-size",
+                    "64",
+                    "--lr",
+                    "3e-3",
+                ]
+            )
+            == 0
+        )
         runs.append(run)
     return runs
 
@@ -37,7 +57,8 @@ def test_ensemble_metrics_beside_members(two_runs, tmp_path):
 
 def test_ensemble_is_the_mean_of_softmax(two_runs):
     from keras_digits.data import load_dataset
-    from keras_digits.evaluate import load_run, predict_probs
+    from keras_digits.evaluation.metrics import predict_probs
+    from keras_digits.evaluation.runs import load_run
 
     x, y = load_dataset("digits").test
     probs = [predict_probs(load_run(r)[1], x) for r in two_runs]

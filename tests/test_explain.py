@@ -14,8 +14,17 @@ from keras_digits.explain import CAM_METHODS, METHODS, method_fn, parse_methods
 TINY = dict(batch_size=16, steps=4, samples=3, masks=12, scorecam_channels=6, patch=None, stride=None)
 # minutes together; -m slow. The default run keeps a plain CNN, a flat model, a residual net and a
 # nested keras.applications base (the target-layer test adds resnet50's)
-SLOW_ARCHS = {"alexnet", "cifar_cnn", "keras_cnn", "resnet_cifar", "resnet34", "resnet50", "resnet101", "resnet152",
-              "xception"}
+SLOW_ARCHS = {
+    "alexnet",
+    "cifar_cnn",
+    "keras_cnn",
+    "resnet_cifar",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "xception",
+}
 
 
 def explainer(model, layer=None, **kw):
@@ -75,7 +84,7 @@ def test_every_method_on_every_arch(arch):
         else:
             assert all(m.std() > 0 for m in maps), f"{arch} {name}: constant map"
         if name in ("gradcam", "saliency", "rise", "ig"):  # batched vs one-by-one (the rest share the code paths)
-            one = np.concatenate([method_fn(name)(ex, x[i:i + 1], t[i:i + 1], c[i:i + 1]) for i in range(2)])
+            one = np.concatenate([method_fn(name)(ex, x[i : i + 1], t[i : i + 1], c[i : i + 1]) for i in range(2)])
             # equal up to float round-off (oneDNN picks kernels by batch size; deep nets amplify it)
             np.testing.assert_allclose(maps, one, rtol=0.05, atol=1e-3 * float(np.abs(maps).max()), err_msg=name)
     assert (ex.layer is None) == (arch == "dense")
@@ -94,8 +103,9 @@ def test_target_layer_is_a_block_output_inside_a_nested_base():
     assert infos["base/conv4_block6_add"].cut and not infos["base/conv4_block6_2_conv"].cut
     assert "base/conv4_block6_1_relu" not in [c.path for c in candidates(model)]
     assert resolve_layer(model, "conv3_block4_out").path == "base/conv3_block4_out"
-    feats, grads = ex.feature_gradients(np.zeros((1, 64, 64, 3), np.float32), np.array([1], np.int32),
-                                        np.array([-1], np.int32))
+    feats, grads = ex.feature_gradients(
+        np.zeros((1, 64, 64, 3), np.float32), np.array([1], np.int32), np.array([-1], np.int32)
+    )
     assert feats.shape == grads.shape == (1, 4, 4, 1024)
 
 
@@ -116,8 +126,14 @@ def test_sequential_models_and_logits():
     import keras
 
     keras.utils.set_random_seed(5)
-    model = keras.Sequential([keras.Input((10, 10, 1)), keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
-                              keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((10, 10, 1)),
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
     ex = explainer(model)
     assert ex.layer.shape == (10, 10, 4) and ex.head_kind == "dense"
     x = np.random.default_rng(1).random((4, 10, 10, 1)).astype(np.float32) * 255
@@ -141,7 +157,7 @@ def test_mixed_precision_model_has_real_logits():
     import keras
 
     from keras_digits.models.registry import build_model
-    from keras_digits.strategy import float32_outputs
+    from keras_digits.runtime.strategy import float32_outputs
 
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
@@ -190,7 +206,7 @@ def planted(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     x = rng.integers(0, NOISE, (n, SIDE, SIDE, 1)).astype(np.uint8)
     for i, k in enumerate(y):
         r, q = CORNERS[k]
-        x[i, r:r + SQUARE, q:q + SQUARE] = 255
+        x[i, r : r + SQUARE, q : q + SQUARE] = 255
     return x, y
 
 
@@ -221,8 +237,9 @@ def planted_model():
     for i in range(2):
         h = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name=f"conv{i}")(h)
     h = keras.layers.GlobalMaxPooling2D()(h)
-    outputs = keras.layers.Dense(len(CORNERS), activation="softmax", use_bias=False,
-                                 kernel_constraint=keras.constraints.NonNeg())(h)
+    outputs = keras.layers.Dense(
+        len(CORNERS), activation="softmax", use_bias=False, kernel_constraint=keras.constraints.NonNeg()
+    )(h)
     model = keras.Model(inputs, outputs)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, epochs=15, batch_size=32, verbose=0)
@@ -294,7 +311,7 @@ FAST = ["--steps", "4", "--samples", "3", "--masks", "40", "--scorecam-channels"
 def digits_run(tmp_path_factory):
     """A simple_cnn_v1 run on scikit-learn's bundled digits (3 epochs)."""
     from keras_digits.config import TrainConfig
-    from keras_digits.train import train_and_evaluate
+    from keras_digits.training.run import train_and_evaluate
 
     run = tmp_path_factory.mktemp("explain") / "run"
     train_and_evaluate(TrainConfig(arch="simple_cnn_v1", dataset="digits", epochs=3, verbose=0), run)
@@ -310,8 +327,24 @@ def explain_cli(args, capsys):
 
 
 def test_cli_end_to_end(digits_run, capsys):
-    code, out, err = explain_cli(["--run", digits_run, "--n", "6", "--metrics", "--metrics-n", "12", "--sanity",
-                                  "--sanity-n", "3", "--sanity-steps", "2", *FAST], capsys)
+    code, out, err = explain_cli(
+        [
+            "--run",
+            digits_run,
+            "--n",
+            "6",
+            "--metrics",
+            "--metrics-n",
+            "12",
+            "--sanity",
+            "--sanity-n",
+            "3",
+            "--sanity-steps",
+            "2",
+            *FAST,
+        ],
+        capsys,
+    )
     assert code == 0, err
     folder = digits_run / "explain"
     info = json.loads((folder / "explain.json").read_text())
@@ -346,30 +379,64 @@ def test_cli_files_targets_and_contrast(digits_run, tmp_path, capsys):
         Image.fromarray(x[i, ..., 0]).resize((40, 40)).save(imgs / f"d{i}.png")
     (imgs / "broken.png").write_bytes(b"not a png")
     out_dir = tmp_path / "out"
-    code, out, err = explain_cli(["--run", digits_run, "--images", imgs, "--method", "gradcam,saliency",
-                                  "--target", "4", "--contrast", "9", "--out", out_dir, *FAST], capsys)
+    code, out, err = explain_cli(
+        [
+            "--run",
+            digits_run,
+            "--images",
+            imgs,
+            "--method",
+            "gradcam,saliency",
+            "--target",
+            "4",
+            "--contrast",
+            "9",
+            "--out",
+            out_dir,
+            *FAST,
+        ],
+        capsys,
+    )
     assert code == 1 and "broken.png" in err  # explained the rest, named the bad file, exit 1 as predict
     info = json.loads((out_dir / "explain.json").read_text())
     assert [r["target"] for r in info["rows"]] == [4, 4, 4] and [r["contrast"] for r in info["rows"]] == [9, 9, 9]
     assert info["skipped"][0]["file"].endswith("broken.png") and np.load(out_dir / "gradcam.npy").shape == (3, 28, 28)
-    code, _, err = explain_cli(["--run", digits_run, "--errors", "--n", "2", "--method", "ig", "--target", "true",
-                                "--out", tmp_path / "err", *FAST], capsys)
+    code, _, err = explain_cli(
+        [
+            "--run",
+            digits_run,
+            "--errors",
+            "--n",
+            "2",
+            "--method",
+            "ig",
+            "--target",
+            "true",
+            "--out",
+            tmp_path / "err",
+            *FAST,
+        ],
+        capsys,
+    )
     assert code == 0, err
     rows = json.loads((tmp_path / "err" / "explain.json").read_text())["rows"]
     assert all(r["pred"] != r["label"] and r["target"] == r["label"] for r in rows)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--method", "gradcam,lime"], "unknown method 'lime'; known: gradcam, gradcampp"),
-    (["--layer", "nope"], "--layer 'nope' is not a layer of this model; candidates"),
-    (["--layer", "flatten"], "not a spatial map"),
-    (["--layer", "rescale"], "comes before any layer with weights"),
-    (["--n", "100000"], "--n 100000 is larger than the test split"),
-    (["--target", "11"], "--target '11' is not a class"),
-    (["--contrast", "3", "--target", "3"], "is the target class itself"),
-    (["--images", "/nonexistent/x.png"], "no such file or folder"),
-    (["--per-class", "--errors"], "cannot be combined"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "gradcam,lime"], "unknown method 'lime'; known: gradcam, gradcampp"),
+        (["--layer", "nope"], "--layer 'nope' is not a layer of this model; candidates"),
+        (["--layer", "flatten"], "not a spatial map"),
+        (["--layer", "rescale"], "comes before any layer with weights"),
+        (["--n", "100000"], "--n 100000 is larger than the test split"),
+        (["--target", "11"], "--target '11' is not a class"),
+        (["--contrast", "3", "--target", "3"], "is the target class itself"),
+        (["--images", "/nonexistent/x.png"], "no such file or folder"),
+        (["--per-class", "--errors"], "cannot be combined"),
+    ],
+)
 def test_cli_errors(digits_run, tmp_path, capsys, args, message):
     from conftest import one_error_line
 
@@ -382,9 +449,11 @@ def test_cli_errors(digits_run, tmp_path, capsys, args, message):
 def test_cli_out_never_replaces_a_run_or_a_foreign_folder(digits_run, tmp_path, capsys):
     from conftest import one_error_line
 
-    for out, message in [(digits_run, "would replace the run directory"),
-                         (digits_run.parent, "would replace the run directory"),
-                         (tmp_path, "not empty and was not written by keras_digits.explain")]:
+    for out, message in [
+        (digits_run, "would replace the run directory"),
+        (digits_run.parent, "would replace the run directory"),
+        (tmp_path, "not empty and was not written by keras_digits.explain"),
+    ]:
         (tmp_path / "keep.txt").write_text("mine")
         code, _, err = explain_cli(["--run", digits_run, "--out", out, "--method", "saliency", *FAST], capsys)
         assert code == 2 and message in one_error_line(err)

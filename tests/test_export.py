@@ -12,16 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_images, one_error_line, tiny_test_split
-from keras_digits.cli import run_cli
+
+from keras_digits.utils.cli import run_cli
 
 LABELS = [str(i) for i in range(10)]
 
 
 @pytest.fixture(scope="module")
 def keras_model(tiny):
-    from keras_digits.evaluate import load_run
+    from keras_digits.evaluation.runs import load_run
 
     return load_run(tiny["run"])[1]
 
@@ -76,8 +76,9 @@ def test_fresh_tensorflow_only_process_matches_keras(tiny, keras_model, tmp_path
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "keras_digits imported: False" in proc.stdout
     expected = np.asarray(keras_model.predict(x.astype(np.float32), verbose=0))
@@ -97,8 +98,9 @@ def test_serving_signature_takes_other_sizes_and_channels(tiny, loaded):
     x, _ = tiny_test_split(tiny)
     fn = loaded.signatures["serving_default"]
     base = fn(images=tf.constant(x[:20]))
-    big = np.stack([np.asarray(Image.fromarray(im[..., 0]).convert("RGB").resize((56, 56), Image.BILINEAR))
-                    for im in x[:20]])
+    big = np.stack(
+        [np.asarray(Image.fromarray(im[..., 0]).convert("RGB").resize((56, 56), Image.BILINEAR)) for im in x[:20]]
+    )
     assert big.shape == (20, 56, 56, 3) and big.dtype == np.uint8
     out = fn(images=tf.constant(big))
     assert out["probabilities"].shape == (20, 10)
@@ -118,8 +120,8 @@ def test_rgb_model_accepts_grey_and_rgba(tmp_path):
     """Channel conversion in the graph: grey -> RGB repeats the channel, alpha is dropped."""
     import tensorflow as tf
 
-    from keras_digits.export import export_model
     from keras_digits.models import build_model
+    from keras_digits.serving.export import export_model
 
     model = build_model("simple_cnn_v1", (28, 28, 3), 4)
     path = export_model(model, tmp_path / "rgb" / "1", ["a", "b", "c", "d"], config={"arch": "simple_cnn_v1"})
@@ -141,8 +143,9 @@ def test_saved_model_cli_lists_signatures(tiny):
         if cli is None:
             pytest.skip("saved_model_cli not found")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([str(cli), "show", "--dir", str(tiny["model"]), "--all"], capture_output=True, text=True,
-                          env=env, timeout=240)
+    proc = subprocess.run(
+        [str(cli), "show", "--dir", str(tiny["model"]), "--all"], capture_output=True, text=True, env=env, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     assert "signature_def['serving_default']" in out and "signature_def['serve_float']" in out
@@ -169,7 +172,7 @@ def test_cli_refuses_existing_version_then_overwrites(tiny, tmp_path, capsys):
 
 
 def test_default_out_is_saved_models_slash_run_name(tiny, tmp_path, monkeypatch):
-    from keras_digits.export import export_run
+    from keras_digits.serving.export import export_run
 
     run = tmp_path / "my-run"
     run.mkdir()
@@ -191,4 +194,3 @@ def test_cli_bad_run_dir_one_line_exit_2(tmp_path, capsys, case):
     line = one_error_line(capsys.readouterr().err)
     assert str(run) in line
     assert not (tmp_path / "out").exists()
-

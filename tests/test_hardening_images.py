@@ -110,7 +110,7 @@ def test_folder_loader_skips_a_too_large_image(tmp_path, monkeypatch, capsys):
 
 
 def test_predict_batches_and_chunks_are_bounded_in_bytes(tiny, tmp_path, monkeypatch):
-    from keras_digits import predict
+    from keras_digits.serving import predictor as predict
 
     predictor = predict.Predictor(tiny["model"], "none")
     sizes: list[int] = []
@@ -131,12 +131,20 @@ def test_predict_batches_and_chunks_are_bounded_in_bytes(tiny, tmp_path, monkeyp
 
 def peak_rss_mib(*argv: str) -> tuple[float, subprocess.CompletedProcess]:
     """Peak RSS (MiB) of one `python -m ...` child (the only child this process waits for meanwhile)."""
-    code = ("import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.stderr.write(p.stderr); "
-            "sys.exit(p.returncode)")
+    code = (
+        "import resource, subprocess, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.stderr.write(p.stderr); "
+        "sys.exit(p.returncode)"
+    )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    done = subprocess.run([sys.executable, "-c", code, sys.executable, "-m", *argv], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", code, sys.executable, "-m", *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
     return int(done.stdout.split()[-1]) / 1024, done
 
 
@@ -151,8 +159,14 @@ def test_huge_png_peak_memory_through_predict(tiny, tmp_path):
     save(np.zeros((28, 28), np.uint8), tmp_path / "small.png")
     rss = {}
     for name in ("small", "rgb", "rgb8k", "grey"):
-        rss[name], done = peak_rss_mib("keras_digits.predict", "--model", str(tiny["model"]), "--preprocess",
-                                       "digit", str(tmp_path / f"{name}.png"))
+        rss[name], done = peak_rss_mib(
+            "keras_digits.predict",
+            "--model",
+            str(tiny["model"]),
+            "--preprocess",
+            "digit",
+            str(tmp_path / f"{name}.png"),
+        )
         if name == "rgb":
             assert done.returncode == 1 and "downscale it first" in done.stderr, done.stderr[-2000:]
         else:
@@ -216,22 +230,25 @@ def test_predict_says_a_fully_transparent_file_is_blank(tiny, tmp_path, capsys):
 # ---------------------------------------------------------------------------- 9. predict --preprocess none
 @pytest.fixture(scope="module")
 def digit_export(tiny, tmp_path_factory) -> Path:
-    from keras_digits.export import export_run
+    from keras_digits.serving.export import export_run
 
     return export_run(tiny["run"], tmp_path_factory.mktemp("digit_export") / "digit", 1, preprocess="digit")
 
 
 def test_preprocess_none_is_refused_for_a_digit_export(digit_export, tmp_path, capsys):
     from keras_digits import predict, submit
-    from keras_digits.predict import Predictor
+    from keras_digits.serving.predictor import Predictor
 
     (tmp_path / "imgs").mkdir()
     path = save(np.zeros((28, 28), np.uint8), tmp_path / "imgs" / "1.png")
     code, out, err = run_main(predict.main, ["--model", digit_export, "--preprocess", "none", path], capsys)
     assert code == 2 and not out
     assert "--preprocess none" in one_error_line(err) and "exported with --preprocess digit" in err
-    code, _, err = run_main(submit.main, ["--model", digit_export, "--preprocess", "none", "--images",
-                                          tmp_path / "imgs", "--out", tmp_path / "s.csv"], capsys)
+    code, _, err = run_main(
+        submit.main,
+        ["--model", digit_export, "--preprocess", "none", "--images", tmp_path / "imgs", "--out", tmp_path / "s.csv"],
+        capsys,
+    )
     assert code == 2 and "--preprocess none" in one_error_line(err) and not (tmp_path / "s.csv").exists()
     assert Predictor(digit_export, "auto").preprocess == "none"  # normalised once, in the signature
     assert Predictor(digit_export, "digit").preprocess == "none"
@@ -272,8 +289,9 @@ def test_explain_images_see_what_predict_feeds_the_model(tiny, run_copy, tmp_pat
     normalised, _ = normalize_batch(tf.constant(read_image(path, None)[None]))
     with np.load(tmp_path / "ex" / "inputs.npz") as d:  # the grid's input column: the model's input
         assert np.abs(d["images"].astype(int) - normalised.numpy().astype(int)).max() <= 1
-    code, _, err = explain(["--run", run_copy, "--images", path, "--preprocess", "none", "--out", tmp_path / "raw",
-                            *FAST], capsys)
+    code, _, err = explain(
+        ["--run", run_copy, "--images", path, "--preprocess", "none", "--out", tmp_path / "raw", *FAST], capsys
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "raw" / "explain.json").read_text())["preprocess"] == "none"
     with np.load(tmp_path / "raw" / "inputs.npz") as d:
@@ -283,7 +301,7 @@ def test_explain_images_see_what_predict_feeds_the_model(tiny, run_copy, tmp_pat
 def test_explain_says_when_the_contrast_is_dropped(tiny, run_copy, tmp_path, capsys):
     from conftest import tiny_test_split
 
-    from keras_digits.evaluate import load_run
+    from keras_digits.evaluation.runs import load_run
 
     x, _ = tiny_test_split(tiny)
     _, model = load_run(run_copy)
@@ -291,8 +309,22 @@ def test_explain_says_when_the_contrast_is_dropped(tiny, run_copy, tmp_path, cap
     a = 0
     b = int(np.flatnonzero(preds != preds[a])[0])
     files = [save(x[i, ..., 0], tmp_path / f"{n}.png") for n, i in (("a", a), ("b", b))]
-    code, _, err = explain(["--run", run_copy, "--images", *files, "--preprocess", "none", "--contrast",
-                            str(preds[a]), "--out", tmp_path / "ex", *FAST], capsys)
+    code, _, err = explain(
+        [
+            "--run",
+            run_copy,
+            "--images",
+            *files,
+            "--preprocess",
+            "none",
+            "--contrast",
+            str(preds[a]),
+            "--out",
+            tmp_path / "ex",
+            *FAST,
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert f"note: --contrast {preds[a]}: 1 image(s) whose target is that class itself" in err and str(files[0]) in err
     info = json.loads((tmp_path / "ex" / "explain.json").read_text())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from keras_digits.errors import KerasDigitsError
-from keras_digits.io import read_json_object, replace_dir
+from keras_digits.utils.io import read_json_object, replace_dir
 
 
 def test_replace_dir_through_a_link_replaces_its_folder_and_keeps_the_link(tmp_path):
@@ -33,7 +33,7 @@ def test_deeply_nested_json_is_one_error(tmp_path):
 
 
 def test_a_sweeps_recorded_command_leaves_out_how_workers_were_spread():
-    from keras_digits.sweep import without_worker_flags
+    from keras_digits.studies.sweep import without_worker_flags
 
     argv = ["--vary", "lr=0.1,0.01", "--worker-wait", "30", "--worker-timeout=60", "--epochs", "1", "--worker-wait=5"]
     assert without_worker_flags(argv) == ["--vary", "lr=0.1,0.01", "--epochs", "1"]

@@ -17,7 +17,7 @@ DENSE = ["--arch", "dense", "--epochs", "1", "--verbose", "0"]
 
 
 def png_of(fig) -> bytes:
-    from keras_digits.html_report import figure_png
+    from keras_digits.reporting.html import figure_png
 
     return figure_png(fig)
 
@@ -61,8 +61,8 @@ def base(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def mnist_run(base) -> dict[str, Path]:
     """A dense run on a small mnist.npz (trained once), and a second, different mnist.npz."""
-    from keras_digits.cli import run_cli
     from keras_digits.train import main
+    from keras_digits.utils.cli import run_cli
 
     data, other = write_mnist(base / "mnist", 200, 60, seed=1), write_mnist(base / "other", 50, 20, seed=7)
     run = base / "mnist_run"
@@ -78,13 +78,13 @@ def run_copy(mnist_run, tmp_path) -> Path:
 
 # ---------------------------------------------------------------------------- 2. label names are data
 def _confusion(names):
-    from keras_digits.report import plot_confusion_figure
+    from keras_digits.reporting.plots import plot_confusion_figure
 
     return plot_confusion_figure(np.array([[3, 1], [0, 2]]), names, title=f"model on {ODD}")
 
 
 def _roc(names):
-    from keras_digits.report import plot_roc_pr_figure
+    from keras_digits.reporting.plots import plot_roc_pr_figure
 
     y = np.array([0, 1, 0, 1, 1])
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.45, 0.55]])
@@ -92,16 +92,20 @@ def _roc(names):
 
 
 def _curves(names):
-    from keras_digits.report import plot_curves_figure
+    from keras_digits.reporting.plots import plot_curves_figure
 
     return plot_curves_figure({"epoch": [0, 1], "loss": [1.0, 0.5], "accuracy": [0.5, 0.8]}, title=names[0])
 
 
 def _mistakes(names):
-    from keras_digits.tb_images import mistakes_grid
+    from keras_digits.reporting.tb_images import mistakes_grid
 
-    ex = {"mistakes": 2, "images": np.zeros((2, 8, 8, 1), np.uint8), "y": np.array([0, 1]),
-          "probs": np.array([[0.2, 0.8], [0.9, 0.1]])}
+    ex = {
+        "mistakes": 2,
+        "images": np.zeros((2, 8, 8, 1), np.uint8),
+        "y": np.array([0, 1]),
+        "probs": np.array([[0.2, 0.8], [0.9, 0.1]]),
+    }
     return mistakes_grid(ex, names)
 
 
@@ -109,8 +113,9 @@ def _explain(names):
     from keras_digits.explain.figures import grid_figure
 
     rng = np.random.default_rng(0)
-    return grid_figure(rng.integers(0, 255, (2, 8, 8, 1), dtype=np.uint8), {ODD: rng.random((2, 8, 8))}, names,
-                       title=ODD)
+    return grid_figure(
+        rng.integers(0, 255, (2, 8, 8, 1), dtype=np.uint8), {ODD: rng.random((2, 8, 8))}, names, title=ODD
+    )
 
 
 @pytest.mark.parametrize("draw", [_confusion, _roc, _curves, _mistakes, _explain])
@@ -120,14 +125,16 @@ def test_label_names_are_drawn_as_they_are_never_as_mathtext(draw):
 
 
 def test_grid_plots_show_factor_and_value_text_as_it_is(tmp_path):
-    from keras_digits.grid import RunResult, Variant
-    from keras_digits.grid_report import plot_summary, plot_val_curves, summarize
+    from keras_digits.studies.grid import RunResult, Variant
+    from keras_digits.studies.report import plot_summary, plot_val_curves, summarize
 
     run = tmp_path / "r"
     run.mkdir()
     (run / "history.csv").write_text("epoch,val_accuracy\n0,0.5\n1,0.7\n")
-    results = [RunResult(Variant(ODD, value, {}), 0, run, {"val": {"accuracy": acc}, "test": {"accuracy": acc}}, True)
-               for value, acc in ((r"$\x$", 0.5), ("$y", 0.6))]
+    results = [
+        RunResult(Variant(ODD, value, {}), 0, run, {"val": {"accuracy": acc}, "test": {"accuracy": acc}}, True)
+        for value, acc in ((r"$\x$", 0.5), ("$y", 0.6))
+    ]
     plot_summary(summarize(results), tmp_path / "s.png", title=ODD)
     assert plot_val_curves(results, tmp_path / "c.png", title=ODD)
     assert (tmp_path / "s.png").stat().st_size > 1000 and (tmp_path / "c.png").stat().st_size > 1000
@@ -139,8 +146,9 @@ def test_a_class_folder_named_like_mathtext_trains_to_a_finished_run_and_page(tm
 
     tree = write_tree(tmp_path / "tree", (ODD, "plain"), seed=1)
     run = tmp_path / "run"
-    code, out, err = train_cli([*DENSE, "--dataset", "folder", "--data-dir", tree, "--image-size", "16",
-                                "--run-dir", run], capsys)
+    code, out, err = train_cli(
+        [*DENSE, "--dataset", "folder", "--data-dir", tree, "--image-size", "16", "--run-dir", run], capsys
+    )
     assert code == 0, err
     assert "warning" not in err and "run saved to" in out
     metrics = json.loads((run / "metrics.json").read_text())
@@ -153,7 +161,7 @@ def test_a_class_folder_named_like_mathtext_trains_to_a_finished_run_and_page(tm
 
 
 def test_a_plot_that_fails_costs_no_score_one_warning_and_a_note_on_the_page(tmp_path, capsys, monkeypatch):
-    import keras_digits.report as report
+    import keras_digits.reporting.plots as report
 
     def broken(*args, **kwargs):
         raise ValueError("no such glyph\nsecond line")
@@ -162,13 +170,15 @@ def test_a_plot_that_fails_costs_no_score_one_warning_and_a_note_on_the_page(tmp
     monkeypatch.setattr(report, "plot_curves_figure", broken)
     tree = write_tree(tmp_path / "tree", ("a", "b"), seed=2)
     run = tmp_path / "run"
-    code, out, err = train_cli([*DENSE, "--dataset", "folder", "--data-dir", tree, "--image-size", "16",
-                                "--run-dir", run], capsys)
+    code, out, err = train_cli(
+        [*DENSE, "--dataset", "folder", "--data-dir", tree, "--image-size", "16", "--run-dir", run], capsys
+    )
     assert code == 0, err
     assert "Traceback" not in err
     warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
-    assert any("confusion matrix plot could not be drawn" in w and "no such glyph second line" in w
-               for w in warnings), err
+    assert any(
+        "confusion matrix plot could not be drawn" in w and "no such glyph second line" in w for w in warnings
+    ), err
     assert any("learning curves plot could not be drawn" in w for w in warnings), err
     assert json.loads((run / "metrics.json").read_text())["status"] == "finished"
     assert not (run / "trained.json").exists() and not (run / "confusion_matrix.png").exists()
@@ -178,8 +188,8 @@ def test_a_plot_that_fails_costs_no_score_one_warning_and_a_note_on_the_page(tmp
 
 
 def test_a_grid_whose_figure_fails_still_writes_its_table_and_page(tmp_path, monkeypatch, capsys):
-    import keras_digits.grid_report as grid_report
-    from keras_digits.grid import RunResult, Variant
+    import keras_digits.studies.report as grid_report
+    from keras_digits.studies.grid import RunResult, Variant
 
     def broken(*args, **kwargs):
         raise RuntimeError("renderer gone")
@@ -199,8 +209,9 @@ def _other_files(run: Path) -> list[Path]:
     return sorted(run.glob("metrics-*.json"))
 
 
-def test_two_different_scorings_of_one_dataset_both_survive_and_the_report_shows_both(mnist_run, run_copy, tmp_path,
-                                                                                      capsys):
+def test_two_different_scorings_of_one_dataset_both_survive_and_the_report_shows_both(
+    mnist_run, run_copy, tmp_path, capsys
+):
     run = run_copy
     swap = tmp_path / "swap.json"
     swap.write_text(json.dumps({"0": "1", "1": "0"}))
@@ -227,15 +238,22 @@ def test_two_different_scorings_of_one_dataset_both_survive_and_the_report_shows
     # the same scoring again replaces its own result; another split of it is added beside it
     code, _, err = evaluate_cli(["--run", run, "--dataset", "mnist", "--data-dir", mnist_run["other"]], capsys)
     assert code == 0 and _other_files(run) == files, err
-    code, _, err = evaluate_cli(["--run", run, "--dataset", "mnist", "--data-dir", mnist_run["other"], "--split",
-                                 "val"], capsys)
+    code, _, err = evaluate_cli(
+        ["--run", run, "--dataset", "mnist", "--data-dir", mnist_run["other"], "--split", "val"], capsys
+    )
     assert code == 0 and _other_files(run) == files, err
     other = next(json.loads(p.read_text()) for p in files if "label_map" not in json.loads(p.read_text()))
     assert {"val", "test"} <= set(other) and set(other["fingerprints"]) == {"val", "test"}
 
 
-LEGACY = {"dataset": "mnist", "source": "somewhere/mnist.npz", "split": "test", "preprocess": "digit",
-          "trained_on": "mnist", "test": {"n": 10000, "accuracy": 0.5, "loss": 1.0, "f1": 0.5, "auc": None}}
+LEGACY = {
+    "dataset": "mnist",
+    "source": "somewhere/mnist.npz",
+    "split": "test",
+    "preprocess": "digit",
+    "trained_on": "mnist",
+    "test": {"n": 10000, "accuracy": 0.5, "loss": 1.0, "f1": 0.5, "auc": None},
+}
 
 
 def test_an_older_metrics_name_file_is_kept_and_shown_beside_new_scores(run_copy, capsys):
@@ -251,9 +269,9 @@ def test_an_older_metrics_name_file_is_kept_and_shown_beside_new_scores(run_copy
 
 
 def test_a_file_holding_another_scoring_is_never_written_over(mnist_run, run_copy, capsys):
-    from keras_digits.crossdata import scoring_name
     from keras_digits.data import load_dataset
     from keras_digits.data.fingerprint import split_fingerprint
+    from keras_digits.evaluation.results import scoring_name
 
     run = run_copy
     # a file already at the name this scoring gets, but holding another scoring (a hash collision, a hand copy)
@@ -274,8 +292,21 @@ def test_evaluate_on_another_data_dir_shares_the_file_of_the_same_scoring(mnist_
     run = run_copy
     code, _, err = evaluate_cli(["--run", run, "--data-dir", mnist_run["other"]], capsys)
     assert code == 0 and "not the data this run was trained" in err, err
-    code, _, err = evaluate_cli(["--run", run, "--dataset", "mnist", "--data-dir", mnist_run["other"],
-                                 "--preprocess", "none", "--split", "val"], capsys)
+    code, _, err = evaluate_cli(
+        [
+            "--run",
+            run,
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            mnist_run["other"],
+            "--preprocess",
+            "none",
+            "--split",
+            "val",
+        ],
+        capsys,
+    )
     assert code == 0, err
     files = _other_files(run)
     assert len(files) == 1, files
@@ -316,31 +347,36 @@ def test_robustness_rows_accumulate_per_seed_and_the_report_shows_them_all(run_c
     page, md = (run / "report.html").read_text(), (run / "report.md").read_text()
     for p in files:
         assert p.name in page and p.name in md
-    assert page.count("<td class=\"l\">blur</td>") == 1 and "seed 3" in page and "| jpeg | 2 |" in md
+    assert page.count('<td class="l">blur</td>') == 1 and "seed 3" in page and "| jpeg | 2 |" in md
 
 
 def test_merge_rows_replaces_the_same_setting_and_keeps_clean_first():
-    from keras_digits.crossdata import merge_rows
+    from keras_digits.evaluation.results import merge_rows
 
-    old = [{"corruption": "clean", "severity": 0, "accuracy": 0.9}, {"corruption": "noise", "severity": 1,
-                                                                    "accuracy": 0.8}]
-    new = [{"corruption": "clean", "severity": 0, "accuracy": 0.9}, {"corruption": "noise", "severity": 1,
-                                                                    "accuracy": 0.7},
-           {"corruption": "blur", "severity": 2, "accuracy": 0.6}]
+    old = [
+        {"corruption": "clean", "severity": 0, "accuracy": 0.9},
+        {"corruption": "noise", "severity": 1, "accuracy": 0.8},
+    ]
+    new = [
+        {"corruption": "clean", "severity": 0, "accuracy": 0.9},
+        {"corruption": "noise", "severity": 1, "accuracy": 0.7},
+        {"corruption": "blur", "severity": 2, "accuracy": 0.6},
+    ]
     merged = merge_rows(old, new)
     assert [(r["corruption"], r["accuracy"]) for r in merged] == [("clean", 0.9), ("noise", 0.7), ("blur", 0.6)]
 
 
 # ---------------------------------------------------------------------------- 9. report --run takes the lock
 def test_report_on_a_run_held_by_another_command_is_one_line_and_exit_2(tmp_path, capsys):
-    from keras_digits.lock import hold
     from keras_digits.report import main as report_main
+    from keras_digits.utils.lock import hold
 
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"arch": "dense"}))
-    (run / "metrics.json").write_text(json.dumps({"status": "finished", "test": {"n": 2, "accuracy": 1.0,
-                                                                                  "loss": 0.1, "f1": 1.0}}))
+    (run / "metrics.json").write_text(
+        json.dumps({"status": "finished", "test": {"n": 2, "accuracy": 1.0, "loss": 0.1, "f1": 1.0}})
+    )
     with hold(run, "run directory"):
         code, out, err = run_main(report_main, ["--run", run], capsys)
     assert code == 2 and "in use by" in one_error_line(err)

@@ -48,16 +48,40 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def tf_config(ports: list[int], index: int) -> str:
-    return json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},
-                       "task": {"type": "worker", "index": index}})
+    return json.dumps(
+        {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+    )
 
 
 def start_worker(ports: list[int], index: int, data_dir: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "keras_digits.train", "--strategy", "multiworker", "--dataset", "mnist",
-           "--data-dir", str(data_dir), "--arch", "simple_cnn_v1", "--batch-size", "16", "--epochs", "1",
-           "--run-dir", str(tmp_path / "run"), *extra]
-    return subprocess.Popen(cmd, cwd=REPO, env=clean_env(TF_CONFIG=tf_config(ports, index)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "keras_digits.train",
+        "--strategy",
+        "multiworker",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(data_dir),
+        "--arch",
+        "simple_cnn_v1",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "1",
+        "--run-dir",
+        str(tmp_path / "run"),
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=clean_env(TF_CONFIG=tf_config(ports, index)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 class Lines:
@@ -121,9 +145,11 @@ def test_worker_alone_says_what_it_waits_for_and_gives_up(tmp_path, data_dir):
     out.thread.join(5)
     assert f"worker 0: waiting for worker 1 at localhost:{ports[1]} (0 s)" in out.lines, out.lines
     assert code == 2, err
-    assert error_lines(err) == [f"error: worker 0: gave up after 3 s waiting for worker 1 at localhost:{ports[1]} "
-                                "(--worker-wait); start every process of the cluster with the same command, or "
-                                "check the addresses"], err
+    assert error_lines(err) == [
+        f"error: worker 0: gave up after 3 s waiting for worker 1 at localhost:{ports[1]} "
+        "(--worker-wait); start every process of the cluster with the same command, or "
+        "check the addresses"
+    ], err
     assert not (tmp_path / "run").exists()
 
 
@@ -152,9 +178,11 @@ def test_peer_that_answers_but_never_joins_is_given_up_on(tmp_path, data_dir, si
     code, err = finish(proc, timeout=30)
     assert time.monotonic() - started < 12
     assert code != 0
-    assert error_lines(err) == ["error: worker 0: gave up after 3 s while TensorFlow connected the workers "
-                                "(--worker-wait): a worker's address answers but its process did not join; restart "
-                                "every worker"], err
+    assert error_lines(err) == [
+        "error: worker 0: gave up after 3 s while TensorFlow connected the workers "
+        "(--worker-wait): a worker's address answers but its process did not join; restart "
+        "every worker"
+    ], err
 
 
 def test_ctrl_c_while_tensorflow_connects_ends_the_worker(tmp_path, data_dir, silent_peer):
@@ -196,7 +224,7 @@ def test_sigterm_ends_a_training_worker(tmp_path, data_dir):
 
 
 def test_wait_for_raises_on_sigterm_and_restores_the_handler():
-    from keras_digits.tfconfig import Terminated, wait_for
+    from keras_digits.runtime.tfconfig import Terminated, wait_for
 
     port = free_ports(1)[0]
     before = signal.getsignal(signal.SIGTERM)
@@ -215,7 +243,7 @@ def test_wait_for_raises_on_sigterm_and_restores_the_handler():
 def test_worker_wait_is_checked_and_not_part_of_a_runs_identity(capsys):
     from keras_digits.config import TrainConfig, comparable
     from keras_digits.errors import KerasDigitsError
-    from keras_digits.grid import parse_vary
+    from keras_digits.studies.grid import parse_vary
     from keras_digits.train import build_parser
 
     assert TrainConfig().worker_wait == 300
@@ -237,19 +265,29 @@ TINY_TUNE = ["--dataset", "digits", "--max-train-samples", "100", "--epochs", "1
 def test_tuner_or_grid_worker_without_chief_says_so_and_gives_up(tmp_path, command):
     port = free_ports(1)[0]
     env = clean_env(KERASTUNER_TUNER_ID="w0", KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port))
-    args = (["--directory", str(tmp_path / "tuning"), "--max-trials", "2"] if command == "tune"
-            else ["--vary", "lr=0.001,0.01", "--out", str(tmp_path / "sw")])
-    proc = subprocess.Popen([sys.executable, "-m", f"keras_digits.{command}", *TINY_TUNE, *args,
-                             "--worker-wait", "2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    args = (
+        ["--directory", str(tmp_path / "tuning"), "--max-trials", "2"]
+        if command == "tune"
+        else ["--vary", "lr=0.001,0.01", "--out", str(tmp_path / "sw")]
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"keras_digits.{command}", *TINY_TUNE, *args, "--worker-wait", "2"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out = Lines(proc)
     code, err = finish(proc, timeout=120)
     out.thread.join(5)
     assert f"worker w0: waiting for the chief's oracle at 127.0.0.1:{port} (0 s)" in out.lines, out.lines
     assert code == 2, err
-    assert error_lines(err) == [f"error: worker w0: gave up after 2 s waiting for the chief's oracle at "
-                                f"127.0.0.1:{port} (--worker-wait); start every process of the cluster with the "
-                                "same command, or check the addresses"], err
+    assert error_lines(err) == [
+        f"error: worker w0: gave up after 2 s waiting for the chief's oracle at "
+        f"127.0.0.1:{port} (--worker-wait); start every process of the cluster with the "
+        "same command, or check the addresses"
+    ], err
 
 
 # ---------------------------------------------------------------------------- item 9: tune surprises
@@ -259,30 +297,51 @@ def no_distribution(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def test_best_config_drops_the_search_budget_and_trial_numbers_agree(tmp_path, capsys, monkeypatch,
-                                                                     no_distribution):
-    import keras_digits.train as train_module
-    from keras_digits.cli import run_cli
+def test_best_config_drops_the_search_budget_and_trial_numbers_agree(tmp_path, capsys, monkeypatch, no_distribution):
+    import keras_digits.training.run as train_module
     from keras_digits.config import TrainConfig
     from keras_digits.tune import cli as tune_cli
+    from keras_digits.utils.cli import run_cli
 
     trained = []
-    monkeypatch.setattr(train_module, "train_and_evaluate",
-                        lambda cfg, run_dir, overwrite=False: trained.append(cfg) or {"val": {"accuracy": 0.5}})
-    args = ["--dataset", "digits", "--max-train-samples", "100", "--max-epochs", "1", "--verbose", "1",
-            "--max-trials", "1", "--directory", str(tmp_path), "--project", "p", "--retrain-best", "--run-dir",
-            str(tmp_path / "best")]
+    monkeypatch.setattr(
+        train_module,
+        "train_and_evaluate",
+        lambda cfg, run_dir, overwrite=False: trained.append(cfg) or {"val": {"accuracy": 0.5}},
+    )
+    args = [
+        "--dataset",
+        "digits",
+        "--max-train-samples",
+        "100",
+        "--max-epochs",
+        "1",
+        "--verbose",
+        "1",
+        "--max-trials",
+        "1",
+        "--directory",
+        str(tmp_path),
+        "--project",
+        "p",
+        "--retrain-best",
+        "--run-dir",
+        str(tmp_path / "best"),
+    ]
     assert run_cli(tune_cli.main, args) == 0
     out = capsys.readouterr().out
     assert "Trial 1 Complete" in out  # KerasTuner's own line
     assert "trial 1 done (trial_0, tuner0)" in out, out
     assert "best trial 1 (trial_0)" in out
-    assert ("best_config.json leaves out the search's budget (--max-train-samples 100, --epochs 1 per trial): "
-            "train --config uses the whole training set and its own --epochs (default 15)") in out
+    assert (
+        "best_config.json leaves out the search's budget (--max-train-samples 100, --epochs 1 per trial): "
+        "train --config uses the whole training set and its own --epochs (default 15)"
+    ) in out
 
     data = json.loads((tmp_path / "p" / "best_config.json").read_text())
     assert not {"max_train_samples", "epochs", "verbose", "worker_wait"} & set(data)
-    from keras_digits.train import build_parser, config_from_args
+    from keras_digits.train import build_parser
+    from keras_digits.training.flags import config_from_args
 
     cfg = config_from_args(build_parser().parse_args(["--config", str(tmp_path / "p" / "best_config.json")]))
     assert cfg.max_train_samples is None and cfg.epochs == TrainConfig().epochs
@@ -298,7 +357,8 @@ def test_best_config_drops_the_search_budget_and_trial_numbers_agree(tmp_path, c
 # ---------------------------------------------------------------------------- item 10: progress bars in files
 def test_fit_verbosity_is_per_epoch_lines_when_stdout_is_not_a_terminal(monkeypatch):
     from keras_digits.config import TrainConfig
-    from keras_digits.train import build_parser, config_from_args
+    from keras_digits.train import build_parser
+    from keras_digits.training.flags import config_from_args
 
     monkeypatch.setattr(sys, "stdout", open(os.devnull, "w"))  # noqa: SIM115  (a file, not a terminal)
     try:
@@ -314,10 +374,30 @@ def test_fit_verbosity_is_per_epoch_lines_when_stdout_is_not_a_terminal(monkeypa
 def test_a_run_logged_to_a_file_has_no_progress_bars(tmp_path, data_dir):
     log = tmp_path / "train.log"
     with log.open("w") as out:
-        code = subprocess.call([sys.executable, "-m", "keras_digits.train", "--dataset", "mnist", "--data-dir",
-                                str(data_dir), "--arch", "simple_cnn_v1", "--epochs", "2", "--max-train-samples",
-                                "100", "--run-dir", str(tmp_path / "run")], cwd=REPO, env=clean_env(),
-                               stdout=out, stderr=subprocess.STDOUT, timeout=180)
+        code = subprocess.call(
+            [
+                sys.executable,
+                "-m",
+                "keras_digits.train",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                str(data_dir),
+                "--arch",
+                "simple_cnn_v1",
+                "--epochs",
+                "2",
+                "--max-train-samples",
+                "100",
+                "--run-dir",
+                str(tmp_path / "run"),
+            ],
+            cwd=REPO,
+            env=clean_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=180,
+        )
     text = log.read_text()
     assert code == 0, text[-2000:]
     assert "\r" not in text and "\x08" not in text

@@ -28,8 +28,9 @@ CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO, env=env,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout
+    )
 
 
 # ---------------------------------------------------------------------------- 1. CIFAR-10 pickles run nothing
@@ -56,8 +57,12 @@ class ExecPayload:
 def cifar_batch(n: int, seed: int, protocol: int = pickle.DEFAULT_PROTOCOL) -> bytes:
     """A batch in the official layout: bytes keys, a uint8 (N, 3072) array, a list of int labels."""
     x, y = make_images(n, (32, 32, 3), 10, seed)
-    batch = {b"batch_label": b"training batch 1 of 5", b"labels": y.tolist(),
-             b"data": x.transpose(0, 3, 1, 2).reshape(n, -1), b"filenames": [b"img_%d.png" % i for i in range(n)]}
+    batch = {
+        b"batch_label": b"training batch 1 of 5",
+        b"labels": y.tolist(),
+        b"data": x.transpose(0, 3, 1, 2).reshape(n, -1),
+        b"filenames": [b"img_%d.png" % i for i in range(n)],
+    }
     return pickle.dumps(batch, protocol=protocol)
 
 
@@ -105,8 +110,21 @@ def test_a_planted_cifar_batch_through_the_train_command(tmp_path, layout):
     blobs["test_batch"] = planted(marker, SystemPayload, "batch")
     write_cifar(tmp_path / "data", blobs, layout)
     run = tmp_path / "run"
-    proc = cli("keras_digits.train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--arch", "dense",
-               "--epochs", "1", "--verbose", "0", "--run-dir", str(run))
+    proc = cli(
+        "keras_digits.train",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--arch",
+        "dense",
+        "--epochs",
+        "1",
+        "--verbose",
+        "0",
+        "--run-dir",
+        str(run),
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     line = one_error_line(proc.stderr)
@@ -166,7 +184,7 @@ def test_no_load_path_enables_unsafe_deserialisation():
                 depth += {"(": 1, ")": -1}.get(text[end], 0)
                 if depth == 0:
                     break
-            call = text[m.start():end + 1]
+            call = text[m.start() : end + 1]
             if "allow_pickle=False" not in call:
                 found.append(f"{path.relative_to(REPO)}: np.load without allow_pickle=False: {call[:80]}")
     assert not found, "\n".join(found)
@@ -177,8 +195,8 @@ def test_a_keras_model_with_a_lambda_layer_is_refused_and_never_runs(tmp_path):
     bytecode is refused, not run."""
     import keras
 
-    from keras_digits.evaluate import load_run
-    from keras_digits.io import write_json
+    from keras_digits.evaluation.runs import load_run
+    from keras_digits.utils.io import write_json
 
     marker = tmp_path / "MARKER"
     side_effect = keras.layers.Lambda(lambda x, m=str(marker): (open(m, "w").write("ran"), x)[1])
@@ -239,10 +257,13 @@ def test_a_medmnist_file_of_the_wrong_size_is_refused_before_converting(tmp_path
     assert cache_dirs(tmp_path / "cache") == []
 
 
-@pytest.mark.parametrize("labels, message", [
-    (np.full((14, 1), 99, np.uint8), r"labels must lie in \[0, 6\]"),
-    (np.full((14, 1), 1.5), "labels must be integers"),
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.full((14, 1), 99, np.uint8), r"labels must lie in \[0, 6\]"),
+        (np.full((14, 1), 1.5), "labels must be integers"),
+    ],
+)
 def test_a_medmnist_file_refused_after_converting_leaves_no_copy(tmp_path, monkeypatch, capsys, labels, message):
     monkeypatch.setenv("KERAS_DIGITS_CACHE", str(tmp_path / "cache"))
     write_medmnist_64(tmp_path / "data", labels=labels)
@@ -280,7 +301,7 @@ def test_a_valid_medmnist_64_file_keeps_its_converted_copy(tmp_path, monkeypatch
 # ---------------------------------------------------------------------------- 8. --overwrite through a symlink
 def interrupted_run(folder: Path) -> Path:
     from keras_digits.config import TrainConfig
-    from keras_digits.io import write_json
+    from keras_digits.utils.io import write_json
 
     (folder / "backup").mkdir(parents=True)
     write_json(folder / "config.json", TrainConfig(verbose=0).to_dict())
@@ -289,14 +310,31 @@ def interrupted_run(folder: Path) -> Path:
 
 
 def test_overwrite_through_a_symlinked_run_dir_is_refused_and_deletes_nothing(tmp_path, capsys):
-    from keras_digits.rundir import staging_dir
     from keras_digits.train import main as train_main
+    from keras_digits.training.rundir import staging_dir
 
     target = interrupted_run(tmp_path / "real")
     link = tmp_path / "LINK"
     link.symlink_to(target, target_is_directory=True)
-    code, _, err = run_main(train_main, ["--arch", "dense", "--dataset", "digits", "--max-train-samples", "100",
-                                         "--epochs", "1", "--verbose", "0", "--run-dir", link, "--overwrite"], capsys)
+    code, _, err = run_main(
+        train_main,
+        [
+            "--arch",
+            "dense",
+            "--dataset",
+            "digits",
+            "--max-train-samples",
+            "100",
+            "--epochs",
+            "1",
+            "--verbose",
+            "0",
+            "--run-dir",
+            link,
+            "--overwrite",
+        ],
+        capsys,
+    )
     assert code == 2, err
     line = one_error_line(err)
     assert "is a symbolic link" in line and str(target) in line
@@ -313,7 +351,7 @@ def test_overwrite_through_a_symlinked_run_dir_is_refused_and_deletes_nothing(tm
 
 
 def test_a_symlink_at_the_overwrite_staging_name_is_removed_not_followed(tmp_path):
-    from keras_digits.rundir import staging_dir
+    from keras_digits.training.rundir import staging_dir
 
     run = tmp_path / "run"
     run.mkdir()
@@ -333,8 +371,14 @@ def interrupt_when(command: list[str], after_module: str, delay: float) -> tuple
     (importtime reports each import on stderr as it ends: a sync point, not a guess at how long start-up takes);
     (exit code, stderr without importtime's lines)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", *command], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", *command],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines = []
     try:
         for line in proc.stderr:
@@ -354,13 +398,16 @@ def interrupt_when(command: list[str], after_module: str, delay: float) -> tuple
     return code, "".join(line for line in lines if not line.startswith("import time:"))
 
 
-@pytest.mark.parametrize("command, after_module, delay", [
-    (["keras_digits.export", "--run", "nowhere"], "keras_digits", 0.0),  # just after the package (handler set)
-    (["keras_digits.export", "--run", "nowhere"], "numpy", 0.0),
-    (["keras_digits.export", "--run", "nowhere"], "keras_digits.lock", 0.3),  # run_cli importing TensorFlow
-    (["keras_digits.train", "--dataset", "digits"], "keras_digits.flags", 0.0),
-    (["keras_digits.explain", "--help"], "keras_digits", 0.0),  # a package's __main__
-])
+@pytest.mark.parametrize(
+    "command, after_module, delay",
+    [
+        (["keras_digits.export", "--run", "nowhere"], "keras_digits", 0.0),  # just after the package (handler set)
+        (["keras_digits.export", "--run", "nowhere"], "numpy", 0.0),
+        (["keras_digits.export", "--run", "nowhere"], "keras_digits.utils.lock", 0.3),  # run_cli importing TensorFlow
+        (["keras_digits.train", "--dataset", "digits"], "keras_digits.training.flags", 0.0),
+        (["keras_digits.explain", "--help"], "keras_digits", 0.0),  # a package's __main__
+    ],
+)
 def test_ctrl_c_during_a_commands_start_prints_interrupted(command, after_module, delay):
     code, err = interrupt_when(command, after_module, delay)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
@@ -370,7 +417,7 @@ def test_ctrl_c_during_a_commands_start_prints_interrupted(command, after_module
 
 def test_ctrl_c_in_a_commands_main_still_runs_its_cleanups(tmp_path, capsys):
     """In-process (no `python -m`): run_cli leaves SIGINT alone and reports a KeyboardInterrupt raised in main."""
-    from keras_digits.cli import run_cli
+    from keras_digits.utils.cli import run_cli
 
     before = signal.getsignal(signal.SIGINT)
     cleaned = []

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from keras_digits.io import atomic_path, write_json
+from keras_digits.utils.io import atomic_path, write_json
 
 
 def test_atomic_path_keeps_old_file_when_the_write_fails(tmp_path):

@@ -10,17 +10,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, make_images, one_error_line, run_main
+
 from keras_digits.data import get_spec, list_datasets, load_dataset
 from keras_digits.errors import KerasDigitsError
 
-SUBSETS = ("pathmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist", "breastmnist", "bloodmnist",
-           "tissuemnist", "organamnist", "organcmnist", "organsmnist", "chestmnist")
+SUBSETS = (
+    "pathmnist",
+    "dermamnist",
+    "octmnist",
+    "pneumoniamnist",
+    "retinamnist",
+    "breastmnist",
+    "bloodmnist",
+    "tissuemnist",
+    "organamnist",
+    "organcmnist",
+    "organsmnist",
+    "chestmnist",
+)
 
 
-def write_medmnist(folder: Path, name: str, size: int = 28, n=(70, 28, 28), grey_2d: bool = True,
-                   image_size: int | None = None) -> Path:
+def write_medmnist(
+    folder: Path, name: str, size: int = 28, n=(70, 28, 28), grey_2d: bool = True, image_size: int | None = None
+) -> Path:
     """NAME.npz / NAME_SIZE.npz with learnable images; grey subsets as (N, H, W) like MedMNIST's files."""
     spec = get_spec(name)
     side = image_size or size
@@ -40,18 +53,25 @@ def test_every_2d_subset_is_registered_from_medmnist_info():
     assert set(SUBSETS) <= set(list_datasets())
     derma = get_spec("dermamnist")
     assert derma.num_classes == 7 and derma.image_shape == (28, 28, 3) and derma.sizes == (28, 64, 128, 224)
-    assert derma.checksums == {"dermamnist.npz": "md5:0744692d530f8e62ec473284d019b0c7",
-                               "dermamnist_64.npz": "md5:b70a2f5635c6199aeaa28c31d7202e1f",
-                               "dermamnist_128.npz": "md5:2defd784463fa5243564e855ed717de1",
-                               "dermamnist_224.npz": "md5:8974907d8e169bef5f5b96bc506ae45d"}
+    assert derma.checksums == {
+        "dermamnist.npz": "md5:0744692d530f8e62ec473284d019b0c7",
+        "dermamnist_64.npz": "md5:b70a2f5635c6199aeaa28c31d7202e1f",
+        "dermamnist_128.npz": "md5:2defd784463fa5243564e855ed717de1",
+        "dermamnist_224.npz": "md5:8974907d8e169bef5f5b96bc506ae45d",
+    }
     assert get_spec("pathmnist").checksums["pathmnist_224.npz"] == "md5:2c51a510bcdc9cf8ddb2af93af1eadec"
     tasks = {n: get_spec(n).task for n in SUBSETS}
     assert tasks["chestmnist"] == "multi-label, binary-class" and tasks["retinamnist"] == "ordinal-regression"
     assert tasks["breastmnist"] == tasks["pneumoniamnist"] == "binary-class"
     assert {n: get_spec(n).image_shape[-1] for n in ("tissuemnist", "octmnist", "bloodmnist")} == {
-        "tissuemnist": 1, "octmnist": 1, "bloodmnist": 3}
-    assert get_spec("organamnist").num_classes == 11 and get_spec("tissuemnist").label_names[0] == \
-        "Collecting Duct, Connecting Tubule"
+        "tissuemnist": 1,
+        "octmnist": 1,
+        "bloodmnist": 3,
+    }
+    assert (
+        get_spec("organamnist").num_classes == 11
+        and get_spec("tissuemnist").label_names[0] == "Collecting Duct, Connecting Tubule"
+    )
 
 
 def test_rgb_subset_official_splits(tmp_path):
@@ -103,10 +123,13 @@ def test_memory_mapped_batches_equal_in_memory_batches(tmp_path, monkeypatch):
         np.testing.assert_array_equal(la, lb)
 
 
-@pytest.mark.parametrize("size,image_size,message", [
-    (64, 28, "holds 28x28 images, expected 64x64"),
-    (28, 64, "holds 64x64 images, expected 28x28"),
-])
+@pytest.mark.parametrize(
+    "size,image_size,message",
+    [
+        (64, 28, "holds 28x28 images, expected 64x64"),
+        (28, 64, "holds 64x64 images, expected 28x28"),
+    ],
+)
 def test_file_of_the_wrong_size(tmp_path, size, image_size, message):
     write_medmnist(tmp_path, "dermamnist", size=size, image_size=image_size)
     with pytest.raises(KerasDigitsError, match=message):
@@ -132,8 +155,14 @@ def test_corrupt_member_of_a_large_file_is_one_error(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_DIGITS_CACHE", str(tmp_path / "cache"))
     x, y = make_images(40, (64, 64, 3), 7)
     path = tmp_path / "dermamnist_64.npz"
-    np.savez(path, **{f"{s}_{k}": (x if k == "images" else y.reshape(-1, 1)) for s in ("train", "val", "test")
-                      for k in ("images", "labels")})
+    np.savez(
+        path,
+        **{
+            f"{s}_{k}": (x if k == "images" else y.reshape(-1, 1))
+            for s in ("train", "val", "test")
+            for k in ("images", "labels")
+        },
+    )
     with zipfile.ZipFile(path) as zf:
         info = zf.getinfo("val_images.npy")
     data = bytearray(path.read_bytes())
@@ -169,8 +198,10 @@ def test_large_size_download_up_to_the_network(tmp_path, monkeypatch):
 
     monkeypatch.setattr(med, "download_file", fake_download)
     b = load_dataset("bloodmnist", size=128)
-    assert seen == {"url": "https://zenodo.org/records/10519652/files/bloodmnist_128.npz?download=1",
-                    "md5": get_spec("bloodmnist").checksums["bloodmnist_128.npz"].removeprefix("md5:")}
+    assert seen == {
+        "url": "https://zenodo.org/records/10519652/files/bloodmnist_128.npz?download=1",
+        "md5": get_spec("bloodmnist").checksums["bloodmnist_128.npz"].removeprefix("md5:"),
+    }
     assert b.input_shape == (128, 128, 3) and isinstance(b.train[0], np.memmap)
 
 
@@ -190,15 +221,16 @@ def test_chestmnist_is_refused_in_one_line(tmp_path, capsys):
     from keras_digits.train import main
 
     write_medmnist(tmp_path, "chestmnist")
-    code, _, err = run_main(main, ["--dataset", "chestmnist", "--data-dir", tmp_path, "--run-dir",
-                                   tmp_path / "run"], capsys)
+    code, _, err = run_main(
+        main, ["--dataset", "chestmnist", "--data-dir", tmp_path, "--run-dir", tmp_path / "run"], capsys
+    )
     line = one_error_line(err)
     assert code != 0 and "multi-label" in line and "single-label" in line
     assert not (tmp_path / "run").exists()
 
 
 def test_medmnist_scores_follow_the_evaluator():
-    from keras_digits.medmnist_protocol import medmnist_scores
+    from keras_digits.evaluation.medmnist_protocol import medmnist_scores
 
     y = np.array([0, 1, 1, 0])
     p1 = np.array([0.1, 0.9, 0.4, 0.6])
@@ -218,9 +250,28 @@ def test_train_end_to_end_records_the_protocol(tmp_path, monkeypatch, capsys, na
     monkeypatch.setenv("KERAS_DIGITS_CACHE", str(tmp_path / "cache"))
     write_medmnist(tmp_path / "data", name, size=size)
     run = tmp_path / "run"
-    code, out, err = run_main(main, ["--dataset", name, "--size", size, "--data-dir", tmp_path / "data",
-                                     "--arch", "simple_cnn_v1", "--epochs", 2, "--batch-size", 16, "--verbose", 0,
-                                     "--run-dir", run], capsys)
+    code, out, err = run_main(
+        main,
+        [
+            "--dataset",
+            name,
+            "--size",
+            size,
+            "--data-dir",
+            tmp_path / "data",
+            "--arch",
+            "simple_cnn_v1",
+            "--epochs",
+            2,
+            "--batch-size",
+            16,
+            "--verbose",
+            0,
+            "--run-dir",
+            run,
+        ],
+        capsys,
+    )
     assert code == 0, err
     metrics = json.loads((run / "metrics.json").read_text())
     block = metrics["medmnist"]
@@ -231,8 +282,11 @@ def test_train_end_to_end_records_the_protocol(tmp_path, monkeypatch, capsys, na
     assert f"MedMNIST protocol ({name}, {size} px" in (run / "report.html").read_text()
     assert f"MedMNIST protocol ({name}, {size} px)" in (run / "report.md").read_text()
     assert json.loads((run / "config.json").read_text())["size"] == size
-    assert json.loads((run / "dataset.json").read_text())["input_shape"] == [size, size, 3 if name == "retinamnist"
-                                                                           else 1]
+    assert json.loads((run / "dataset.json").read_text())["input_shape"] == [
+        size,
+        size,
+        3 if name == "retinamnist" else 1,
+    ]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA binds on Linux only")
@@ -240,13 +294,37 @@ def test_streaming_stays_under_a_memory_cap(tmp_path):
     """A 64 px split of ~310 MB is converted, trained on, predicted and fingerprinted by a process whose
     data memory is capped at 200 MB above its warmed-up size; a full copy of the split is refused."""
     script = REPO / "benchmarks" / "medmnist_streaming.py"
-    env = {"KERAS_DIGITS_CACHE": str(tmp_path / "cache"), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
-           "KERAS_DIGITS_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    subprocess.run([sys.executable, script, "--write", tmp_path / "data", "--train", "80000", "--eval", "256"],
-                   check=True, env=env, capture_output=True)
+    env = {
+        "KERAS_DIGITS_CACHE": str(tmp_path / "cache"),
+        "HOME": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+        "KERAS_DIGITS_OFFLINE": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    subprocess.run(
+        [sys.executable, script, "--write", tmp_path / "data", "--train", "80000", "--eval", "256"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     assert (tmp_path / "data" / "organamnist_64.npz").stat().st_size > 300 * 2**20
-    done = subprocess.run([sys.executable, script, "--data-dir", tmp_path / "data", "--limit-mb", "200",
-                           "--steps", "20", "--prove-limit"], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--data-dir",
+            tmp_path / "data",
+            "--limit-mb",
+            "200",
+            "--steps",
+            "20",
+            "--prove-limit",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert "memory-mapped: True" in done.stdout and "the cap holds" in done.stdout
     assert "converting organamnist_64.npz once" in done.stderr  # the conversion ran under the cap too

@@ -58,7 +58,7 @@ def batch(shape=(28, 28, 1), n: int = 8, num_classes: int = 10, seed: int = 0):
     h = shape[0]
     for i, c in enumerate(y):
         r = int(c) * (h - 3) // max(num_classes - 1, 1)
-        x[i, r:r + 3, :, :] = 255.0
+        x[i, r : r + 3, :, :] = 255.0
     return x, y
 
 
@@ -128,8 +128,7 @@ def test_keras_round_trip(arch, tmp_path):
     path = tmp_path / f"{arch}.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
-    np.testing.assert_allclose(np.asarray(loaded(x, training=False)), np.asarray(model(x, training=False)),
-                               atol=1e-5)
+    np.testing.assert_allclose(np.asarray(loaded(x, training=False)), np.asarray(model(x, training=False)), atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", [a for a in ARCHS if model_info(a).min_size > 1])
@@ -227,10 +226,16 @@ def test_cifar_cnn_switches():
     assert kinds(both, keras.layers.Dropout) == 3 and kinds(both, keras.layers.BatchNormalization) == 4
 
 
-
-@pytest.mark.parametrize("arch,kwargs", [("simple_cnn", {}), ("alexnet", {"width": 0.125, "batch_norm": True}),
-                                         ("resnet18", {"width": 8}), ("resnet_cifar", {"width": 8, "depth": 1}),
-                                         ("cifar_cnn", {"batch_norm": True})])
+@pytest.mark.parametrize(
+    "arch,kwargs",
+    [
+        ("simple_cnn", {}),
+        ("alexnet", {"width": 0.125, "batch_norm": True}),
+        ("resnet18", {"width": 8}),
+        ("resnet_cifar", {"width": 8, "depth": 1}),
+        ("cifar_cnn", {"batch_norm": True}),
+    ],
+)
 def test_own_models_use_pytorch_batch_norm_momentum(arch, kwargs):
     """The project's BN layers follow PyTorch's momentum (0.9 in Keras terms), not Keras' 0.99."""
     model = build_model(arch, (28, 28, 1), 10, **kwargs)
@@ -288,8 +293,7 @@ def test_weights_path_loads_into_base(arch, tmp_path):
         if head in {layer.name for layer in first.layers}:
             second.get_layer(head).set_weights(first.get_layer(head).get_weights())
     x, _ = batch()
-    np.testing.assert_allclose(np.asarray(second(x, training=False)), np.asarray(first(x, training=False)),
-                               atol=1e-6)
+    np.testing.assert_allclose(np.asarray(second(x, training=False)), np.asarray(first(x, training=False)), atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

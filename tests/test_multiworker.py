@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, make_images, one_error_line, run_main
 
 
@@ -29,8 +28,9 @@ def free_ports(n: int) -> list[int]:
 
 
 def tf_config(ports: list[int], index: int) -> str:
-    return json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},
-                       "task": {"type": "worker", "index": index}})
+    return json.dumps(
+        {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+    )
 
 
 @pytest.fixture
@@ -47,9 +47,32 @@ def start_workers(ports, run_dir: Path, data_dir: Path, epochs: int, logs: Path)
     procs = []
     for i in range(len(ports)):
         env = {**os.environ, "TF_CONFIG": tf_config(ports, i), "TF_CPP_MIN_LOG_LEVEL": "2"}
-        cmd = [sys.executable, "-m", "keras_digits.train", "--strategy", "multiworker", "--dataset", "mnist",
-               "--data-dir", str(data_dir), "--arch", "simple_cnn_v1", "--batch-size", "16", "--epochs", str(epochs),
-               "--patience", "0", "--seed", "3", "--deterministic", "--verbose", "2", "--run-dir", str(run_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "keras_digits.train",
+            "--strategy",
+            "multiworker",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(data_dir),
+            "--arch",
+            "simple_cnn_v1",
+            "--batch-size",
+            "16",
+            "--epochs",
+            str(epochs),
+            "--patience",
+            "0",
+            "--seed",
+            "3",
+            "--deterministic",
+            "--verbose",
+            "2",
+            "--run-dir",
+            str(run_dir),
+        ]
         with open(logs / f"worker{i}.log", "ab") as out:
             procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
     return procs
@@ -74,20 +97,31 @@ def digest(log: Path) -> str:
     return lines[-1].rsplit(" ", 1)[-1]
 
 
-@pytest.mark.parametrize("value,message", [
-    ("{not json", "TF_CONFIG is not valid JSON"),
-    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "ps", "index": 0}}', "task type 'ps' is unknown"),
-    ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}',
-     "this host is not in the cluster"),
-    ('{"cluster": {"worker": ["192.0.2.1:2222"]}, "task": {"type": "worker", "index": 0}}',
-     "not an address of this machine"),
-    ('{"cluster": {"worker": ["localhost:1"], "ps": ["localhost:2"]}, "task": {"type": "worker", "index": 0}}',
-     "no parameter servers"),
-    (None, "needs the TF_CONFIG environment variable"),
-    ('{"cluster": {"worker": ["localhost:5", "localhost:5"]}, "task": {"type": "worker", "index": 0}}',
-     "more than once"),
-    ('{"cluster": {"worker": ["localhost:5"]}, "task": {"type": "worker"}}', 'task "index" must be a whole number'),
-])
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("{not json", "TF_CONFIG is not valid JSON"),
+        ('{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "ps", "index": 0}}', "task type 'ps' is unknown"),
+        (
+            '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 3}}',
+            "this host is not in the cluster",
+        ),
+        (
+            '{"cluster": {"worker": ["192.0.2.1:2222"]}, "task": {"type": "worker", "index": 0}}',
+            "not an address of this machine",
+        ),
+        (
+            '{"cluster": {"worker": ["localhost:1"], "ps": ["localhost:2"]}, "task": {"type": "worker", "index": 0}}',
+            "no parameter servers",
+        ),
+        (None, "needs the TF_CONFIG environment variable"),
+        (
+            '{"cluster": {"worker": ["localhost:5", "localhost:5"]}, "task": {"type": "worker", "index": 0}}',
+            "more than once",
+        ),
+        ('{"cluster": {"worker": ["localhost:5"]}, "task": {"type": "worker"}}', 'task "index" must be a whole number'),
+    ],
+)
 def test_bad_tf_config_is_one_line(tmp_path, monkeypatch, capsys, data_dir, value, message):
     from keras_digits.train import main
 
@@ -95,8 +129,11 @@ def test_bad_tf_config_is_one_line(tmp_path, monkeypatch, capsys, data_dir, valu
         monkeypatch.delenv("TF_CONFIG", raising=False)
     else:
         monkeypatch.setenv("TF_CONFIG", value)
-    code, _, err = run_main(main, ["--strategy", "multiworker", "--dataset", "mnist", "--data-dir", data_dir,
-                                   "--run-dir", tmp_path / "run"], capsys)
+    code, _, err = run_main(
+        main,
+        ["--strategy", "multiworker", "--dataset", "mnist", "--data-dir", data_dir, "--run-dir", tmp_path / "run"],
+        capsys,
+    )
     assert code == 2 and message in one_error_line(err)
     assert not (tmp_path / "run").exists()
 
@@ -109,13 +146,16 @@ def test_tf_config_port_in_use_is_one_line(tmp_path, monkeypatch, capsys, data_d
         busy.listen()
         port = busy.getsockname()[1]
         monkeypatch.setenv("TF_CONFIG", tf_config([port], 0))
-        code, _, err = run_main(main, ["--strategy", "multiworker", "--dataset", "mnist", "--data-dir", data_dir,
-                                       "--run-dir", tmp_path / "run"], capsys)
+        code, _, err = run_main(
+            main,
+            ["--strategy", "multiworker", "--dataset", "mnist", "--data-dir", data_dir, "--run-dir", tmp_path / "run"],
+            capsys,
+        )
     assert code == 2 and f"port {port} is in use" in one_error_line(err)
 
 
 def test_tf_config_chief_and_ranks():
-    from keras_digits.tfconfig import parse
+    from keras_digits.runtime.tfconfig import parse
 
     cluster = {"chief": ["a:1"], "worker": ["b:1", "c:1"]}
     chief = parse(json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}}))
@@ -176,8 +216,27 @@ def test_a_worker_that_cannot_start_tells_the_others(tmp_path, data_dir):
     from keras_digits.train import main
 
     run = tmp_path / "run"
-    assert main(["--dataset", "mnist", "--data-dir", str(data_dir), "--arch", "simple_cnn_v1", "--epochs", "1",
-                 "--max-train-samples", "100", "--verbose", "0", "--run-dir", str(run)]) == 0
+    assert (
+        main(
+            [
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                str(data_dir),
+                "--arch",
+                "simple_cnn_v1",
+                "--epochs",
+                "1",
+                "--max-train-samples",
+                "100",
+                "--verbose",
+                "0",
+                "--run-dir",
+                str(run),
+            ]
+        )
+        == 0
+    )
     start = time.monotonic()
     procs = start_workers(free_ports(2), run, data_dir, epochs=1, logs=tmp_path)
     assert wait_all(procs, 120) == [2, 2]

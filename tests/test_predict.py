@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_error_line, tiny_test_split
 from PIL import Image
 
-from keras_digits.cli import run_cli
 from keras_digits.errors import KerasDigitsError
-from conftest import one_error_line, tiny_test_split
+from keras_digits.utils.cli import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,13 @@ def test_predict_folder_matches_run_test_accuracy(tiny, test_pngs, tmp_path, cap
 
     root, _ = test_pngs
     out = tmp_path / "preds.csv"
-    assert run_cli(predict.main, ["--model", str(tiny["model"]), "--preprocess", "none", str(root), "--out", str(out),
-                                  "--batch-size", "32"]) == 0
+    assert (
+        run_cli(
+            predict.main,
+            ["--model", str(tiny["model"]), "--preprocess", "none", str(root), "--out", str(out), "--batch-size", "32"],
+        )
+        == 0
+    )
     rows = read_csv(out.read_text())
     assert list(rows[0]) == ["file", "label", "class_id", "confidence", "top_k"]
     assert len(rows) == 100
@@ -71,10 +76,12 @@ def test_predict_folder_matches_run_test_accuracy(tiny, test_pngs, tmp_path, cap
 
 def test_predict_matches_keras_model_per_image(tiny, test_pngs, capsys):
     from keras_digits import predict
-    from keras_digits.evaluate import load_run
+    from keras_digits.evaluation.runs import load_run
 
     root, _ = test_pngs
-    assert run_cli(predict.main, ["--model", str(tiny["model"]), "--preprocess", "none", str(root), "--top-k", "20"]) == 0
+    assert (
+        run_cli(predict.main, ["--model", str(tiny["model"]), "--preprocess", "none", str(root), "--top-k", "20"]) == 0
+    )
     rows = read_csv(capsys.readouterr().out)
     x, _ = tiny_test_split(tiny)
     probs = load_run(tiny["run"])[1].predict(x.astype(np.float32), verbose=0)
@@ -95,7 +102,10 @@ def test_bad_files_are_named_and_skipped_exit_1(tiny, tmp_path, capsys):
     (root / "sub" / "notes.txt").write_text("not an image\n")
     (root / ".hidden.png").write_bytes(b"ignored")
     out = tmp_path / "out.csv"
-    code = run_cli(predict.main, ["--model", str(tiny["model"]), "--preprocess", "none", str(root), "--out", str(out), "--batch-size", "2"])
+    code = run_cli(
+        predict.main,
+        ["--model", str(tiny["model"]), "--preprocess", "none", str(root), "--out", str(out), "--batch-size", "2"],
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "corrupt.png" in err and "notes.txt" in err and ".hidden" not in err
@@ -113,8 +123,19 @@ def test_explicit_non_image_file_and_progress(tiny, tmp_path, capsys):
     root, _ = good_folder(tiny, tmp_path / "imgs", n=2)
     junk = tmp_path / "junk.png"
     junk.write_text("hello")
-    code = run_cli(predict.main, ["--model", str(tiny["model"]), "--preprocess", "none", str(root / "0.png"), str(junk), str(root / "1.png"),
-                                  "--progress"])
+    code = run_cli(
+        predict.main,
+        [
+            "--model",
+            str(tiny["model"]),
+            "--preprocess",
+            "none",
+            str(root / "0.png"),
+            str(junk),
+            str(root / "1.png"),
+            "--progress",
+        ],
+    )
     captured = capsys.readouterr()
     assert code == 1
     assert [Path(r["file"]).name for r in read_csv(captured.out)] == ["0.png", "1.png"]
@@ -142,7 +163,7 @@ def test_usage_errors_one_line_exit_2(tiny, tmp_path, capsys, case):
 
 
 def test_model_folder_resolves_latest_version(tmp_path):
-    from keras_digits.predict import resolve_model_dir
+    from keras_digits.serving.predictor import resolve_model_dir
 
     for v in ("1", "2", "10", "tmp"):
         (tmp_path / "m" / v).mkdir(parents=True)
@@ -180,13 +201,17 @@ def test_module_entry_points_exit_2_with_one_line(tmp_path):
         "    print(json.dumps([mod, code, err.getvalue(), out.getvalue()]))\n"
     )
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("[")]
     assert [r[0] for r in results] == [m for m, _ in calls]
-    expected = [f"error: run directory not found: {nope}", f"error: model not found: {nope}",
-                f"error: model not found: {nope}"]
+    expected = [
+        f"error: run directory not found: {nope}",
+        f"error: model not found: {nope}",
+        f"error: model not found: {nope}",
+    ]
     for (mod, code, err, out), line in zip(results, expected):
         assert code == 2, (mod, err)
         assert one_error_line(err) == line, mod
@@ -218,8 +243,24 @@ def test_submit_ids_format_sorted_zero_padded(tiny, submit_images, tmp_path, cap
 
     root = submit_images
     out = tmp_path / "submission.csv"
-    assert run_cli(submit.main, ["--model", str(tiny["model"]), "--preprocess", "none", "--images", str(root), "--out", str(out),
-                                 "--id-width", "5"]) == 0
+    assert (
+        run_cli(
+            submit.main,
+            [
+                "--model",
+                str(tiny["model"]),
+                "--preprocess",
+                "none",
+                "--images",
+                str(root),
+                "--out",
+                str(out),
+                "--id-width",
+                "5",
+            ],
+        )
+        == 0
+    )
     labels = expected_labels(tiny)
     assert out.read_text() == "id,label\n" + "".join(f"{i + 1:05d},{labels[i]}\n" for i in range(12))
     assert "README.txt" in capsys.readouterr().err  # a non-image is noted, not fatal
@@ -230,8 +271,26 @@ def test_submit_kaggle_format(tiny, submit_images, tmp_path):
 
     root = submit_images
     out = tmp_path / "kaggle.csv"
-    assert run_cli(submit.main, ["--model", str(tiny["model"]), "--preprocess", "none", "--images", str(root), "--out", str(out),
-                                 "--format", "kaggle", "--label", "id"]) == 0
+    assert (
+        run_cli(
+            submit.main,
+            [
+                "--model",
+                str(tiny["model"]),
+                "--preprocess",
+                "none",
+                "--images",
+                str(root),
+                "--out",
+                str(out),
+                "--format",
+                "kaggle",
+                "--label",
+                "id",
+            ],
+        )
+        == 0
+    )
     labels = expected_labels(tiny)
     lines = out.read_text().splitlines()
     assert lines[0] == "ImageId,Label"
@@ -239,8 +298,8 @@ def test_submit_kaggle_format(tiny, submit_images, tmp_path):
 
 
 def test_submit_rows_and_ids():
-    from keras_digits.predict import Prediction
-    from keras_digits.submit import make_rows
+    from keras_digits.serving.predictor import Prediction
+    from keras_digits.serving.submission import make_rows
 
     def pred(name, cid):
         return Prediction(Path(name), np.eye(3)[cid], cid, "abc"[cid])
@@ -261,7 +320,13 @@ def test_submit_corrupt_image_writes_nothing_exit_1(tiny, tmp_path, capsys):
     (root / "big.jpg").unlink()
     (root / "7.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     out = tmp_path / "submission.csv"
-    assert run_cli(submit.main, ["--model", str(tiny["model"]), "--preprocess", "none", "--images", str(root), "--out", str(out)]) == 1
+    assert (
+        run_cli(
+            submit.main,
+            ["--model", str(tiny["model"]), "--preprocess", "none", "--images", str(root), "--out", str(out)],
+        )
+        == 1
+    )
     assert "7.png" in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.glob(".submission*")) == []
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import real_data_dir
+
 from keras_digits.train import main as train_main
 
 pytestmark = pytest.mark.real_data
@@ -35,9 +35,29 @@ def test_real_mnist_loads_with_published_statistics(mnist_dir):
 
 def test_simple_cnn_learns_real_mnist_quickly(mnist_dir, tmp_path):
     run = tmp_path / "run"
-    assert train_main(["--arch", "simple_cnn_v1", "--dataset", "mnist", "--data-dir", str(mnist_dir),
-                       "--epochs", "1", "--max-train-samples", "6000", "--batch-size", "64",
-                       "--run-dir", str(run), "--verbose", "0"]) == 0
+    assert (
+        train_main(
+            [
+                "--arch",
+                "simple_cnn_v1",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                str(mnist_dir),
+                "--epochs",
+                "1",
+                "--max-train-samples",
+                "6000",
+                "--batch-size",
+                "64",
+                "--run-dir",
+                str(run),
+                "--verbose",
+                "0",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["n"] == 10_000
     assert metrics["test"]["accuracy"] > 0.90

@@ -28,8 +28,11 @@ def ink_geometry(img: np.ndarray) -> tuple[int, float, float]:
     o = img[..., 0].astype(np.float64)
     rows, cols = np.flatnonzero(o.max(axis=1) > 0), np.flatnonzero(o.max(axis=0) > 0)
     m = o.sum()
-    return (max(np.ptp(rows), np.ptp(cols)) + 1, float((o * np.arange(28)[:, None]).sum() / m),
-            float((o * np.arange(28)[None, :]).sum() / m))
+    return (
+        max(np.ptp(rows), np.ptp(cols)) + 1,
+        float((o * np.arange(28)[:, None]).sum() / m),
+        float((o * np.arange(28)[None, :]).sum() / m),
+    )
 
 
 @pytest.mark.parametrize("dark", [False, True])
@@ -65,8 +68,10 @@ def font_digits(n: int, seed: int, raw: bool) -> tuple[np.ndarray, np.ndarray]:
 
     from keras_digits.data.digit_norm import normalize_batch
 
-    fonts = [str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / f) for f in
-             ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf")]
+    fonts = [
+        str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / f)
+        for f in ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf")
+    ]
     rng = np.random.default_rng(seed)
     images, labels = [], []
     for _ in range(n):
@@ -82,7 +87,7 @@ def font_digits(n: int, seed: int, raw: bool) -> tuple[np.ndarray, np.ndarray]:
         canvas_w, canvas_h = gw + int(rng.integers(4, 60)), gh + int(rng.integers(4, 60))
         canvas = np.zeros((canvas_h, canvas_w), np.float64)
         top, left = int(rng.integers(0, canvas_h - gh + 1)), int(rng.integers(0, canvas_w - gw + 1))
-        canvas[top:top + gh, left:left + gw] = np.asarray(glyph, np.float64)
+        canvas[top : top + gh, left : left + gw] = np.asarray(glyph, np.float64)
         if raw:
             canvas = np.clip(235 - canvas * 0.85 + rng.normal(0, 6, canvas.shape), 0, 255)
             images.append(canvas.astype(np.uint8)[..., None])
@@ -97,25 +102,27 @@ def font_export(tmp_path_factory):
     """A simple_cnn_v1 run on font digits of the MNIST kind (saved as mnist.npz), exported twice:
     plain, and with the normalisation inside its signature."""
     from keras_digits.config import TrainConfig
-    from keras_digits.export import export_run
-    from keras_digits.train import train_and_evaluate
+    from keras_digits.serving.export import export_run
+    from keras_digits.training.run import train_and_evaluate
 
     base = tmp_path_factory.mktemp("font")
     (base / "data").mkdir()
     x_tr, y_tr = font_digits(600, 0, raw=False)
     x_te, y_te = font_digits(200, 1, raw=False)
-    np.savez_compressed(base / "data" / "mnist.npz", x_train=x_tr[..., 0], y_train=y_tr, x_test=x_te[..., 0],
-                        y_test=y_te)
+    np.savez_compressed(
+        base / "data" / "mnist.npz", x_train=x_tr[..., 0], y_train=y_tr, x_test=x_te[..., 0], y_test=y_te
+    )
     run = base / "run"
-    train_and_evaluate(TrainConfig(arch="simple_cnn_v1", dataset="mnist", data_dir=str(base / "data"), epochs=3,
-                                   verbose=0), run)
+    train_and_evaluate(
+        TrainConfig(arch="simple_cnn_v1", dataset="mnist", data_dir=str(base / "data"), epochs=3, verbose=0), run
+    )
     plain = export_run(run, base / "saved" / "plain", 1)
     inside = export_run(run, base / "saved" / "digit", 1, preprocess="digit")
     return {"run": run, "data": base / "data", "plain": plain, "inside": inside}
 
 
 def test_font_digits_need_the_normalisation(font_export):
-    from keras_digits.predict import Predictor
+    from keras_digits.serving.predictor import Predictor
 
     images, labels = font_digits(120, 2, raw=True)
 
@@ -135,7 +142,7 @@ def test_font_digits_need_the_normalisation(font_export):
 
 
 def test_in_graph_and_predict_time_normalisation_agree(font_export):
-    from keras_digits.predict import Predictor
+    from keras_digits.serving.predictor import Predictor
 
     images, _ = font_digits(20, 3, raw=True)
     outside = Predictor(font_export["plain"], "digit")
@@ -171,12 +178,15 @@ def test_score_on_another_dataset_and_under_corruptions(font_export, capsys):
     assert result["preprocess"] == "digit" and result["test"]["n"] == 359 and "accuracy" in out
     code, out, err = evaluate_cli(["--run", run, "--dataset", "digits", "--preprocess", "none"], capsys)
     assert code == 0 and len(list(run.glob("metrics-digits-*.json"))) == 2
-    code, out, err = evaluate_cli(["--run", run, "--data-dir", font_export["data"], "--perturb", "noise:2", "blur",
-                                   "--preprocess", "none"], capsys)
+    code, out, err = evaluate_cli(
+        ["--run", run, "--data-dir", font_export["data"], "--perturb", "noise:2", "blur", "--preprocess", "none"],
+        capsys,
+    )
     assert code == 0, err
     rob = json.loads(one_file(run, "robustness-mnist-test-*.json").read_text())
     assert [(r["corruption"], r["severity"]) for r in rob["rows"]] == [("clean", 0), ("noise", 2)] + [
-        ("blur", s) for s in range(1, 6)]
+        ("blur", s) for s in range(1, 6)
+    ]
     assert rob["rows"][0]["accuracy"] == json.loads(before)["test"]["accuracy"]  # clean = the run's own score
     assert "| blur | 5 |" in out
     assert (run / "metrics.json").read_text() == before  # the run's own figures are never replaced
@@ -187,30 +197,37 @@ def test_score_on_another_dataset_and_under_corruptions(font_export, capsys):
 def test_label_map_renames_classes(font_export, tmp_path, capsys):
     swap = {"0": "1", "1": "0"}
     (tmp_path / "map.json").write_text(json.dumps(swap))
-    code, _, err = evaluate_cli(["--run", font_export["run"], "--dataset", "digits", "--label-map",
-                                 tmp_path / "map.json"], capsys)
+    code, _, err = evaluate_cli(
+        ["--run", font_export["run"], "--dataset", "digits", "--label-map", tmp_path / "map.json"], capsys
+    )
     assert code == 0, err
     mapped = one_file(font_export["run"], "metrics-digits-*-map-*-digit.json")
     assert json.loads(mapped.read_text())["label_map"] == swap
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--perturb", "fog"], "unknown corruption 'fog'; known: noise"),
-    (["--perturb", "noise:9"], "severity of noise must be 1..5, got '9'"),
-    (["--perturb", "grey"], "corruption grey needs colour images"),
-    (["--dataset", "pathmnist"], "pathmnist has labels"),
-    (["--dataset", "digits", "--label-map", "MAP_BAD_JSON"], "is not valid JSON"),
-    (["--dataset", "digits", "--label-map", "MAP_BAD_VALUE"], "must map label names to label names"),
-    (["--dataset", "digits", "--label-map", "MAP_UNKNOWN"], "names 'seven', which is not a label of digits"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--perturb", "fog"], "unknown corruption 'fog'; known: noise"),
+        (["--perturb", "noise:9"], "severity of noise must be 1..5, got '9'"),
+        (["--perturb", "grey"], "corruption grey needs colour images"),
+        (["--dataset", "pathmnist"], "pathmnist has labels"),
+        (["--dataset", "digits", "--label-map", "MAP_BAD_JSON"], "is not valid JSON"),
+        (["--dataset", "digits", "--label-map", "MAP_BAD_VALUE"], "must map label names to label names"),
+        (["--dataset", "digits", "--label-map", "MAP_UNKNOWN"], "names 'seven', which is not a label of digits"),
+    ],
+)
 def test_bad_options_are_one_line(font_export, pathmnist_dir, tmp_path, capsys, args, message):
     from conftest import one_error_line
 
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "value.json").write_text('{"1": [1]}')
     (tmp_path / "unknown.json").write_text('{"seven": "7"}')
-    subs = {"MAP_BAD_JSON": tmp_path / "bad.json", "MAP_BAD_VALUE": tmp_path / "value.json",
-            "MAP_UNKNOWN": tmp_path / "unknown.json"}
+    subs = {
+        "MAP_BAD_JSON": tmp_path / "bad.json",
+        "MAP_BAD_VALUE": tmp_path / "value.json",
+        "MAP_UNKNOWN": tmp_path / "unknown.json",
+    }
     args = [subs.get(a, a) for a in args]
     if "pathmnist" in args:
         args += ["--data-dir", pathmnist_dir]
@@ -239,15 +256,19 @@ def test_normalisation_is_nearly_a_no_op_on_real_mnist(tmp_path):
     from conftest import real_data_dir
 
     from keras_digits.config import TrainConfig
-    from keras_digits.crossdata import score_elsewhere
-    from keras_digits.train import train_and_evaluate
+    from keras_digits.evaluation.crossdata import score_elsewhere
+    from keras_digits.training.run import train_and_evaluate
 
     data = real_data_dir()
     if data is None:
         pytest.skip("real MNIST not found")
     run = tmp_path / "run"
-    train_and_evaluate(TrainConfig(arch="simple_cnn_v1", dataset="mnist", data_dir=str(data), epochs=1,
-                                   max_train_samples=20000, verbose=0), run)
+    train_and_evaluate(
+        TrainConfig(
+            arch="simple_cnn_v1", dataset="mnist", data_dir=str(data), epochs=1, max_train_samples=20000, verbose=0
+        ),
+        run,
+    )
     none, _ = score_elsewhere(run, "mnist", str(data), "test", "none", None, None)
     digit, _ = score_elsewhere(run, "mnist", str(data), "test", "digit", None, None)
     assert none["test"]["accuracy"] > 0.95

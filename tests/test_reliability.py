@@ -12,18 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, make_images
-from keras_digits.cli import run_cli
+
 from keras_digits.errors import KerasDigitsError
+from keras_digits.utils.cli import run_cli
 
 TINY = ["--arch", "dense", "--dataset", "digits", "--max-train-samples", "200", "--epochs", "1", "--verbose", "0"]
 
 
 def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO, env=env,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout
+    )
 
 
 def one_error_line(err: str, needle: str) -> None:
@@ -67,8 +68,8 @@ def test_a_diverging_run_is_recorded_refused_everywhere_and_not_retrained(tmp_pa
 
 def test_default_run_dir_returns_the_diverged_run_of_the_same_config(tmp_path):
     from keras_digits.config import TrainConfig
-    from keras_digits.io import write_json
-    from keras_digits.rundir import default_run_dir
+    from keras_digits.training.rundir import default_run_dir
+    from keras_digits.utils.io import write_json
 
     cfg = TrainConfig(verbose=0)
     first = default_run_dir(cfg, tmp_path)
@@ -86,7 +87,7 @@ def test_infinite_learning_rate_is_refused(capsys):
 
 
 def test_metrics_survive_nan_outputs():
-    from keras_digits.evaluate import classification_metrics
+    from keras_digits.evaluation.metrics import classification_metrics
 
     probs = np.full((6, 3), 1 / 3)
     probs[1] = np.nan
@@ -99,9 +100,9 @@ def test_metrics_survive_nan_outputs():
 def test_checkpoint_and_export_refuse_nonfinite_weights(tmp_path):
     import keras
 
-    from keras_digits.callbacks import _atomic_checkpoint_cls
-    from keras_digits.export import export_model
     from keras_digits.models import build_model
+    from keras_digits.serving.export import export_model
+    from keras_digits.training.callbacks import _atomic_checkpoint_cls
 
     model = build_model("dense", (8, 8, 1), 3)
     weights = model.get_weights()
@@ -120,7 +121,7 @@ def test_checkpoint_and_export_refuse_nonfinite_weights(tmp_path):
 def test_predict_refuses_a_savedmodel_with_nonfinite_weights(tmp_path, monkeypatch, capsys):
     from PIL import Image
 
-    import keras_digits.export as export_mod
+    import keras_digits.serving.export as export_mod
     from keras_digits.models import build_model
     from keras_digits.predict import main as predict_main
 
@@ -154,10 +155,13 @@ class LockHolder:
     """Another process holding the locks of some folders (as a training in progress would)."""
 
     def __init__(self, *folders: Path):
-        code = ("import sys, time\nfrom keras_digits.lock import acquire\n"
-                "for f in sys.argv[1:]:\n    acquire(f)\nprint('ready', flush=True)\ntime.sleep(300)\n")
-        self.proc = subprocess.Popen([sys.executable, "-c", code, *map(str, folders)], stdout=subprocess.PIPE,
-                                     text=True, cwd=REPO)
+        code = (
+            "import sys, time\nfrom keras_digits.utils.lock import acquire\n"
+            "for f in sys.argv[1:]:\n    acquire(f)\nprint('ready', flush=True)\ntime.sleep(300)\n"
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, *map(str, folders)], stdout=subprocess.PIPE, text=True, cwd=REPO
+        )
         assert self.proc.stdout.readline().strip() == "ready"
 
     def kill(self) -> None:
@@ -172,7 +176,7 @@ class LockHolder:
 
 
 def test_lock_is_exclusive_and_freed_when_its_holder_dies(tmp_path):
-    from keras_digits.lock import acquire, lock_path, release
+    from keras_digits.utils.lock import acquire, lock_path, release
 
     target = tmp_path / "run"
     holder = LockHolder(target)
@@ -209,8 +213,26 @@ def test_export_sweep_and_tune_targets_are_locked(tmp_path, capsys):
     with LockHolder(tmp_path / "sweep", tmp_path / "tuning" / "proj", tmp_path / "sm" / "1"):
         assert run_cli(sweep_main, [*TINY, "--vary", "lr=0.01", "--out", str(tmp_path / "sweep")]) == 2
         one_error_line(capsys.readouterr().err, "sweep folder")
-        assert run_cli(tune_main, ["--arch", "dense", "--max-trials", "1", "--max-epochs", "1", "--directory",
-                                   str(tmp_path / "tuning"), "--project", "proj", "--verbose", "0"]) == 2
+        assert (
+            run_cli(
+                tune_main,
+                [
+                    "--arch",
+                    "dense",
+                    "--max-trials",
+                    "1",
+                    "--max-epochs",
+                    "1",
+                    "--directory",
+                    str(tmp_path / "tuning"),
+                    "--project",
+                    "proj",
+                    "--verbose",
+                    "0",
+                ],
+            )
+            == 2
+        )
         one_error_line(capsys.readouterr().err, "tuner project")
         assert run_cli(export_main, ["--run", str(run), "--out", str(tmp_path / "sm")]) == 2
         one_error_line(capsys.readouterr().err, "export folder")
@@ -240,8 +262,29 @@ def _tree(root: Path, labels: tuple[str, ...], seed: int, per_class: int = 12, c
 
 def _folder_run(tmp_path: Path, name: str, tree: Path, seed: int = 42) -> Path:
     run = tmp_path / name
-    assert train(["--arch", "dense", "--dataset", "folder", "--data-dir", str(tree), "--image-size", "16",
-                  "--epochs", "1", "--verbose", "0", "--seed", str(seed), "--run-dir", str(run)]) == 0
+    assert (
+        train(
+            [
+                "--arch",
+                "dense",
+                "--dataset",
+                "folder",
+                "--data-dir",
+                str(tree),
+                "--image-size",
+                "16",
+                "--epochs",
+                "1",
+                "--verbose",
+                "0",
+                "--seed",
+                str(seed),
+                "--run-dir",
+                str(run),
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -306,8 +349,11 @@ def test_16_bit_and_float_images_are_scaled_not_clipped(tmp_path):
 @pytest.mark.parametrize("case", ["under_a_file", "is_a_file", "no_write_permission"])
 def test_train_refuses_bad_run_dirs_with_one_line(tmp_path, capsys, monkeypatch, case):
     (tmp_path / "FILE").write_text("x")
-    run = {"under_a_file": tmp_path / "FILE" / "run", "is_a_file": tmp_path / "FILE",
-           "no_write_permission": tmp_path / "ro" / "run"}[case]
+    run = {
+        "under_a_file": tmp_path / "FILE" / "run",
+        "is_a_file": tmp_path / "FILE",
+        "no_write_permission": tmp_path / "ro" / "run",
+    }[case]
     if case == "no_write_permission":
         (tmp_path / "ro").mkdir()
         real = os.access
@@ -357,14 +403,17 @@ def test_tune_fixed_values_and_project_names_are_checked(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- 7. types
-@pytest.mark.parametrize("extra,needle", [
-    (["--model-kwargs", '{"units": [64], "dropout": "maybe"}'], "option 'dropout' must be a finite number"),
-    (["--model-kwargs", '{"units": 2.7}'], "option 'units' must be a non-empty list of whole numbers"),
-    (["--config", "{cfg}:batch_size=2.7"], "'batch_size' (--batch-size) must be a whole number"),
-    (["--config", "{cfg}:epochs=true"], "'epochs' (--epochs) must be a whole number"),
-    (["--config", '{cfg}:epochs="five"'], "'epochs' (--epochs) must be a whole number, got 'five'"),
-    (["--config", '{cfg}:early_stopping="yes"'], "'early_stopping' (--early-stopping) must be true or false"),
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--model-kwargs", '{"units": [64], "dropout": "maybe"}'], "option 'dropout' must be a finite number"),
+        (["--model-kwargs", '{"units": 2.7}'], "option 'units' must be a non-empty list of whole numbers"),
+        (["--config", "{cfg}:batch_size=2.7"], "'batch_size' (--batch-size) must be a whole number"),
+        (["--config", "{cfg}:epochs=true"], "'epochs' (--epochs) must be a whole number"),
+        (["--config", '{cfg}:epochs="five"'], "'epochs' (--epochs) must be a whole number, got 'five'"),
+        (["--config", '{cfg}:early_stopping="yes"'], "'early_stopping' (--early-stopping) must be true or false"),
+    ],
+)
 def test_option_types_are_checked(tmp_path, capsys, extra, needle):
     base = TINY
     if extra[0] == "--config":
@@ -419,7 +468,7 @@ def test_unreadable_subfolder_is_named(tmp_path, capsys, monkeypatch):
 
 
 def test_garbage_model_file_is_named_as_such(tmp_path):
-    from keras_digits.evaluate import load_run
+    from keras_digits.evaluation.runs import load_run
 
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "best.keras").write_bytes(b"garbage")
@@ -438,7 +487,7 @@ def test_too_few_training_samples_warns_about_missing_classes(capsys):
 
 
 def test_lock_file_names_its_holder(tmp_path):
-    from keras_digits.lock import hold
+    from keras_digits.utils.lock import hold
 
     with hold(tmp_path / "x") as lock:
         holder = json.loads(lock.read_text())
@@ -461,9 +510,12 @@ def test_epoch_keyed_pipelines_repeat_per_epoch_and_differ_between_epochs():
 
     x, y = make_images(60, (4, 4), 3, seed=0)
     epoch = epoch_variable()
-    for ds in (make_pipeline(x, y, 8, training=True, seed=3, epoch=epoch),
-               balanced_pipeline(x, y, 8, seed=3, epoch=epoch)):
-        def labels():
+    for ds in (
+        make_pipeline(x, y, 8, training=True, seed=3, epoch=epoch),
+        balanced_pipeline(x, y, 8, seed=3, epoch=epoch),
+    ):
+
+        def labels(ds=ds):
             return np.concatenate([b.numpy() for _, b in ds])
 
         epoch.assign(0)
@@ -503,8 +555,8 @@ def test_tune_pins_typed_flags_but_not_a_config_file(tmp_path):
 
 def test_overwrite_replaces_an_interrupted_run_with_another_config(tmp_path):
     from keras_digits.config import TrainConfig
-    from keras_digits.io import write_json
-    from keras_digits.rundir import prepare_run_dir, staging_dir
+    from keras_digits.training.rundir import prepare_run_dir, staging_dir
+    from keras_digits.utils.io import write_json
 
     run = tmp_path / "run"
     (run / "backup").mkdir(parents=True)

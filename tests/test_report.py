@@ -9,11 +9,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from conftest import make_images
 from PIL import Image
 
-from conftest import make_images
-from keras_digits.cli import run_cli
 from keras_digits.train import main as train_main
+from keras_digits.utils.cli import run_cli
 
 TINY = ["--arch", "dense", "--dataset", "digits", "--max-train-samples", "300", "--epochs", "2", "--verbose", "0"]
 
@@ -64,9 +64,17 @@ def run(tmp_path_factory) -> Path:
 
 def test_every_run_has_a_light_self_contained_page(run):
     page = parse(run / "report.html")
-    for section in ("Summary", "Data and configuration", "Learning curves", "Confusion matrix (test)", "Per class",
-                    "ROC and precision-recall curves (test, one-vs-rest)", "Most confident mistakes (test)",
-                    "Correctly classified examples per class (test)", "Timings and software"):
+    for section in (
+        "Summary",
+        "Data and configuration",
+        "Learning curves",
+        "Confusion matrix (test)",
+        "Per class",
+        "ROC and precision-recall curves (test, one-vs-rest)",
+        "Most confident mistakes (test)",
+        "Correctly classified examples per class (test)",
+        "Timings and software",
+    ):
         assert section in page.h2, (section, page.h2)
     assert len(page.images) >= 3 + 10  # curves, ROC/PR, thumbnails
     assert (run / "report.html").stat().st_size < 2_000_000
@@ -90,14 +98,14 @@ def test_report_cli_regenerates_the_page_from_the_run_directory_alone(run, tmp_p
 def test_page_replacement_is_atomic(run, tmp_path, monkeypatch):
     import shutil
 
-    import keras_digits.html_report as html_report
+    import keras_digits.reporting.html as html_report
 
     copy = tmp_path / "copy"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("best.keras", "logs"))
     old = (copy / "report.html").read_text()
 
     def broken(path, text):
-        from keras_digits.io import atomic_path
+        from keras_digits.utils.io import atomic_path
 
         with atomic_path(path) as tmp:
             tmp.write_text(text[:100])
@@ -113,7 +121,7 @@ def test_page_replacement_is_atomic(run, tmp_path, monkeypatch):
 def test_an_interrupted_run_has_no_page(tmp_path, capsys):
     import keras
 
-    import keras_digits.train as train_mod
+    import keras_digits.training.run as train_mod
     from keras_digits.report import main as report_main
 
     class Crash(keras.callbacks.Callback):
@@ -143,8 +151,27 @@ def test_unusual_labels_render(tmp_path):
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img).save(folder / f"{i}.png")
     run = tmp_path / "run"
-    assert train_main(["--arch", "dense", "--dataset", "folder", "--data-dir", str(tree), "--image-size", "16",
-                       "--epochs", "1", "--verbose", "0", "--run-dir", str(run)]) == 0
+    assert (
+        train_main(
+            [
+                "--arch",
+                "dense",
+                "--dataset",
+                "folder",
+                "--data-dir",
+                str(tree),
+                "--image-size",
+                "16",
+                "--epochs",
+                "1",
+                "--verbose",
+                "0",
+                "--run-dir",
+                str(run),
+            ]
+        )
+        == 0
+    )
     page = parse(run / "report.html")
     text = (run / "report.html").read_text()
     assert "&amp; a rather long tissue name number 8" in text and "Per class" in page.h2
@@ -172,8 +199,27 @@ def test_evaluate_on_other_data_updates_the_page(tmp_path):
         return root
 
     run = tmp_path / "run"
-    assert train_main(["--arch", "dense", "--dataset", "folder", "--data-dir", str(tree(tmp_path / "t1", 1)),
-                       "--image-size", "16", "--epochs", "1", "--verbose", "0", "--run-dir", str(run)]) == 0
+    assert (
+        train_main(
+            [
+                "--arch",
+                "dense",
+                "--dataset",
+                "folder",
+                "--data-dir",
+                str(tree(tmp_path / "t1", 1)),
+                "--image-size",
+                "16",
+                "--epochs",
+                "1",
+                "--verbose",
+                "0",
+                "--run-dir",
+                str(run),
+            ]
+        )
+        == 0
+    )
     assert "Scores on other data" not in parse(run / "report.html").h2
     assert run_cli(evaluate_main, ["--run", str(run), "--data-dir", str(tree(tmp_path / "t2", 2))]) == 0
     assert "Scores on other data" in parse(run / "report.html").h2

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 import tensorflow as tf
 
 from keras_digits.models import smallconv
@@ -13,8 +12,16 @@ from keras_digits.models import smallconv
 # (input size, kernel, stride, padding): whole-matmul maps (<= 4x4), weight-gradient-only maps
 # (<= 7x7), even kernels (asymmetric SAME padding), VALID, and a map large enough for Keras' own path.
 CASES = [
-    (4, 3, 1, "same"), (7, 3, 2, "same"), (7, 1, 2, "same"), (7, 3, 1, "same"), (4, 2, 1, "same"),
-    (6, 3, 1, "valid"), (5, 2, 1, "valid"), (8, 3, 2, "valid"), (14, 3, 1, "same"), (4, 1, 1, "same"),
+    (4, 3, 1, "same"),
+    (7, 3, 2, "same"),
+    (7, 1, 2, "same"),
+    (7, 3, 1, "same"),
+    (4, 2, 1, "same"),
+    (6, 3, 1, "valid"),
+    (5, 2, 1, "valid"),
+    (8, 3, 2, "valid"),
+    (14, 3, 1, "same"),
+    (4, 1, 1, "same"),
 ]
 
 
@@ -52,8 +59,11 @@ def test_equals_keras_conv(size, k, stride, padding, paths_on):
     assert new._fast(x) == (stride == 1 and out * out <= smallconv.WGRAD_MAX_AREA)
     y_shape = ref.compute_output_shape(x.shape)
     dy = tf.constant(np.random.default_rng(2).normal(size=(3,) + tuple(y_shape[1:])).astype("float32"))
-    for got, want, what in zip(_value_and_grads(new, x, dy), _value_and_grads(ref, x, dy),
-                               ("output", "input gradient", "kernel gradient", "bias gradient")):
+    for got, want, what in zip(
+        _value_and_grads(new, x, dy),
+        _value_and_grads(ref, x, dy),
+        ("output", "input gradient", "kernel gradient", "bias gradient"),
+    ):
         assert got.shape == want.shape, what
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4, err_msg=what)
 
@@ -65,8 +75,10 @@ def test_strided_function_equals_tf(size, k, stride, padding):
     x = tf.constant(rng.normal(size=(2, size, size, 5)).astype("float32"))
     w = tf.constant(rng.normal(size=(k, k, 5, 6)).astype("float32"))
     results = []
-    for conv in (lambda a, b: smallconv.small_map_conv(a, b, (stride, stride), padding),
-                 lambda a, b: tf.nn.conv2d(a, b, stride, padding.upper())):
+    for conv in (
+        lambda a, b: smallconv.small_map_conv(a, b, (stride, stride), padding),
+        lambda a, b: tf.nn.conv2d(a, b, stride, padding.upper()),
+    ):
         with tf.GradientTape() as tape:
             tape.watch([x, w])
             y = conv(x, w)
@@ -117,12 +129,15 @@ def test_only_where_measured_to_pay(monkeypatch):
 
 
 def test_amx_read_from_the_cpu(monkeypatch):
-    from keras_digits import precision
+    from keras_digits.runtime import precision
 
-    for flags, isa, gpus, want in [({"amx_bf16"}, "", (), True), ({"avx512_bf16"}, "", (), False),
-                                   ({"amx_bf16"}, "AVX512_CORE_BF16", (), False),
-                                   ({"amx_bf16"}, "AVX512_CORE_AMX", (), True),
-                                   ({"amx_bf16"}, "", ((8, 0),), False)]:
+    for flags, isa, gpus, want in [
+        ({"amx_bf16"}, "", (), True),
+        ({"avx512_bf16"}, "", (), False),
+        ({"amx_bf16"}, "AVX512_CORE_BF16", (), False),
+        ({"amx_bf16"}, "AVX512_CORE_AMX", (), True),
+        ({"amx_bf16"}, "", ((8, 0),), False),
+    ]:
         smallconv._amx_cpu_only.cache_clear()
         monkeypatch.setattr(precision, "cpu_flags", lambda f=flags: frozenset(f))
         monkeypatch.setattr(precision, "gpu_capabilities", lambda g=gpus: g)
@@ -170,7 +185,7 @@ def test_resnet18_gradients_unchanged(monkeypatch):
 
 
 def test_resnet18_exports_with_the_paths(monkeypatch, tmp_path):
-    from keras_digits.export import export_model
+    from keras_digits.serving.export import export_model
 
     monkeypatch.setattr(smallconv, "matmul_paths_pay", lambda dtype: True)
     x = np.random.default_rng(6).uniform(0, 255, size=(2, 28, 28, 3)).astype("float32")
@@ -203,6 +218,7 @@ def test_mixed_bfloat16_gradients_close(monkeypatch):
 def test_weights_files_shared_with_keras_conv2d(tmp_path):
     """Weights files and BackupAndRestore backups name entries after the layer class: models built
     with Keras' Conv2D (runs backed up before this layer) load into these models, and back."""
+
     def build(conv):
         inputs = keras.Input((4, 4, 3))
         h = conv(4, 3, padding="same", name="a")(inputs)

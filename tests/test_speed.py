@@ -9,16 +9,15 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO, run_main
 
 from keras_digits.config import TrainConfig, comparable, load_config_file
 from keras_digits.errors import KerasDigitsError
 
-from conftest import REPO, run_main
-
 
 # ---------------------------------------------------------------------------- precision
 def test_auto_precision_follows_the_hardware():
-    from keras_digits.precision import Hardware, resolve
+    from keras_digits.runtime.precision import Hardware, resolve
 
     assert resolve("auto", Hardware(cpu_bf16="AMX-BF16")).name == "bfloat16"
     assert resolve("auto", Hardware(cpu_bf16="AVX512-BF16")).name == "float32"  # measured slower without AMX
@@ -26,7 +25,9 @@ def test_auto_precision_follows_the_hardware():
     assert resolve("auto", Hardware(gpu_capabilities=((9, 0),))).name == "bfloat16"
     assert resolve("auto", Hardware(gpu_capabilities=((7, 5),))).name == "float16"
     assert resolve("auto", Hardware(gpu_capabilities=((6, 1),))).name == "float32"
-    assert resolve("auto", Hardware(cpu_bf16="AMX-BF16", gpu_capabilities=((7, 0),))).name == "float16"  # the GPU trains
+    assert (
+        resolve("auto", Hardware(cpu_bf16="AMX-BF16", gpu_capabilities=((7, 0),))).name == "float16"
+    )  # the GPU trains
     explicit = resolve("bfloat16", Hardware())
     assert explicit.name == "bfloat16" and explicit.policy == "mixed_bfloat16"
     assert resolve("float16", Hardware()).policy == "mixed_float16"
@@ -35,7 +36,7 @@ def test_auto_precision_follows_the_hardware():
 
 
 def test_cpu_flags_are_read_not_assumed(tmp_path):
-    from keras_digits.precision import cpu_bf16_feature, cpu_flags
+    from keras_digits.runtime.precision import cpu_bf16_feature, cpu_flags
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor : 0\nflags : fpu sse avx2 avx512f avx512_bf16 amx_tile\n")
@@ -47,7 +48,7 @@ def test_cpu_flags_are_read_not_assumed(tmp_path):
 
 
 def test_slow_explicit_precisions_get_a_note():
-    from keras_digits.precision import Hardware, resolve, warning
+    from keras_digits.runtime.precision import Hardware, resolve, warning
 
     avx2 = Hardware()
     assert "slower than float32" in warning(resolve("bfloat16", avx2), avx2)
@@ -61,8 +62,8 @@ def test_slow_explicit_precisions_get_a_note():
 def test_setup_runtime_sets_and_records_the_policy(capsys):
     import keras
 
-    from keras_digits.precision import resolve
-    from keras_digits.train import setup_runtime
+    from keras_digits.runtime.precision import resolve
+    from keras_digits.training.setup import setup_runtime
 
     try:
         cfg = setup_runtime(TrainConfig(precision="bfloat16"), verbose=1)
@@ -78,12 +79,15 @@ def test_setup_runtime_sets_and_records_the_policy(capsys):
 
 def test_old_mixed_precision_key_and_flag_still_read(tmp_path):
     from keras_digits.train import build_parser
-    from keras_digits.flags import config_from_args
+    from keras_digits.training.flags import config_from_args
 
     old = tmp_path / "config.json"  # a run recorded before this issue's options existed
     new_options = ("precision", "label_smoothing", "select_on", "steps_per_execution")
-    old.write_text(json.dumps({**{k: v for k, v in TrainConfig().to_dict().items() if k not in new_options},
-                               "mixed_precision": False}))
+    old.write_text(
+        json.dumps(
+            {**{k: v for k, v in TrainConfig().to_dict().items() if k not in new_options}, "mixed_precision": False}
+        )
+    )
     assert load_config_file(old)["precision"] == "float32"
     assert comparable(json.loads(old.read_text())) == comparable(TrainConfig(precision="float32").to_dict())
     assert comparable(json.loads(old.read_text())) != comparable(TrainConfig(label_smoothing=0.1).to_dict())
@@ -99,9 +103,28 @@ def test_bfloat16_run_trains_saves_and_records(tmp_path, mnist_like_dir, capsys)
 
     run = tmp_path / "run"
     try:
-        code, out, _ = run_main(main, ["--dataset", "mnist", "--data-dir", mnist_like_dir, "--epochs", "2",
-                                       "--precision", "bfloat16", "--batch-size", "32", "--run-dir", run,
-                                       "--verbose", "0", "--steps-per-execution", "3"], capsys)
+        code, out, _ = run_main(
+            main,
+            [
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                mnist_like_dir,
+                "--epochs",
+                "2",
+                "--precision",
+                "bfloat16",
+                "--batch-size",
+                "32",
+                "--run-dir",
+                run,
+                "--verbose",
+                "0",
+                "--steps-per-execution",
+                "3",
+            ],
+            capsys,
+        )
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert code == 0, out
@@ -110,7 +133,7 @@ def test_bfloat16_run_trains_saves_and_records(tmp_path, mnist_like_dir, capsys)
     model = keras.saving.load_model(run / "best.keras", compile=False)
     assert model.get_layer("block1_conv").dtype_policy.name == "mixed_bfloat16"
     assert str(model.outputs[0].dtype) == "float32"
-    from keras_digits.report import read_history
+    from keras_digits.reporting.history import read_history
 
     assert read_history(run / "history.csv")["accuracy"][-1] > 0.8  # learnable squares: bfloat16 learns them
     assert json.loads((run / "metrics.json").read_text())["status"] == "finished"
@@ -162,7 +185,7 @@ def test_fused_batchnorm_in_models_saves_and_loads(tmp_path):
 
 # ---------------------------------------------------------------------------- schedules and losses
 def test_onecycle_warms_up_then_decays():
-    from keras_digits.optim import OneCycle
+    from keras_digits.training.optim import OneCycle
 
     sched = OneCycle(0.01, 100)
     lrs = [float(sched(s)) for s in range(101)]
@@ -174,7 +197,7 @@ def test_onecycle_warms_up_then_decays():
 
 
 def test_onecycle_needs_steps_and_lives_in_the_optimizer():
-    from keras_digits.optim import OneCycle, make_optimizer
+    from keras_digits.training.optim import OneCycle, make_optimizer
 
     cfg = TrainConfig(schedule="onecycle", epochs=3)
     with pytest.raises(KerasDigitsError, match="steps per epoch"):
@@ -186,7 +209,7 @@ def test_onecycle_needs_steps_and_lives_in_the_optimizer():
 def test_label_smoothing_loss():
     import keras
 
-    from keras_digits.optim import SparseSmoothedCrossentropy
+    from keras_digits.training.optim import SparseSmoothedCrossentropy
 
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype="float32")
     y = np.array([0, 2])
@@ -209,14 +232,20 @@ def test_recipes_are_valid_configs():
         assert recipe_path(name).is_file()
         assert cfg.to_dict()  # every key known, every value valid
     medmnist = recipe_config("medmnist")
-    assert (medmnist["batch_size"], medmnist["epochs"], medmnist["lr"], medmnist["schedule"],
-            medmnist["select_on"], medmnist["arch"]) == (128, 100, 0.001, "step", "auc", "resnet18")
+    assert (
+        medmnist["batch_size"],
+        medmnist["epochs"],
+        medmnist["lr"],
+        medmnist["schedule"],
+        medmnist["select_on"],
+        medmnist["arch"],
+    ) == (128, 100, 0.001, "step", "auc", "resnet18")
     assert recipe_config("reports")["batch_size"] == 32 and recipe_config("reports")["epochs"] == 15
 
 
 def test_recipe_flags_and_config_precedence(tmp_path):
-    from keras_digits.flags import config_from_args
     from keras_digits.train import build_parser
+    from keras_digits.training.flags import config_from_args
 
     parser = build_parser()
     cfg = config_from_args(parser.parse_args(["--recipe", "medmnist"]))
@@ -240,13 +269,34 @@ def test_unknown_recipe_is_one_line(capsys):
 
 # ---------------------------------------------------------------------------- selection on AUC
 def test_select_on_auc_keeps_the_best_val_auc_epoch(tmp_path, mnist_like_dir, capsys):
-    from keras_digits.report import read_history
+    from keras_digits.reporting.history import read_history
     from keras_digits.train import main
 
     run = tmp_path / "run"
-    code, out, _ = run_main(main, ["--dataset", "mnist", "--data-dir", mnist_like_dir, "--epochs", "3",
-                                   "--select-on", "auc", "--schedule", "onecycle", "--label-smoothing", "0.1",
-                                   "--precision", "float32", "--run-dir", run, "--verbose", "0"], capsys)
+    code, out, _ = run_main(
+        main,
+        [
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            mnist_like_dir,
+            "--epochs",
+            "3",
+            "--select-on",
+            "auc",
+            "--schedule",
+            "onecycle",
+            "--label-smoothing",
+            "0.1",
+            "--precision",
+            "float32",
+            "--run-dir",
+            run,
+            "--verbose",
+            "0",
+        ],
+        capsys,
+    )
     assert code == 0, out
     history = read_history(run / "history.csv")
     aucs = history["val_auc"]
@@ -274,17 +324,36 @@ def test_torch_peers_match_the_keras_models():
         out = peer(torch.zeros(2, shape[-1], *shape[:2]))
         assert tuple(out.shape) == (2, 9)
     x = np.random.default_rng(0).integers(0, 255, size=(40, 28, 28, 1), dtype=np.uint8)
-    ips = torch_peers.train_images_per_second("simple_cnn", x, np.arange(40) % 10, 10, 8, steps=3, warmup=1,
-                                              precision="bfloat16")
+    ips = torch_peers.train_images_per_second(
+        "simple_cnn", x, np.arange(40) % 10, 10, 8, steps=3, warmup=1, precision="bfloat16"
+    )
     assert ips > 0
 
 
 @pytest.mark.slow
 def test_throughput_benchmark_prints_ratio_and_profile(tmp_path):
     pytest.importorskip("torch")
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_throughput.py"), "--steps", "6",
-                          "--warmup", "2", "--repeats", "1", "--peer", "torch", "--profile", str(tmp_path / "prof"),
-                          "--steps-per-execution", "2"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "train_throughput.py"),
+            "--steps",
+            "6",
+            "--warmup",
+            "2",
+            "--repeats",
+            "1",
+            "--peer",
+            "torch",
+            "--profile",
+            str(tmp_path / "prof"),
+            "--steps-per-execution",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ratio keras_digits / PyTorch" in out.stdout
     assert "_MklNative" in out.stdout or "Conv2D" in out.stdout
@@ -294,14 +363,40 @@ def test_throughput_benchmark_prints_ratio_and_profile(tmp_path):
 @pytest.mark.slow
 def test_small_map_benchmarks_run(tmp_path):
     bench = REPO / "benchmarks"
-    out = subprocess.run([sys.executable, str(bench / "train_throughput.py"), "--arch", "resnet18", "--shape", "28,28,3",
-                          "--classes", "3", "--batch-size", "4", "--steps", "2", "--warmup", "1", "--repeats", "1",
-                          "--precision", "bfloat16", "--without-small-map-paths"],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(bench / "train_throughput.py"),
+            "--arch",
+            "resnet18",
+            "--shape",
+            "28,28,3",
+            "--classes",
+            "3",
+            "--batch-size",
+            "4",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--repeats",
+            "1",
+            "--precision",
+            "bfloat16",
+            "--without-small-map-paths",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "with / without:" in out.stdout
-    out = subprocess.run([sys.executable, str(bench / "conv_paths.py"), "--batch", "2", "--repeats", "1"],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(bench / "conv_paths.py"), "--batch", "2", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "4x4x512" in out.stdout and "TensorFlow's kernels" in out.stdout
 
@@ -312,19 +407,40 @@ def test_medmnist_recipe_runs_end_to_end(tmp_path, pathmnist_dir, capsys):
     the best-val-AUC epoch kept (a narrow ResNet-18 and 3 epochs keep it quick)."""
     import keras
 
-    from keras_digits.report import read_history
+    from keras_digits.reporting.history import read_history
     from keras_digits.train import main
 
     run = tmp_path / "run"
     try:
-        code, out, _ = run_main(main, ["--recipe", "medmnist", "--data-dir", pathmnist_dir, "--epochs", "4",
-                                       "--model-kwargs", '{"width": 8}', "--run-dir", run, "--verbose", "0"], capsys)
+        code, out, _ = run_main(
+            main,
+            [
+                "--recipe",
+                "medmnist",
+                "--data-dir",
+                pathmnist_dir,
+                "--epochs",
+                "4",
+                "--model-kwargs",
+                '{"width": 8}',
+                "--run-dir",
+                run,
+                "--verbose",
+                "0",
+            ],
+            capsys,
+        )
     finally:
         keras.mixed_precision.set_global_policy("float32")
     assert code == 0, out
     cfg = json.loads((run / "config.json").read_text())
-    assert (cfg["arch"], cfg["dataset"], cfg["batch_size"], cfg["schedule"], cfg["select_on"]) == \
-        ("resnet18", "pathmnist", 128, "step", "auc")
+    assert (cfg["arch"], cfg["dataset"], cfg["batch_size"], cfg["schedule"], cfg["select_on"]) == (
+        "resnet18",
+        "pathmnist",
+        128,
+        "step",
+        "auc",
+    )
     history = read_history(run / "history.csv")
     assert len(history["val_auc"]) == 4  # no early stopping
     assert history["learning_rate"] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5])  # x0.1 at 50 % and 75 %
@@ -335,19 +451,19 @@ def test_augmentation_stays_float32_under_a_mixed_policy():
     """Augmentation layers live in tf.data: a global mixed_bfloat16 policy (set by --precision before
     the pipelines are built) must not make them compute in bfloat16 (contrast failed on a dtype clash)."""
     import keras
+    from conftest import make_images
 
     from keras_digits.data.augment import augment_dataset, make_augment
     from keras_digits.data.pipeline import make_pipeline
-
-    from conftest import make_images
 
     x, y = make_images(16, (28, 28, 1), 10)
     batches = []
     for policy in ("float32", "mixed_bfloat16"):
         keras.mixed_precision.set_global_policy(policy)
         try:
-            fn = make_augment("contrast=1:0.3,rotate=1:10,zoom=1:0.1", "mnist", seed=3, channels=1,
-                              image_shape=(28, 28, 1))
+            fn = make_augment(
+                "contrast=1:0.3,rotate=1:10,zoom=1:0.1", "mnist", seed=3, channels=1, image_shape=(28, 28, 1)
+            )
             ds = augment_dataset(make_pipeline(x, y, 8), fn, seed=3)
             batches.append(next(iter(ds))[0].numpy())
         finally:
@@ -398,16 +514,34 @@ def test_epoch_overhead_benchmark_compares_both_settings(mnist_like_dir):
         off = make_datasets(cfg, bundle)
         assert on.train.options().autotune.enabled is True and on.val.options().autotune.enabled is True
         assert off.train.options().autotune.enabled is False
-    bad = subprocess.run([sys.executable, str(REPO / "benchmarks" / "epoch_overhead.py"), "--epochs", "1"],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "epoch_overhead.py"), "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "at least 2" in bad.stderr
 
 
 @pytest.mark.slow
 def test_epoch_overhead_benchmark_runs(mnist_like_dir):
-    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "epoch_overhead.py"), "--data-dir",
-                          str(mnist_like_dir), "--epochs", "2", "--recipe", "fast", "--repeats", "2"],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "epoch_overhead.py"),
+            "--data-dir",
+            str(mnist_like_dir),
+            "--epochs",
+            "2",
+            "--recipe",
+            "fast",
+            "--repeats",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("as shipped") == 3 and out.stdout.count("autotune on") == 3
     assert "x as long with autotuning" in out.stdout

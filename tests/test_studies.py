@@ -11,14 +11,18 @@ import pytest
 
 from keras_digits.config import TrainConfig
 from keras_digits.errors import KerasDigitsError
-from keras_digits.sweep import RunResult, Variant
+from keras_digits.studies.grid import RunResult, Variant
 
 TINY = ["--dataset", "digits", "--max-train-samples", "100"]
 
 
 def _fake(factor, value, seed, val, test, x=None, epochs=3):
-    metrics = {"val": {"accuracy": val, "f1": val}, "test": {"accuracy": test, "f1": test - 0.01},
-               "epochs_run": epochs, "train_seconds": 2.0}
+    metrics = {
+        "val": {"accuracy": val, "f1": val},
+        "test": {"accuracy": test, "f1": test - 0.01},
+        "epochs_run": epochs,
+        "train_seconds": 2.0,
+    }
     return RunResult(Variant(factor, value, {}, x), seed, Path(f"/nowhere/{factor}={value}-s{seed}"), metrics, True)
 
 
@@ -29,10 +33,17 @@ def _table_rows(md: str) -> list[list[str]]:
 
 # ---------------------------------------------------------------------------- --vary parsing
 def test_parse_vary_types_and_order():
-    from keras_digits.sweep import parse_vary
+    from keras_digits.studies.grid import parse_vary
 
-    v = parse_vary(["lr=0.001,0.1", "batch_size=16,64", "optimizer=sgd,adam", "early_stopping=on,off",
-                    "max_train_samples=none,500"])
+    v = parse_vary(
+        [
+            "lr=0.001,0.1",
+            "batch_size=16,64",
+            "optimizer=sgd,adam",
+            "early_stopping=on,off",
+            "max_train_samples=none,500",
+        ]
+    )
     assert [(x.factor, x.value) for x in v][:2] == [("lr", "0.001"), ("lr", "0.1")]
     assert v[0].changes == {"lr": 0.001} and v[0].x == 0.001
     assert v[2].changes == {"batch_size": 16} and isinstance(v[2].changes["batch_size"], int)
@@ -41,12 +52,18 @@ def test_parse_vary_types_and_order():
     assert v[8].changes == {"max_train_samples": None} and v[9].changes == {"max_train_samples": 500}
 
 
-@pytest.mark.parametrize("items, words", [
-    (["lr"], "FIELD=V1"), (["colour=red"], "not a field"), (["seed=1,2"], "not a field"),
-    (["batch_size=16,big"], "cannot read"), (["lr=0.1", "lr=0.2"], "twice"),
-])
+@pytest.mark.parametrize(
+    "items, words",
+    [
+        (["lr"], "FIELD=V1"),
+        (["colour=red"], "not a field"),
+        (["seed=1,2"], "not a field"),
+        (["batch_size=16,big"], "cannot read"),
+        (["lr=0.1", "lr=0.2"], "twice"),
+    ],
+)
 def test_parse_vary_errors(items, words):
-    from keras_digits.sweep import parse_vary
+    from keras_digits.studies.grid import parse_vary
 
     with pytest.raises(KerasDigitsError, match=words):
         parse_vary(items)
@@ -54,11 +71,16 @@ def test_parse_vary_errors(items, words):
 
 # ---------------------------------------------------------------------------- summary, table, figures
 def test_summary_mean_sd_and_best_by_validation(tmp_path):
-    from keras_digits.sweep import markdown_table, summarize, write_results
+    from keras_digits.studies.report import markdown_table, summarize, write_results
 
-    results = [_fake("lr", "0.001", 1, 0.90, 0.80, 0.001), _fake("lr", "0.001", 2, 0.92, 0.82, 0.001),
-               _fake("lr", "0.1", 1, 0.10, 0.99, 0.1), _fake("lr", "0.1", 2, 0.12, 0.97, 0.1),
-               _fake("augment", "none", 1, 0.5, 0.5), _fake("augment", "light", 1, 0.6, 0.4)]
+    results = [
+        _fake("lr", "0.001", 1, 0.90, 0.80, 0.001),
+        _fake("lr", "0.001", 2, 0.92, 0.82, 0.001),
+        _fake("lr", "0.1", 1, 0.10, 0.99, 0.1),
+        _fake("lr", "0.1", 2, 0.12, 0.97, 0.1),
+        _fake("augment", "none", 1, 0.5, 0.5),
+        _fake("augment", "light", 1, 0.6, 0.4),
+    ]
     summary = summarize(results)
     lr_small = summary[0]
     assert lr_small["n"] == 2 and lr_small["val_accuracy"] == pytest.approx(0.91)
@@ -82,8 +104,21 @@ def test_sweep_cli_writes_table_and_resumes(tmp_path, capsys):
     from keras_digits.sweep import main
 
     out = tmp_path / "sweep"
-    args = [*TINY, "--arch", "dense", "--epochs", "1", "--vary", "lr=0.001,0.5", "--vary", "batch_size=32",
-            "--seeds", "1", "--out", str(out)]
+    args = [
+        *TINY,
+        "--arch",
+        "dense",
+        "--epochs",
+        "1",
+        "--vary",
+        "lr=0.001,0.5",
+        "--vary",
+        "batch_size=32",
+        "--seeds",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     md = (out / "sweep.md").read_text()
     rows = _table_rows(md)
@@ -113,10 +148,18 @@ def test_sweep_cli_rejects_run_dir(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- experiments
 def test_experiment_list_and_unknown(capsys):
-    from keras_digits.experiment import EXPERIMENTS, main, run_experiment
+    from keras_digits.experiment import main
+    from keras_digits.studies.experiments import EXPERIMENTS, run_experiment
 
-    assert set(EXPERIMENTS) == {"balancing", "augmentation", "batchnorm", "simple_cnn_ablation", "optimizers",
-                                "lr_batch_epochs", "cifar_lab"}
+    assert set(EXPERIMENTS) == {
+        "balancing",
+        "augmentation",
+        "batchnorm",
+        "simple_cnn_ablation",
+        "optimizers",
+        "lr_batch_epochs",
+        "cifar_lab",
+    }
     assert main(["--list"]) == 0
     assert "cifar_lab" in capsys.readouterr().out
     with pytest.raises(KerasDigitsError, match="unknown experiment"):
@@ -124,7 +167,7 @@ def test_experiment_list_and_unknown(capsys):
 
 
 def test_experiment_config_layers():
-    from keras_digits.experiment import EXPERIMENTS, QUICK, experiment_config
+    from keras_digits.studies.experiments import EXPERIMENTS, QUICK, experiment_config
 
     exp = EXPERIMENTS["lr_batch_epochs"]
     full = experiment_config(exp)
@@ -150,15 +193,21 @@ def test_experiment_config_layers():
 SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize("name", [pytest.param("balancing", marks=SLOW),  # ~45 s; passed in the default run at 17f77d5 + the real-world change
-                                  pytest.param("lr_batch_epochs", marks=SLOW),  # ~35 s; the sweep test covers grids
-                                  pytest.param("batchnorm", marks=SLOW),
-                                  pytest.param("augmentation", marks=SLOW),
-                                  pytest.param("simple_cnn_ablation", marks=SLOW),
-                                  pytest.param("optimizers", marks=SLOW),
-                                  pytest.param("cifar_lab", marks=SLOW)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("balancing", marks=SLOW),  # ~45 s; passed in the default run at 17f77d5 + the real-world change
+        pytest.param("lr_batch_epochs", marks=SLOW),  # ~35 s; the sweep test covers grids
+        pytest.param("batchnorm", marks=SLOW),
+        pytest.param("augmentation", marks=SLOW),
+        pytest.param("simple_cnn_ablation", marks=SLOW),
+        pytest.param("optimizers", marks=SLOW),
+        pytest.param("cifar_lab", marks=SLOW),
+    ],
+)
 def test_every_experiment_runs_quick(name, tmp_path):
-    from keras_digits.experiment import EXPERIMENTS, main
+    from keras_digits.experiment import main
+    from keras_digits.studies.experiments import EXPERIMENTS
 
     exp = EXPERIMENTS[name]
     out = tmp_path / name
@@ -179,14 +228,14 @@ def test_every_experiment_runs_quick(name, tmp_path):
 
 
 def test_experiment_needs_data_for_its_default_dataset(tmp_path):
-    from keras_digits.experiment import run_experiment
+    from keras_digits.studies.experiments import run_experiment
 
     with pytest.raises(KerasDigitsError):
         run_experiment("augmentation", tmp_path / "x", quick=True, data_dir=str(tmp_path / "empty"), log=lambda m: 0)
 
 
 def test_skew_transform_used_by_balancing_only():
-    from keras_digits.experiment import EXPERIMENTS
+    from keras_digits.studies.experiments import EXPERIMENTS
 
     assert EXPERIMENTS["balancing"].transform_data is not None
     assert all(e.transform_data is None for n, e in EXPERIMENTS.items() if n != "balancing")

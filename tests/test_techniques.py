@@ -30,13 +30,14 @@ def _batches(ds):
 
 def _run_cli(args, env_extra=None, timeout=600):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 # ---------------------------------------------------------------------------- optimizers
 def test_optimizer_options_reach_keras():
-    from keras_digits.optim import make_optimizer
+    from keras_digits.training.optim import make_optimizer
 
     sgd = make_optimizer(TrainConfig(optimizer="sgd", lr=0.05, momentum=0.8))
     assert type(sgd).__name__ == "SGD" and sgd.momentum == pytest.approx(0.8)
@@ -53,7 +54,7 @@ def test_optimizer_options_reach_keras():
 def test_sgd_momentum_and_adamw_decay_change_the_update():
     import keras
 
-    from keras_digits.optim import make_optimizer
+    from keras_digits.training.optim import make_optimizer
 
     # SGD with momentum m under a constant gradient g: steps lr*g, then lr*g*(1+m)
     v = keras.Variable(np.zeros(1, np.float32))
@@ -73,7 +74,7 @@ def test_sgd_momentum_and_adamw_decay_change_the_update():
 
 # ---------------------------------------------------------------------------- schedules
 def test_step_schedule_divides_by_ten_at_half_and_three_quarters():
-    from keras_digits.train import schedule_lr
+    from keras_digits.training.callbacks import schedule_lr
 
     cfg = TrainConfig(schedule="step", lr=0.1, epochs=20)
     lrs = [schedule_lr(cfg, e) for e in range(20)]
@@ -84,7 +85,7 @@ def test_step_schedule_divides_by_ten_at_half_and_three_quarters():
 
 
 def test_cosine_schedule_with_warmup():
-    from keras_digits.train import schedule_lr
+    from keras_digits.training.callbacks import schedule_lr
 
     cfg = TrainConfig(schedule="cosine", lr=0.3, epochs=10, warmup_epochs=2)
     lrs = [schedule_lr(cfg, e) for e in range(10)]
@@ -100,7 +101,7 @@ def test_cosine_schedule_with_warmup():
 def test_schedule_callbacks():
     import keras
 
-    from keras_digits.train import schedule_callbacks
+    from keras_digits.training.callbacks import schedule_callbacks
 
     assert schedule_callbacks(TrainConfig()) == []
     assert isinstance(schedule_callbacks(TrainConfig(schedule="plateau"))[0], keras.callbacks.ReduceLROnPlateau)
@@ -173,10 +174,17 @@ def test_skewed_training_split_is_long_tailed():
 
 
 # ---------------------------------------------------------------------------- augmentation
-@pytest.mark.parametrize("spec", [
-    "rotate=0.1:15,translate=0.1:0.1,zoom=0.1:0.1,flip=0.5:horizontal,contrast=0.1:0.2",
-    "rotate", "rotate=0.3", "rot90=0.5", "zoom=:0.2", "brightness=1:0.5,shear=0:0.1",
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "rotate=0.1:15,translate=0.1:0.1,zoom=0.1:0.1,flip=0.5:horizontal,contrast=0.1:0.2",
+        "rotate",
+        "rotate=0.3",
+        "rot90=0.5",
+        "zoom=:0.2",
+        "brightness=1:0.5,shear=0:0.1",
+    ],
+)
 def test_augment_spec_parses(spec):
     from keras_digits.data.augment import parse_spec
 
@@ -194,12 +202,21 @@ def test_augment_spec_defaults():
     assert op.param == "vertical"
 
 
-@pytest.mark.parametrize("spec, words", [
-    ("spin=0.1:5", "unknown op"), ("rotate=2:10", "probability"), ("rotate=x:10", "number"),
-    ("rotate=0.1:400", "parameter"), ("flip=0.5:diagonal", "flip mode"), ("rotate,rotate", "twice"),
-    ("rot90=0.5:3", "no parameter"), ("rotate=0.1:", "needs a parameter"), ("rotate,,zoom", "empty"),
-    ("zoom=0.1:0", "parameter"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("spin=0.1:5", "unknown op"),
+        ("rotate=2:10", "probability"),
+        ("rotate=x:10", "number"),
+        ("rotate=0.1:400", "parameter"),
+        ("flip=0.5:diagonal", "flip mode"),
+        ("rotate,rotate", "twice"),
+        ("rot90=0.5:3", "no parameter"),
+        ("rotate=0.1:", "needs a parameter"),
+        ("rotate,,zoom", "empty"),
+        ("zoom=0.1:0", "parameter"),
+    ],
+)
 def test_bad_augment_spec_is_one_clear_line(spec, words):
     from keras_digits.data.augment import make_augment
 
@@ -246,14 +263,15 @@ def test_validation_never_augmented_training_is(mnist_like_dir):
         assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
     tr_a, tr_b = _batches(plain.train), _batches(aug.train)
     assert tr_b[0][0].dtype == np.uint8 and tr_b[0][0].shape == tr_a[0][0].shape
-    for (xa, ya), (xb, yb) in zip(tr_a, tr_b):
+    for (_, ya), (_, yb) in zip(tr_a, tr_b):
         assert np.array_equal(ya, yb)  # same seeded order; only the pixels change
     changed = np.mean([not np.array_equal(a, b) for (xa, _), (xb, _) in zip(tr_a, tr_b) for a, b in zip(xa, xb)])
     assert changed > 0.9  # rotate with probability 1: nearly every image differs
     again = _batches(aug.train)  # the next epoch: new random transforms
     assert any(not np.array_equal(a[0], b[0]) for a, b in zip(tr_b, again))
-    rebuilt = _batches(make_datasets(TrainConfig(dataset="mnist", batch_size=32,
-                                                 augment="rotate=1:15,zoom=0.5:0.2"), bundle).train)
+    rebuilt = _batches(
+        make_datasets(TrainConfig(dataset="mnist", batch_size=32, augment="rotate=1:15,zoom=0.5:0.2"), bundle).train
+    )
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(tr_b, rebuilt))  # one seed, one stream
 
 
@@ -265,12 +283,12 @@ def test_augment_probability_is_per_image():
     x = np.tile(np.arange(64, dtype=np.uint8).reshape(1, 8, 8, 1) * 3, (2000, 1, 1, 1))
     ds = tf.data.Dataset.from_tensors((x, np.zeros(2000, np.int32)))
     fn = make_augment("flip=0.25:horizontal", "cifar10")
-    (out, _), = [(a.numpy(), b) for a, b in augment_dataset(ds, fn, seed=1)]
+    ((out, _),) = [(a.numpy(), b) for a, b in augment_dataset(ds, fn, seed=1)]
     flipped = np.mean([not np.array_equal(o, x[0]) for o in out])
     assert 0.2 < flipped < 0.3
     assert all(np.array_equal(o, x[0]) or np.array_equal(o, x[0][:, ::-1]) for o in out[:100])
     # the plain ds.map((images, labels)) contract of make_augment still works
-    (direct, _), = [(a.numpy(), b) for a, b in ds.map(fn)]
+    ((direct, _),) = [(a.numpy(), b) for a, b in ds.map(fn)]
     assert direct.dtype == np.uint8 and 0.15 < np.mean([not np.array_equal(o, x[0]) for o in direct]) < 0.35
 
 
@@ -292,8 +310,9 @@ def test_normalization_stats_from_training_split_only():
 
     bundle = _bundle(n=150)
     x_val, y_val = bundle.val
-    poisoned = replace(bundle, val=(np.full_like(x_val, 255), y_val), test=(np.full_like(bundle.test[0], 255),
-                                                                             bundle.test[1]))
+    poisoned = replace(
+        bundle, val=(np.full_like(x_val, 255), y_val), test=(np.full_like(bundle.test[0], 255), bundle.test[1])
+    )
     stats = make_datasets(TrainConfig(normalize="dataset"), poisoned).input_stats
     x = bundle.train[0].astype(np.float64) / 255
     assert stats[0] == pytest.approx((x.mean(),)) and stats[1] == pytest.approx((x.std(),))
@@ -312,8 +331,8 @@ def test_normalization_stats_from_training_split_only():
 def test_normalization_layer_standardises_raw_pixels():
     import keras
 
-    from keras_digits.models.normalize import add_input_normalization
     from keras_digits.models import build_model
+    from keras_digits.models.normalize import add_input_normalization
 
     model = build_model("dense", (8, 8, 1), 3)
     wrapped = add_input_normalization(model, ((0.2,), (0.5,)))
@@ -328,7 +347,7 @@ def test_normalization_layer_standardises_raw_pixels():
 
 
 def test_build_for_needs_stats_for_dataset_normalize():
-    from keras_digits.train import build_for
+    from keras_digits.training.setup import build_for
 
     with pytest.raises(KerasDigitsError, match="statistics"):
         build_for(TrainConfig(arch="dense", normalize="dataset"), (8, 8, 1), 3)
@@ -339,11 +358,19 @@ def test_build_for_needs_stats_for_dataset_normalize():
 def test_normalized_run_saves_model_taking_raw_pixels(tmp_path):
     import keras
 
-    from keras_digits.evaluate import evaluate_model, load_run
-    from keras_digits.train import train_and_evaluate
+    from keras_digits.evaluation.metrics import evaluate_model
+    from keras_digits.evaluation.runs import load_run
+    from keras_digits.training.run import train_and_evaluate
 
-    cfg = TrainConfig(arch="dense", dataset="digits", max_train_samples=120, epochs=1, normalize="dataset",
-                      verbose=0, evaluate_test=False)
+    cfg = TrainConfig(
+        arch="dense",
+        dataset="digits",
+        max_train_samples=120,
+        epochs=1,
+        normalize="dataset",
+        verbose=0,
+        evaluate_test=False,
+    )
     metrics = train_and_evaluate(cfg, tmp_path / "run")
     _, model = load_run(tmp_path / "run")
     layer = model.get_layer("input_normalize")
@@ -357,9 +384,27 @@ def test_normalized_run_saves_model_taking_raw_pixels(tmp_path):
 
 # ---------------------------------------------------------------------------- determinism
 def test_deterministic_runs_give_identical_metrics(tmp_path):
-    args = ["keras_digits.train", "--dataset", "digits", "--arch", "dense", "--max-train-samples", "120",
-            "--epochs", "2", "--batch-size", "16", "--deterministic", "--augment", "light", "--seed", "7",
-            "--verbose", "0", "--no-evaluate-test"]
+    args = [
+        "keras_digits.train",
+        "--dataset",
+        "digits",
+        "--arch",
+        "dense",
+        "--max-train-samples",
+        "120",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--deterministic",
+        "--augment",
+        "light",
+        "--seed",
+        "7",
+        "--verbose",
+        "0",
+        "--no-evaluate-test",
+    ]
     metrics = []
     for name in ("a", "b"):
         proc = _run_cli(args + ["--run-dir", str(tmp_path / name)])
@@ -374,7 +419,7 @@ def test_deterministic_runs_give_identical_metrics(tmp_path):
 def test_mixed_precision_model_outputs_float32():
     import keras
 
-    from keras_digits.train import build_for, compile_model
+    from keras_digits.training.setup import build_for, compile_model
 
     try:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -394,7 +439,7 @@ def test_mixed_precision_model_outputs_float32():
 def test_default_and_auto_strategy_on_cpu():
     import tensorflow as tf
 
-    from keras_digits.strategy import get_strategy, replicas
+    from keras_digits.runtime.strategy import get_strategy, replicas
 
     assert replicas(get_strategy("default")) == 1
     if len(tf.config.list_logical_devices("GPU")) < 2:
@@ -405,10 +450,29 @@ def test_default_and_auto_strategy_on_cpu():
 
 def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     run_dir = tmp_path / "run"
-    proc = _run_cli(["keras_digits.train", "--dataset", "digits", "--arch", "dense", "--max-train-samples", "128",
-                     "--epochs", "1", "--batch-size", "16", "--strategy", "mirrored", "--verbose", "2",
-                     "--no-evaluate-test", "--run-dir", str(run_dir)],
-                    env_extra={"KERAS_DIGITS_LOGICAL_CPUS": "2", "CUDA_VISIBLE_DEVICES": ""})
+    proc = _run_cli(
+        [
+            "keras_digits.train",
+            "--dataset",
+            "digits",
+            "--arch",
+            "dense",
+            "--max-train-samples",
+            "128",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--strategy",
+            "mirrored",
+            "--verbose",
+            "2",
+            "--no-evaluate-test",
+            "--run-dir",
+            str(run_dir),
+        ],
+        env_extra={"KERAS_DIGITS_LOGICAL_CPUS": "2", "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "MirroredStrategy, 2 replica(s)" in proc.stdout
     assert "4/4" in proc.stdout  # 128 images / (16 per replica x 2 replicas) = 4 steps

@@ -10,14 +10,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_digits.cli import run_cli
 from keras_digits.config import TrainConfig
 from keras_digits.errors import KerasDigitsError
 from keras_digits.models import build_model, list_models
-from keras_digits.train import default_run_dir, main as train_main, schedule_lr
+from keras_digits.train import main as train_main
+from keras_digits.training.callbacks import schedule_lr
+from keras_digits.training.rundir import default_run_dir
+from keras_digits.utils.cli import run_cli
 
-RUN_FILES = {"config.json", "dataset.json", "history.csv", "best.keras", "metrics.json",
-             "confusion_matrix.png", "curves.png", "logs"}
+RUN_FILES = {
+    "config.json",
+    "dataset.json",
+    "history.csv",
+    "best.keras",
+    "metrics.json",
+    "confusion_matrix.png",
+    "curves.png",
+    "logs",
+}
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -28,8 +38,22 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def digits_run(tmp_path_factory) -> Path:
     """One short run on the embedded digits set, shared by several tests."""
     run = tmp_path_factory.mktemp("runs") / "digits"
-    code = train_main(["--arch", "simple_cnn_v1", "--epochs", "4", "--run-dir", str(run), "--verbose", "0",
-                       "--batch-size", "64", "--lr", "3e-3"])
+    code = train_main(
+        [
+            "--arch",
+            "simple_cnn_v1",
+            "--epochs",
+            "4",
+            "--run-dir",
+            str(run),
+            "--verbose",
+            "0",
+            "--batch-size",
+            "64",
+            "--lr",
+            "3e-3",
+        ]
+    )
     assert code == 0
     return run
 
@@ -75,7 +99,8 @@ def test_default_run_dir_skips_finished(tmp_path):
 
 
 def test_config_file_and_flags(tmp_path, mnist_like_dir):
-    from keras_digits.train import build_parser, config_from_args
+    from keras_digits.train import build_parser
+    from keras_digits.training.flags import config_from_args
 
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"arch": "dense", "epochs": 3, "lr": 0.01, "data_dir": str(mnist_like_dir)}))
@@ -91,15 +116,28 @@ def test_resume_after_interruption(tmp_path, mnist_like_dir):
     import keras
 
     run = tmp_path / "run"
-    args = ["--arch", "dense", "--dataset", "mnist", "--data-dir", str(mnist_like_dir), "--epochs", "4",
-            "--run-dir", str(run), "--verbose", "0", "--no-early-stopping"]
+    args = [
+        "--arch",
+        "dense",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(mnist_like_dir),
+        "--epochs",
+        "4",
+        "--run-dir",
+        str(run),
+        "--verbose",
+        "0",
+        "--no-early-stopping",
+    ]
 
     class Crash(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 1:
                 raise RuntimeError("simulated crash")
 
-    import keras_digits.train as train_mod
+    import keras_digits.training.run as train_mod
 
     original = train_mod.make_callbacks
     train_mod.make_callbacks = lambda *a, **k: original(*a, **k) + [Crash()]
@@ -120,11 +158,22 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(tmp_path, mnist_
     leaves the old run whole; one that finishes replaces it (no staging folder left behind)."""
     import keras
 
-    import keras_digits.train as train_mod
+    import keras_digits.training.run as train_mod
 
     run = tmp_path / "run"
-    base = ["--arch", "dense", "--dataset", "mnist", "--data-dir", str(mnist_like_dir), "--run-dir", str(run),
-            "--verbose", "0", "--no-early-stopping"]
+    base = [
+        "--arch",
+        "dense",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(mnist_like_dir),
+        "--run-dir",
+        str(run),
+        "--verbose",
+        "0",
+        "--no-early-stopping",
+    ]
     assert train_main([*base, "--epochs", "1"]) == 0
     old_metrics = (run / "metrics.json").read_text()
 
@@ -147,17 +196,20 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(tmp_path, mnist_
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "mnist.npz") == ["run"]
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--arch", "resnet9000"], "unknown arch 'resnet9000'"),
-    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-    (["--optimizer", "adamax"], "invalid choice"),
-    (["--epochs", "0"], "must be positive"),
-    (["--batch-size", "-4"], "must be positive"),
-    (["--lr", "0"], "must be positive"),
-    (["--dataset", "mnist", "--data-dir", "{empty}"], "could not find mnist.npz"),
-    (["--dataset", "mnist", "--data-dir", "{corrupt}"], "not a readable npz"),
-    (["--config", "{missing}"], "config file not found"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--arch", "resnet9000"], "unknown arch 'resnet9000'"),
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["--optimizer", "adamax"], "invalid choice"),
+        (["--epochs", "0"], "must be positive"),
+        (["--batch-size", "-4"], "must be positive"),
+        (["--lr", "0"], "must be positive"),
+        (["--dataset", "mnist", "--data-dir", "{empty}"], "could not find mnist.npz"),
+        (["--dataset", "mnist", "--data-dir", "{corrupt}"], "not a readable npz"),
+        (["--config", "{missing}"], "config file not found"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, needle):
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
@@ -195,8 +247,19 @@ def test_help_lists_every_arch_and_dataset():
     flat = " ".join(proc.stdout.split())
     for name in list_models():
         assert name in flat
-    for flag in ("--data-dir", "--epochs", "--batch-size", "--lr", "--optimizer", "--patience", "--seed",
-                 "--val-split", "--image-size", "--run-dir", "--config"):
+    for flag in (
+        "--data-dir",
+        "--epochs",
+        "--batch-size",
+        "--lr",
+        "--optimizer",
+        "--patience",
+        "--seed",
+        "--val-split",
+        "--image-size",
+        "--run-dir",
+        "--config",
+    ):
         assert flag in flat
 
 
@@ -230,8 +293,25 @@ def test_step_schedule(epoch, expected):
 
 def test_pathmnist_trains_with_auc(tmp_path, pathmnist_dir):
     run = tmp_path / "run"
-    assert train_main(["--arch", "simple_cnn_v1", "--dataset", "pathmnist", "--data-dir", str(pathmnist_dir),
-                       "--epochs", "2", "--run-dir", str(run), "--verbose", "0"]) == 0
+    assert (
+        train_main(
+            [
+                "--arch",
+                "simple_cnn_v1",
+                "--dataset",
+                "pathmnist",
+                "--data-dir",
+                str(pathmnist_dir),
+                "--epochs",
+                "2",
+                "--run-dir",
+                str(run),
+                "--verbose",
+                "0",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     for split in ("val", "test"):
         assert metrics[split]["n"] == 45
@@ -239,11 +319,17 @@ def test_pathmnist_trains_with_auc(tmp_path, pathmnist_dir):
         assert metrics[split]["per_class"][0]["label"] == "adipose"
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--momentum", "1.5", "--optimizer", "sgd"], "--momentum must be in [0, 1]"),
-    (["--arch", "simple_cnn", "--model-kwargs", '{"filters": 32}'], "'filters' must be a non-empty list of whole numbers"),
-    (["--arch", "simple_cnn", "--model-kwargs", '{"conv_dropout": 1.5}'], "cannot build"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--momentum", "1.5", "--optimizer", "sgd"], "--momentum must be in [0, 1]"),
+        (
+            ["--arch", "simple_cnn", "--model-kwargs", '{"filters": 32}'],
+            "'filters' must be a non-empty list of whole numbers",
+        ),
+        (["--arch", "simple_cnn", "--model-kwargs", '{"conv_dropout": 1.5}'], "cannot build"),
+    ],
+)
 def test_bad_option_values_are_clear(tmp_path, capsys, args, needle):
     assert run_cli(train_main, [*args, "--run-dir", str(tmp_path / "r"), "--epochs", "1"]) == 2
     assert needle in capsys.readouterr().err
@@ -263,8 +349,24 @@ def test_corrupt_run_config_is_clear(digits_run, tmp_path, capsys):
 
 
 def _digits_args(run: Path, epochs: int = 3) -> list[str]:
-    return ["--arch", "simple_cnn", "--dataset", "digits", "--seed", "1", "--epochs", str(epochs),
-            "--batch-size", "64", "--run-dir", str(run), "--verbose", "0", "--no-early-stopping", "--deterministic"]
+    return [
+        "--arch",
+        "simple_cnn",
+        "--dataset",
+        "digits",
+        "--seed",
+        "1",
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "64",
+        "--run-dir",
+        str(run),
+        "--verbose",
+        "0",
+        "--no-early-stopping",
+        "--deterministic",
+    ]
 
 
 def test_resumed_run_continues_the_interrupted_one(tmp_path):
@@ -273,7 +375,7 @@ def test_resumed_run_continues_the_interrupted_one(tmp_path):
     the restored weights scored ~100% training accuracy and then fell back)."""
     import keras
 
-    import keras_digits.train as train_mod
+    import keras_digits.training.run as train_mod
 
     assert train_main(_digits_args(tmp_path / "whole")) == 0
 
@@ -308,7 +410,7 @@ def test_run_killed_as_training_ends_is_scored_not_retrained(tmp_path, monkeypat
     """Killed inside fit's end (BackupAndRestore has deleted its backup): the rerun only scores."""
     import keras
 
-    import keras_digits.train as train_mod
+    import keras_digits.training.run as train_mod
 
     class Crash(keras.callbacks.Callback):
         def on_train_end(self, logs=None):

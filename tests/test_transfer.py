@@ -27,10 +27,38 @@ def test_weights_path_then_two_phase_fine_tuning(tmp_path, mnist_like_dir, base_
 
     path, first_kernel = base_weights
     run = tmp_path / "run"
-    assert train_main(["--arch", "resnet50", "--image-size", "32", "--dataset", "mnist",
-                       "--data-dir", str(mnist_like_dir), "--weights", str(path), "--epochs", "1",
-                       "--fine-tune-at", "150", "--fine-tune-epochs", "1", "--max-train-samples", "64",
-                       "--batch-size", "16", "--no-early-stopping", "--run-dir", str(run), "--verbose", "1"]) == 0
+    assert (
+        train_main(
+            [
+                "--arch",
+                "resnet50",
+                "--image-size",
+                "32",
+                "--dataset",
+                "mnist",
+                "--data-dir",
+                str(mnist_like_dir),
+                "--weights",
+                str(path),
+                "--epochs",
+                "1",
+                "--fine-tune-at",
+                "150",
+                "--fine-tune-epochs",
+                "1",
+                "--max-train-samples",
+                "64",
+                "--batch-size",
+                "16",
+                "--no-early-stopping",
+                "--run-dir",
+                str(run),
+                "--verbose",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "fine-tuning:" in out and "from #150 unfrozen" in out
     rows = (run / "history.csv").read_text().strip().splitlines()
@@ -47,16 +75,54 @@ def test_weights_path_then_two_phase_fine_tuning(tmp_path, mnist_like_dir, base_
 
 
 def test_fine_tune_needs_a_pretrained_family(tmp_path, mnist_like_dir):
-    proc = subprocess.run([sys.executable, "-m", "keras_digits.train", "--arch", "dense", "--dataset", "mnist",
-                           "--data-dir", str(mnist_like_dir), "--epochs", "1", "--fine-tune-at", "3",
-                           "--run-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_digits.train",
+            "--arch",
+            "dense",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(mnist_like_dir),
+            "--epochs",
+            "1",
+            "--fine-tune-at",
+            "3",
+            "--run-dir",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "--fine-tune-at needs a pretrained family" in proc.stderr
 
 
 def test_imagenet_weights_uncached_offline_is_one_line(tmp_path, mnist_like_dir):
-    proc = subprocess.run([sys.executable, "-m", "keras_digits.train", "--arch", "xception", "--dataset", "mnist",
-                           "--data-dir", str(mnist_like_dir), "--weights", "imagenet", "--epochs", "1",
-                           "--run-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_digits.train",
+            "--arch",
+            "xception",
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(mnist_like_dir),
+            "--weights",
+            "imagenet",
+            "--epochs",
+            "1",
+            "--run-dir",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert err[-1].startswith("error:") and "xception_weights_tf_dim_ordering_tf_kernels_notop.h5" in err[-1]
@@ -65,8 +131,22 @@ def test_imagenet_weights_uncached_offline_is_one_line(tmp_path, mnist_like_dir)
 
 
 def test_weights_on_a_non_pretrained_arch(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "keras_digits.train", "--arch", "simple_cnn", "--weights",
-                           "imagenet", "--run-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_digits.train",
+            "--arch",
+            "simple_cnn",
+            "--weights",
+            "imagenet",
+            "--run-dir",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "has no pretrained weights" in proc.stderr
 
 
@@ -75,12 +155,34 @@ def test_run_killed_while_fine_tuning_resumes_in_phase_two(tmp_path, mnist_like_
     """Phase one is kept when it ends; a rerun after a crash in phase two resumes phase two."""
     import keras
 
-    import keras_digits.train as train_mod
+    import keras_digits.training.run as train_mod
 
     run = tmp_path / "run"
-    args = ["--arch", "vgg16", "--image-size", "32", "--dataset", "mnist", "--data-dir", str(mnist_like_dir),
-            "--epochs", "1", "--fine-tune-at", "15", "--fine-tune-epochs", "2", "--max-train-samples", "64",
-            "--batch-size", "16", "--no-early-stopping", "--run-dir", str(run), "--verbose", "0"]
+    args = [
+        "--arch",
+        "vgg16",
+        "--image-size",
+        "32",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(mnist_like_dir),
+        "--epochs",
+        "1",
+        "--fine-tune-at",
+        "15",
+        "--fine-tune-epochs",
+        "2",
+        "--max-train-samples",
+        "64",
+        "--batch-size",
+        "16",
+        "--no-early-stopping",
+        "--run-dir",
+        str(run),
+        "--verbose",
+        "0",
+    ]
 
     class Crash(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):

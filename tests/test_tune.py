@@ -16,10 +16,11 @@ import pytest
 
 kt = pytest.importorskip("keras_tuner")
 
-from keras_digits.tune import cli as tune_cli, space as tune_space  # noqa: E402
-from keras_digits.cli import run_cli  # noqa: E402
 from keras_digits.config import TrainConfig, load_config_file  # noqa: E402
 from keras_digits.models import model_info  # noqa: E402
+from keras_digits.tune import cli as tune_cli  # noqa: E402
+from keras_digits.tune import space as tune_space  # noqa: E402
+from keras_digits.utils.cli import run_cli  # noqa: E402
 
 TINY = ["--dataset", "digits", "--max-train-samples", "200", "--max-epochs", "1", "--verbose", "0"]
 DIST_ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
@@ -45,16 +46,37 @@ def test_simple_cnn_space_golden_defaults():
     """Fresh HyperParameters -> every default -> exactly the registry builder's defaults."""
     hp = kt.HyperParameters()
     kwargs = model_info("simple_cnn").search_space(hp)
-    assert hp.values == {"base_filters": 32, "conv_blocks": 3, "dense_units": 256, "batch_norm": True,
-                         "conv_dropout": 0.25, "dense_dropout": 0.5}
-    assert kwargs == {"filters": (32, 64, 128), "dense_units": 256, "batch_norm": True,
-                      "conv_dropout": 0.25, "dense_dropout": 0.5}
+    assert hp.values == {
+        "base_filters": 32,
+        "conv_blocks": 3,
+        "dense_units": 256,
+        "batch_norm": True,
+        "conv_dropout": 0.25,
+        "dense_dropout": 0.5,
+    }
+    assert kwargs == {
+        "filters": (32, 64, 128),
+        "dense_units": 256,
+        "batch_norm": True,
+        "conv_dropout": 0.25,
+        "dense_dropout": 0.5,
+    }
     defaults = builder_defaults("simple_cnn")
     assert all(normalise(kwargs)[k] == normalise(defaults)[k] for k in kwargs)
 
 
-DECLARED = ["simple_cnn", "simple_cnn_v1", "keras_cnn", "dense", "alexnet", "resnet18", "resnet34", "cifar_cnn",
-            "resnet_cifar", "vgg16"]
+DECLARED = [
+    "simple_cnn",
+    "simple_cnn_v1",
+    "keras_cnn",
+    "dense",
+    "alexnet",
+    "resnet18",
+    "resnet34",
+    "cifar_cnn",
+    "resnet_cifar",
+    "vgg16",
+]
 
 
 def test_every_declared_space_is_tested():
@@ -83,8 +105,13 @@ def test_trial_config_defaults_are_train_defaults():
     assert cfg.epochs == 3
     assert normalise(dict(cfg.model_kwargs)) == normalise(model_info("simple_cnn").search_space(kt.HyperParameters()))
     assert {n for n in hp.values if n.startswith("model/")} == {
-        "model/base_filters", "model/conv_blocks", "model/dense_units", "model/batch_norm",
-        "model/conv_dropout", "model/dense_dropout"}
+        "model/base_filters",
+        "model/conv_blocks",
+        "model/dense_units",
+        "model/batch_norm",
+        "model/conv_dropout",
+        "model/dense_dropout",
+    }
     # values already on hp are read back, not redrawn
     hp.values["lr"], hp.values["model/base_filters"] = 0.005, 16
     cfg = tune_space.trial_config(base, hp)
@@ -111,15 +138,18 @@ def test_generic_space_values():
 
 
 # ---------------------------------------------------------------------------- bad input
-@pytest.mark.parametrize("args, needle", [
-    (["--arch", "nope"], "unknown arch"),
-    (["--dataset", "nope"], "unknown dataset"),
-    (["--tuner", "grid"], "unknown tuner"),
-    (["--max-trials", "0"], "--max-trials must be positive"),
-    (["--max-trials", "-2"], "--max-trials must be positive"),
-    (["--objective", "f1"], "unknown objective"),
-    (["--fixed", "nope=3"], "no hyperparameter nope"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--arch", "nope"], "unknown arch"),
+        (["--dataset", "nope"], "unknown dataset"),
+        (["--tuner", "grid"], "unknown tuner"),
+        (["--max-trials", "0"], "--max-trials must be positive"),
+        (["--max-trials", "-2"], "--max-trials must be positive"),
+        (["--objective", "f1"], "unknown objective"),
+        (["--fixed", "nope=3"], "no hyperparameter nope"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, needle):
     code = run_cli(tune_cli.main, ["--directory", str(tmp_path), *args])
     err = capsys.readouterr().err.strip().splitlines()
@@ -129,11 +159,16 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, needle):
 
 
 def test_bad_input_cli_subprocess(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "keras_digits.tune", "--tuner", "grid", "--directory", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "keras_digits.tune", "--tuner", "grid", "--directory", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: unknown tuner 'grid'; choose one of: random, bayesian, hyperband"]
+        "error: unknown tuner 'grid'; choose one of: random, bayesian, hyperband"
+    ]
 
 
 # ---------------------------------------------------------------------------- search, table, resume, retrain
@@ -153,15 +188,22 @@ def resumed_search(tmp_path_factory):
     saved = {k: os.environ.pop(k) for k in DIST_ENV if k in os.environ}
     try:
         assert run_cli(tune_cli.main, [*args, "--max-trials", "2"]) == 0
-        first = {name: (t["status"], t["hyperparameters"]["values"], t["score"])
-                 for name, t in read_trials(project).items()}
+        first = {
+            name: (t["status"], t["hyperparameters"]["values"], t["score"]) for name, t in read_trials(project).items()
+        }
         first_info = {p.parent.name: p.read_text() for p in project.glob("trial_*/run_info.json")}
         first_ckpt = {p.parent.name: p.stat().st_mtime_ns for p in project.glob("trial_*/checkpoint*")}
         assert run_cli(tune_cli.main, [*args, "--max-trials", "3"]) == 0
     finally:
         os.environ.update(saved)
-    return {"root": root, "project": project, "args": args, "first": first, "first_info": first_info,
-            "first_ckpt": first_ckpt}
+    return {
+        "root": root,
+        "project": project,
+        "args": args,
+        "first": first,
+        "first_info": first_info,
+        "first_ckpt": first_ckpt,
+    }
 
 
 def test_first_run_has_two_trials(resumed_search):
@@ -176,8 +218,11 @@ def test_resume_runs_only_the_missing_trial(resumed_search):
     assert sorted(trials) == ["trial_0", "trial_1", "trial_2"]
     assert all(t["status"] == "COMPLETED" for t in trials.values())
     for name, (status, values, score) in resumed_search["first"].items():  # earlier trials untouched
-        assert (trials[name]["status"], trials[name]["hyperparameters"]["values"], trials[name]["score"]) == \
-            (status, values, score)
+        assert (trials[name]["status"], trials[name]["hyperparameters"]["values"], trials[name]["score"]) == (
+            status,
+            values,
+            score,
+        )
         assert (project / name / "run_info.json").read_text() == resumed_search["first_info"][name]
     for name, mtime in resumed_search["first_ckpt"].items():
         assert next((project / name).glob("checkpoint*")).stat().st_mtime_ns == mtime
@@ -194,8 +239,22 @@ def test_trial_table(resumed_search):
 
     table = list(csv.DictReader((project / "trials.csv").open()))
     assert [r["trial"] for r in table] == ["0", "1", "2"]
-    for col in ("status", "val_accuracy", "epochs", "seconds", "worker", "rss_mb", "batch_size", "optimizer", "lr",
-                "schedule", "augment", "balance", "model/base_filters", "model/batch_norm"):
+    for col in (
+        "status",
+        "val_accuracy",
+        "epochs",
+        "seconds",
+        "worker",
+        "rss_mb",
+        "batch_size",
+        "optimizer",
+        "lr",
+        "schedule",
+        "augment",
+        "balance",
+        "model/base_filters",
+        "model/batch_norm",
+    ):
         assert col in table[0], col
     for r in table:
         assert r["status"] == "COMPLETED" and r["worker"] == "tuner0"
@@ -206,7 +265,8 @@ def test_trial_table(resumed_search):
 
 
 def test_best_config_loads_and_train_accepts_it(resumed_search):
-    from keras_digits.train import build_parser, config_from_args
+    from keras_digits.train import build_parser
+    from keras_digits.training.flags import config_from_args
 
     project = resumed_search["project"]
     path = project / "best_config.json"
@@ -219,8 +279,11 @@ def test_best_config_loads_and_train_accepts_it(resumed_search):
     parsed = config_from_args(build_parser().parse_args(["--config", str(path)]))
     assert parsed == cfg
     best = json.loads((project / "best_trial.json").read_text())
-    table = {line.split("|")[1].strip(): line for line in (project / "trials.md").read_text().splitlines()
-             if line.startswith("| ")}
+    table = {
+        line.split("|")[1].strip(): line
+        for line in (project / "trials.md").read_text().splitlines()
+        if line.startswith("| ")
+    }
     assert f"{best['trial_id']} *" in table
     assert cfg.lr == best["hyperparameters"]["lr"] and cfg.optimizer == best["hyperparameters"]["optimizer"]
 
@@ -244,8 +307,12 @@ def test_changed_search_is_refused(resumed_search, capsys):
 
 def test_retrain_best(resumed_search, tmp_path):
     run_dir = tmp_path / "tuned"
-    assert run_cli(tune_cli.main, [*resumed_search["args"], "--max-trials", "3", "--retrain-best",
-                               "--run-dir", str(run_dir)]) == 0
+    assert (
+        run_cli(
+            tune_cli.main, [*resumed_search["args"], "--max-trials", "3", "--retrain-best", "--run-dir", str(run_dir)]
+        )
+        == 0
+    )
     assert len(read_trials(resumed_search["project"])) == 3  # the search was complete: no new trial
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "val" in metrics and "test" in metrics
@@ -254,11 +321,27 @@ def test_retrain_best(resumed_search, tmp_path):
     assert {k: cfg[k] for k in best} == best and cfg["max_train_samples"] is None  # the whole training set
 
 
-@pytest.mark.parametrize("kind", [pytest.param("bayesian", marks=pytest.mark.slow),  # ~16 s
-                                  pytest.param("hyperband", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("bayesian", marks=pytest.mark.slow),  # ~16 s
+        pytest.param("hyperband", marks=pytest.mark.slow),
+    ],
+)
 def test_other_tuners(tmp_path, kind):
-    args = ["--arch", "dense", *TINY, "--tuner", kind, "--max-trials", "3", "--directory", str(tmp_path),
-            "--fixed", "augment=none"]
+    args = [
+        "--arch",
+        "dense",
+        *TINY,
+        "--tuner",
+        kind,
+        "--max-trials",
+        "3",
+        "--directory",
+        str(tmp_path),
+        "--fixed",
+        "augment=none",
+    ]
     if kind == "hyperband":
         args[args.index("--max-epochs") + 1] = "2"
     assert run_cli(tune_cli.main, args) == 0
@@ -277,10 +360,16 @@ def free_port() -> int:
 
 
 def start(role: str, port: int, args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "KERASTUNER_TUNER_ID": role, "KERASTUNER_ORACLE_IP": "127.0.0.1",
-           "KERASTUNER_ORACLE_PORT": str(port), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.Popen([sys.executable, "-m", "keras_digits.tune", *args], env=env,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "KERASTUNER_TUNER_ID": role,
+        "KERASTUNER_ORACLE_IP": "127.0.0.1",
+        "KERASTUNER_ORACLE_PORT": str(port),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "keras_digits.tune", *args], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
 
 
 def stop_all(procs: list[subprocess.Popen]) -> None:
@@ -296,8 +385,19 @@ def logs(tmp_path: Path) -> str:
 
 def test_distributed_chief_and_two_workers(tmp_path):
     port = free_port()
-    args = ["--arch", "simple_cnn", *TINY, "--max-trials", "4", "--directory", str(tmp_path / "tuning"),
-            "--project", "dist", "--worker-timeout", "60"]
+    args = [
+        "--arch",
+        "simple_cnn",
+        *TINY,
+        "--max-trials",
+        "4",
+        "--directory",
+        str(tmp_path / "tuning"),
+        "--project",
+        "dist",
+        "--worker-timeout",
+        "60",
+    ]
     procs = [start("chief", port, args, tmp_path / "chief.log")]
     procs += [start(f"tuner{i}", port, args, tmp_path / f"tuner{i}.log") for i in range(2)]
     try:
@@ -323,8 +423,19 @@ def test_killed_worker_does_not_stop_the_search(tmp_path):
     """SIGKILL one worker mid-trial: the chief notices the silence and the other worker reruns its trial."""
     port = free_port()
     project = tmp_path / "tuning" / "dist"
-    args = ["--arch", "simple_cnn", *TINY, "--max-trials", "4", "--directory", str(tmp_path / "tuning"),
-            "--project", "dist", "--worker-timeout", "8"]
+    args = [
+        "--arch",
+        "simple_cnn",
+        *TINY,
+        "--max-trials",
+        "4",
+        "--directory",
+        str(tmp_path / "tuning"),
+        "--project",
+        "dist",
+        "--worker-timeout",
+        "8",
+    ]
     chief = start("chief", port, args, tmp_path / "chief.log")
     victim = start("tuner0", port, args, tmp_path / "tuner0.log")
     survivor = start("tuner1", port, args, tmp_path / "tuner1.log")
@@ -359,10 +470,28 @@ def test_killed_worker_does_not_stop_the_search(tmp_path):
 @pytest.mark.slow
 def test_max_rss_restarts_and_resumes(tmp_path):
     """--max-rss-mb below any real RSS: the process re-executes itself after each trial and resumes."""
-    proc = subprocess.run([sys.executable, "-m", "keras_digits.tune", "--arch", "dense", *TINY, "--max-trials", "3",
-                           "--directory", str(tmp_path), "--max-rss-mb", "1", "--no-tensorboard", "--overwrite"],
-                          capture_output=True, text=True, timeout=600,
-                          env={k: v for k, v in os.environ.items() if k not in DIST_ENV})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keras_digits.tune",
+            "--arch",
+            "dense",
+            *TINY,
+            "--max-trials",
+            "3",
+            "--directory",
+            str(tmp_path),
+            "--max-rss-mb",
+            "1",
+            "--no-tensorboard",
+            "--overwrite",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k not in DIST_ENV},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("restarting the process") == 2  # not after the last trial
     trials = read_trials(tmp_path / "digits-dense-random")

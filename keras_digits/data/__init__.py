@@ -5,6 +5,15 @@ from keras_digits.data.registry import DATASETS, get_spec, list_datasets, regist
 from keras_digits.data.splits import DataBundle, load_dataset, load_for, stratified_split
 
 __all__ = [
-    "DATA_ENV", "DATASETS", "DataBundle", "DatasetSpec", "RawSplits", "get_spec", "list_datasets",
-    "load_dataset", "load_for", "register_dataset", "stratified_split",
+    "DATA_ENV",
+    "DATASETS",
+    "DataBundle",
+    "DatasetSpec",
+    "RawSplits",
+    "get_spec",
+    "list_datasets",
+    "load_dataset",
+    "load_for",
+    "register_dataset",
+    "stratified_split",
 ]

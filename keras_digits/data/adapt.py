@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 
-GREY_WEIGHTS = (0.299, 0.587, 0.114)  # PIL's convert("L") (ITU-R 601-2 luma)
+from keras_digits.data.digit_norm import GREY_WEIGHTS  # noqa: F401
+
 PREPROCESS = ("auto", "digit", "none")
-PREPROCESS_HELP = ("digit: MNIST-style digit normalisation (grey, light ink on dark, ink box scaled to 20 px, "
-                   "centre of mass centred in 28x28) before the model; none: the image as it is; auto (default): "
-                   "digit for models trained on MNIST-style centred digits (mnist), none otherwise; never applied "
-                   "twice to a model exported with --preprocess digit, and none is refused for such a model (its "
-                   "signature always normalises)")
+PREPROCESS_HELP = (
+    "digit: MNIST-style digit normalisation (grey, light ink on dark, ink box scaled to 20 px, "
+    "centre of mass centred in 28x28) before the model; none: the image as it is; auto (default): "
+    "digit for models trained on MNIST-style centred digits (mnist), none otherwise; never applied "
+    "twice to a model exported with --preprocess digit, and none is refused for such a model (its "
+    "signature always normalises)"
+)
 
 
 def wants_digit(mode: str, trained_on: str) -> bool:
@@ -41,8 +44,9 @@ def to_channels(x, channels: int):
     c = tf.shape(x)[-1]
     if channels == 1:
         weights = tf.constant(GREY_WEIGHTS, dtype=tf.float32)
-        return tf.cond(c >= 3, lambda: tf.round(tf.reduce_sum(x[..., :3] * weights, axis=-1, keepdims=True)),
-                       lambda: x[..., :1])
+        return tf.cond(
+            c >= 3, lambda: tf.round(tf.reduce_sum(x[..., :3] * weights, axis=-1, keepdims=True)), lambda: x[..., :1]
+        )
     if channels == 3:
         return tf.cond(c >= 3, lambda: x[..., :3], lambda: tf.tile(x[..., :1], [1, 1, 1, 3]))
     tf.debugging.assert_equal(c, channels, message=f"this model takes {channels}-channel images")
@@ -55,8 +59,13 @@ def resize_to(x, height: int, width: int):
 
     h, w = tf.shape(x)[1], tf.shape(x)[2]
     same = tf.logical_and(tf.equal(h, height), tf.equal(w, width))
-    return tf.cond(same, lambda: x, lambda: tf.clip_by_value(
-        tf.round(tf.image.resize(x, [height, width], method="bilinear", antialias=True)), 0.0, 255.0))
+    return tf.cond(
+        same,
+        lambda: x,
+        lambda: tf.clip_by_value(
+            tf.round(tf.image.resize(x, [height, width], method="bilinear", antialias=True)), 0.0, 255.0
+        ),
+    )
 
 
 def fit_to_model(images, shape: tuple[int, int, int], digit: bool = False, with_ink: bool = False):
@@ -74,15 +83,16 @@ def fit_to_model(images, shape: tuple[int, int, int], digit: bool = False, with_
     return (out, has_ink) if with_ink else out
 
 
-def fit_array(images: np.ndarray, shape: tuple[int, int, int], digit: bool = False,
-              batch: int = 512) -> tuple[np.ndarray, int]:
+def fit_array(
+    images: np.ndarray, shape: tuple[int, int, int], digit: bool = False, batch: int = 512
+) -> tuple[np.ndarray, int]:
     """fit_to_model over a NumPy array, `batch` images at a time: (uint8 (N, *shape), images without ink)."""
     import tensorflow as tf
 
     fn = tf.function(lambda x: fit_to_model(x, shape, digit, with_ink=True), reduce_retracing=True)
     parts, inkless = [], 0
     for i in range(0, len(images), batch):
-        out, ink = fn(tf.constant(images[i:i + batch]))
+        out, ink = fn(tf.constant(images[i : i + batch]))
         parts.append(out.numpy())
         inkless += int((~ink.numpy()).sum())
     out = np.concatenate(parts) if parts else np.zeros((0, *shape), np.float32)

@@ -41,8 +41,9 @@ the model takes raw 0..255 pixels either way. Validation and test data are never
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from keras_digits.errors import KerasDigitsError
 
@@ -72,24 +73,25 @@ OPS: dict[str, tuple[Any, str | None]] = {
 PRESETS: dict[str, dict[str, str]] = {
     "digits": {
         "light": "rotate=0.1:10,translate=0.1:0.1,zoom=0.1:0.1",
-        "strong": "rotate=0.5:15,translate=0.5:0.15,zoom=0.5:0.15,shear=0.3:0.1,contrast=0.3:0.3,"
-                  "brightness=0.3:0.2",
+        "strong": "rotate=0.5:15,translate=0.5:0.15,zoom=0.5:0.15,shear=0.3:0.1,contrast=0.3:0.3,brightness=0.3:0.2",
     },
     "histology": {
         "light": "flip=0.1:horizontal_and_vertical,rot90=0.1,brightness=0.1:0.1,contrast=0.1:0.1",
         "strong": "flip=0.5:horizontal_and_vertical,rot90=0.5,zoom=0.3:0.1,brightness=0.5:0.2,"
-                  "contrast=0.5:0.2,hue=0.5:0.05,saturation=0.5:0.2",
+        "contrast=0.5:0.2,hue=0.5:0.05,saturation=0.5:0.2",
     },
     "natural": {
         "light": "flip=0.1:horizontal,translate=0.1:0.1,zoom=0.1:0.1",
         "strong": "flip=0.5:horizontal,translate=0.5:0.125,zoom=0.3:0.1,rotate=0.3:10,contrast=0.3:0.2,"
-                  "brightness=0.3:0.2,saturation=0.3:0.2",
+        "brightness=0.3:0.2,saturation=0.3:0.2",
     },
 }
 
-SPEC_HELP = ("training augmentation: none | light | strong (dataset-safe presets) | SPEC, a comma list of "
-             "op=prob:param with op in " + ", ".join(OPS) + " (prob default 0.1), e.g. "
-             "'rotate=0.1:15,translate=0.1:0.1,zoom=0.1:0.1,contrast=0.1:0.2'")
+SPEC_HELP = (
+    "training augmentation: none | light | strong (dataset-safe presets) | SPEC, a comma list of "
+    "op=prob:param with op in " + ", ".join(OPS) + " (prob default 0.1), e.g. "
+    "'rotate=0.1:15,translate=0.1:0.1,zoom=0.1:0.1,contrast=0.1:0.2'"
+)
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,11 @@ class AugOp:
     param: Any
 
     def spec(self) -> str:
-        return self.name + f"={self.prob:g}" + ("" if self.param is None else f":{self.param:g}"
-                                                if isinstance(self.param, float) else f":{self.param}")
+        return (
+            self.name
+            + f"={self.prob:g}"
+            + ("" if self.param is None else f":{self.param:g}" if isinstance(self.param, float) else f":{self.param}")
+        )
 
 
 def dataset_family(dataset: str) -> str:
@@ -140,8 +145,9 @@ def parse_spec(spec: str) -> list[AugOp]:
         name, _, rest = part.partition("=")
         name = name.strip().lower()
         if name not in OPS:
-            raise KerasDigitsError(f"--augment: unknown op {name!r}; choose from {', '.join(OPS)} "
-                                   f"(or a preset: {', '.join(AUGMENTS)})")
+            raise KerasDigitsError(
+                f"--augment: unknown op {name!r}; choose from {', '.join(OPS)} (or a preset: {', '.join(AUGMENTS)})"
+            )
         if any(o.name == name for o in ops):
             raise KerasDigitsError(f"--augment: op {name!r} given twice")
         prob_text, colon, param_text = rest.partition(":")
@@ -160,8 +166,9 @@ def parse_spec(spec: str) -> list[AugOp]:
             param = default
         elif kind == "mode":
             if param_text not in FLIP_MODES:
-                raise KerasDigitsError(f"--augment: flip mode must be one of {', '.join(FLIP_MODES)}, "
-                                       f"got {param_text!r}")
+                raise KerasDigitsError(
+                    f"--augment: flip mode must be one of {', '.join(FLIP_MODES)}, got {param_text!r}"
+                )
             param = param_text
         else:
             param = _number(param_text, "parameter", name)
@@ -237,12 +244,19 @@ def _flip(images, mode, seed):
         return tf.reverse(images, [1])
     k = tf.random.stateless_uniform(tf.shape(images)[:1], seed=seed, minval=1, maxval=4, dtype=tf.int32)
     k = k[:, None, None, None]
-    return tf.where(k == 1, tf.reverse(images, [2]), tf.where(k == 2, tf.reverse(images, [1]),
-                                                               tf.reverse(images, [1, 2])))
+    return tf.where(
+        k == 1, tf.reverse(images, [2]), tf.where(k == 2, tf.reverse(images, [1]), tf.reverse(images, [1, 2]))
+    )
 
 
-def make_augment(spec: str | None, dataset: str, seed: int = 0, *, channels: int | None = None,
-                 image_shape: tuple[int, ...] | None = None) -> Callable | None:
+def make_augment(
+    spec: str | None,
+    dataset: str,
+    seed: int = 0,
+    *,
+    channels: int | None = None,
+    image_shape: tuple[int, ...] | None = None,
+) -> Callable | None:
     """A batch function for tf.data.map that returns (uint8 images, labels), or None for 'none'.
 
     Apply it with `augment_dataset` (batches zipped with ``tf.data.Dataset.random(seed)``: stateless,

@@ -15,7 +15,7 @@ and the skewed (long-tailed) training subsets the balancing study trains on.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -80,23 +80,31 @@ def balanced_pipeline(
     y = np.asarray(y).astype(np.int64).ravel()
     classes = [int(c) for c in np.unique(y)]
     if len(y) < batch_size:
-        raise KerasDigitsError(f"--balance resample needs at least one full batch: {len(y)} training "
-                               f"images < batch size {batch_size}")
+        raise KerasDigitsError(
+            f"--balance resample needs at least one full batch: {len(y)} training images < batch size {batch_size}"
+        )
     from keras_digits.data.pipeline import gather_fn, with_cardinality
 
     gather = gather_fn(x, y)
     steps = len(y) // batch_size
     if epoch is None:  # each pass draws anew (the tuner's pipelines)
-        streams = [tf.data.Dataset.from_tensor_slices(np.flatnonzero(y == c))
-                   .shuffle(int((y == c).sum()), seed=seed + 1 + c, reshuffle_each_iteration=True).repeat()
-                   for c in classes]
-        ds = tf.data.Dataset.sample_from_datasets(streams, weights=[1.0 / len(classes)] * len(classes), seed=seed,
-                                                  rerandomize_each_iteration=True)
+        streams = [
+            tf.data.Dataset.from_tensor_slices(np.flatnonzero(y == c))
+            .shuffle(int((y == c).sum()), seed=seed + 1 + c, reshuffle_each_iteration=True)
+            .repeat()
+            for c in classes
+        ]
+        ds = tf.data.Dataset.sample_from_datasets(
+            streams, weights=[1.0 / len(classes)] * len(classes), seed=seed, rerandomize_each_iteration=True
+        )
     else:  # epoch e's draw is a function of (seed, e): a resumed run continues it
         from keras_digits.data.pipeline import per_epoch
 
-        ds = per_epoch(lambda key: tf.data.Dataset.from_tensor_slices(
-            balanced_indices(y, classes, steps * batch_size, key)), seed, epoch)
+        ds = per_epoch(
+            lambda key: tf.data.Dataset.from_tensor_slices(balanced_indices(y, classes, steps * batch_size, key)),
+            seed,
+            epoch,
+        )
     ds = with_cardinality(ds.batch(batch_size, drop_remainder=True).take(steps), steps)
     ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = augment_dataset(ds, augment, seed, epoch)
@@ -126,7 +134,8 @@ def skew_training_split(bundle: DataBundle, ratio: float = 20.0, seed: int = 0) 
     y = np.asarray(y)
     keep_n = long_tail_counts(np.bincount(y.astype(np.int64), minlength=bundle.num_classes), ratio)
     rng = np.random.default_rng(seed)
-    keep = np.concatenate([rng.choice(np.flatnonzero(y == c), size=int(n), replace=False)
-                           for c, n in enumerate(keep_n) if n > 0])
+    keep = np.concatenate(
+        [rng.choice(np.flatnonzero(y == c), size=int(n), replace=False) for c, n in enumerate(keep_n) if n > 0]
+    )
     keep.sort()
     return replace(bundle, train=(x[keep], y[keep]))

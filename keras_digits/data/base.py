@@ -6,14 +6,14 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from keras_digits.errors import KerasDigitsError
-from keras_digits.offline import OFFLINE_ENV, offline  # noqa: F401  (the loaders import it from here)
+from keras_digits.utils.offline import OFFLINE_ENV, offline  # noqa: F401  (the loaders import it from here)
 
 DATA_ENV = "KERAS_DIGITS_DATA"
 
@@ -114,8 +114,9 @@ def download_file(url: str, dest: Path, md5: str | None = None, timeout: float =
     return dest
 
 
-def missing_file_error(spec: DatasetSpec, looked: Sequence[Path], why: str = "", files: Sequence[str] = (),
-                       download: str = "") -> KerasDigitsError:
+def missing_file_error(
+    spec: DatasetSpec, looked: Sequence[Path], why: str = "", files: Sequence[str] = (), download: str = ""
+) -> KerasDigitsError:
     """The error for a dataset that is nowhere: what to get, where to put it, where from."""
     places = ", ".join(str(p) for p in looked) or "(nowhere)"
     files = " or ".join(files or spec.files)
@@ -136,9 +137,7 @@ def validate_arrays(name: str, split: str, x: np.ndarray, y: np.ndarray, num_cla
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise KerasDigitsError(
-            f"{name}: {split} images must have shape (N, H, W) or (N, H, W, 1|3), got {x.shape}"
-        )
+        raise KerasDigitsError(f"{name}: {split} images must have shape (N, H, W) or (N, H, W, 1|3), got {x.shape}")
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]

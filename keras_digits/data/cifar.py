@@ -35,10 +35,14 @@ TEST_BATCH = "test_batch"
 _NUMPY_GLOBALS = {
     ("numpy", "ndarray"): ("", "ndarray"),
     ("numpy", "dtype"): ("", "dtype"),
-    **{(f"{pkg}.multiarray", "_reconstruct"): ("multiarray", "_reconstruct")  # protocols 0-4
-       for pkg in ("numpy.core", "numpy._core")},
-    **{(f"{pkg}.numeric", "_frombuffer"): ("numeric", "_frombuffer")  # protocol 5
-       for pkg in ("numpy.core", "numpy._core")},
+    **{
+        (f"{pkg}.multiarray", "_reconstruct"): ("multiarray", "_reconstruct")  # protocols 0-4
+        for pkg in ("numpy.core", "numpy._core")
+    },
+    **{
+        (f"{pkg}.numeric", "_frombuffer"): ("numeric", "_frombuffer")  # protocol 5
+        for pkg in ("numpy.core", "numpy._core")
+    },
 }
 
 
@@ -89,8 +93,10 @@ def _decode_batch(raw: bytes, where: str, name: str) -> tuple[np.ndarray, np.nda
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
     except RefusedGlobal as exc:
-        raise KerasDigitsError(f"{name}: {where} is not a CIFAR-10 batch: its pickle asks for {exc}, which a "
-                               "CIFAR-10 batch never holds; refused without loading it (it could run code)") from None
+        raise KerasDigitsError(
+            f"{name}: {where} is not a CIFAR-10 batch: its pickle asks for {exc}, which a "
+            "CIFAR-10 batch never holds; refused without loading it (it could run code)"
+        ) from None
     except Exception as exc:  # a corrupt pickle can raise nearly anything
         raise KerasDigitsError(f"{name}: {where} is not a CIFAR-10 batch ({type(exc).__name__}: {exc})") from None
     if data.ndim != 2 or data.shape[1] != 3072:
@@ -125,8 +131,9 @@ def read_cifar_tar(path: Path, spec: DatasetSpec) -> RawSplits:
         raise KerasDigitsError(f"{spec.name}: {path} is not a readable tar archive ({exc})") from None
     raw = _assemble(batches, str(path), spec)
     if md5 and file_md5(path) != md5:
-        warnings.warn(f"{path} is not byte-identical to the published archive; accepted (valid structure)",
-                      stacklevel=2)
+        warnings.warn(
+            f"{path} is not byte-identical to the published archive; accepted (valid structure)", stacklevel=2
+        )
     return raw
 
 

@@ -62,7 +62,9 @@ def parse(specs: list[str], channels: int) -> list[tuple[str, int]]:
                 except ValueError:
                     level = -1
                 if not 1 <= level <= count:
-                    raise KerasDigitsError(f"severity of {n} must be {'1' if count == 1 else f'1..{count}'}, got {sev!r}")
+                    raise KerasDigitsError(
+                        f"severity of {n} must be {'1' if count == 1 else f'1..{count}'}, got {sev!r}"
+                    )
                 out.append((n, level))
             else:
                 out += [(n, level) for level in range(1, count + 1)]
@@ -82,13 +84,35 @@ def apply(x: np.ndarray, name: str, severity: int, seed: int = 0) -> np.ndarray:
         f = ndimage.gaussian_filter(f, sigma=(0, level, level, 0), mode="nearest")
     elif name == "rotate":
         signs = rng.choice([-1.0, 1.0], len(f))
-        f = np.stack([ndimage.rotate(im, s * level, axes=(0, 1), reshape=False, order=1, mode="constant",
-                                     cval=float(np.median(_border(im)))) for im, s in zip(f, signs)])
+        f = np.stack(
+            [
+                ndimage.rotate(
+                    im,
+                    s * level,
+                    axes=(0, 1),
+                    reshape=False,
+                    order=1,
+                    mode="constant",
+                    cval=float(np.median(_border(im))),
+                )
+                for im, s in zip(f, signs)
+            ]
+        )
     elif name == "shift":
         side = min(f.shape[1:3])
         angles = rng.uniform(0, 2 * np.pi, len(f))
-        f = np.stack([ndimage.shift(im, (level * side * np.sin(a), level * side * np.cos(a), 0), order=1,
-                                    mode="constant", cval=float(np.median(_border(im)))) for im, a in zip(f, angles)])
+        f = np.stack(
+            [
+                ndimage.shift(
+                    im,
+                    (level * side * np.sin(a), level * side * np.cos(a), 0),
+                    order=1,
+                    mode="constant",
+                    cval=float(np.median(_border(im))),
+                )
+                for im, a in zip(f, angles)
+            ]
+        )
     elif name == "contrast":
         mean = f.mean(axis=(1, 2, 3), keepdims=True)
         f = mean + (f - mean) * level

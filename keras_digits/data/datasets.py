@@ -58,8 +58,9 @@ def make_datasets(cfg: Any, bundle: DataBundle, replicas: int = 1, epoch: Any = 
     from keras_digits.data.pipeline import make_pipeline, pipeline_options
 
     (x_tr, y_tr), (x_va, y_va) = bundle.train, bundle.val
-    augment = make_augment(cfg.augment, bundle.name, cfg.seed, channels=bundle.input_shape[-1],
-                           image_shape=bundle.input_shape)
+    augment = make_augment(
+        cfg.augment, bundle.name, cfg.seed, channels=bundle.input_shape[-1], image_shape=bundle.input_shape
+    )
     batch = int(cfg.batch_size) * max(1, int(replicas))
     balance = cfg.balance
     weights = None
@@ -78,13 +79,19 @@ def make_datasets(cfg: Any, bundle: DataBundle, replicas: int = 1, epoch: Any = 
     train = train.with_options(pipeline_options())
     val = make_pipeline(x_va, y_va, max(batch, 256))
     stats = normalization_stats(cfg.normalize, x_tr)
-    return Pipelines(train=train, val=val, class_weight=weights, input_stats=stats, epoch=epoch,
-                     val_labels=np.asarray(y_va), n_train=len(y_tr))
+    return Pipelines(
+        train=train,
+        val=val,
+        class_weight=weights,
+        input_stats=stats,
+        epoch=epoch,
+        val_labels=np.asarray(y_va),
+        n_train=len(y_tr),
+    )
 
 
 # ---------------------------------------------------------------------------- input normalisation
-def normalization_stats(mode: str, x_train: np.ndarray | None = None, chunk_values: int = 1 << 22
-                        ) -> InputStats | None:
+def normalization_stats(mode: str, x_train: np.ndarray | None = None, chunk_values: int = 1 << 22) -> InputStats | None:
     """(mean, std) per channel on the 0..1 scale for `--normalize dataset`, from the training images
     (uint8 NHWC) and nothing else; None for the other modes ('imagenet' uses the model's constants)."""
     if mode != "dataset":
@@ -97,7 +104,7 @@ def normalization_stats(mode: str, x_train: np.ndarray | None = None, chunk_valu
     count = 0
     chunk = max(1, chunk_values // max(1, int(np.prod(x_train.shape[1:]))))  # ~32 MB of float64 at a time
     for i in range(0, len(x_train), chunk):  # float64 in chunks: exact enough, small memory
-        part = x_train[i:i + chunk].reshape(-1, c).astype(np.float64) / 255.0
+        part = x_train[i : i + chunk].reshape(-1, c).astype(np.float64) / 255.0
         total += part.sum(axis=0)
         total_sq += (part * part).sum(axis=0)
         count += part.shape[0]

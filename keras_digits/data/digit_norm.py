@@ -34,6 +34,7 @@ from __future__ import annotations
 
 FIELD = 28
 BOX = 20
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # PIL's convert("L") (ITU-R 601-2 luma)
 MIN_INK = 25.5  # 10% of the 0..255 range, after background subtraction
 MIN_INK_PIXELS = 4
 INK_LEVEL = 0.2  # pixels above this fraction of the peak count for the bounding box
@@ -44,10 +45,11 @@ def _grey(x):
     import tensorflow as tf
 
     c = tf.shape(x)[-1]
-    from keras_digits.data.adapt import GREY_WEIGHTS
-
-    return tf.cond(c >= 3, lambda: tf.reduce_sum(x[..., :3] * tf.constant(GREY_WEIGHTS), axis=-1, keepdims=True),
-                   lambda: x[..., :1])
+    return tf.cond(
+        c >= 3,
+        lambda: tf.reduce_sum(x[..., :3] * tf.constant(GREY_WEIGHTS), axis=-1, keepdims=True),
+        lambda: x[..., :1],
+    )
 
 
 def _percentile(values, q: float):
@@ -77,8 +79,10 @@ def normalize_digit(image, field: int = FIELD, box: int = BOX):
     x = _grey(tf.cast(image, tf.float32))[..., 0]
     h, w = tf.shape(x)[0], tf.shape(x)[1]
     b = tf.maximum(1, tf.minimum(h, w) // 10)
-    border = tf.concat([tf.reshape(x[:b], [-1]), tf.reshape(x[-b:], [-1]),
-                        tf.reshape(x[:, :b], [-1]), tf.reshape(x[:, -b:], [-1])], axis=0)
+    border = tf.concat(
+        [tf.reshape(x[:b], [-1]), tf.reshape(x[-b:], [-1]), tf.reshape(x[:, :b], [-1]), tf.reshape(x[:, -b:], [-1])],
+        axis=0,
+    )
     background = _percentile(border, 0.5)  # the median: ink reaching into the border does not move it
     flat = tf.reshape(x, [-1])
     darkest, brightest = _percentile(flat, 0.001), _percentile(flat, 0.999)
@@ -102,7 +106,7 @@ def normalize_digit(image, field: int = FIELD, box: int = BOX):
         strong = tf.where(stretched >= INK_LEVEL * 255.0, stretched, 0.0)
         r0, r1 = _quantile_range(tf.reduce_sum(strong, axis=1), *MASS_QUANTILES)
         c0, c1 = _quantile_range(tf.reduce_sum(strong, axis=0), *MASS_QUANTILES)
-        crop = stretched[r0:r1 + 1, c0:c1 + 1]
+        crop = stretched[r0 : r1 + 1, c0 : c1 + 1]
         ch, cw = tf.cast(r1 - r0 + 1, tf.float32), tf.cast(c1 - c0 + 1, tf.float32)
         scale = float(box) / tf.maximum(ch, cw)
         nh = tf.clip_by_value(tf.cast(tf.round(ch * scale), tf.int32), 1, box)
@@ -127,8 +131,11 @@ def normalize_digits(images, field: int = FIELD, box: int = BOX):
     """A batch (N, H, W, C) -> (float32 (N, field, field, 1), has_ink (N,) bool), image by image."""
     import tensorflow as tf
 
-    return tf.map_fn(lambda im: normalize_digit(im, field, box), images,
-                     fn_output_signature=(tf.TensorSpec([field, field, 1], tf.float32), tf.TensorSpec([], tf.bool)))
+    return tf.map_fn(
+        lambda im: normalize_digit(im, field, box),
+        images,
+        fn_output_signature=(tf.TensorSpec([field, field, 1], tf.float32), tf.TensorSpec([], tf.bool)),
+    )
 
 
 _TRACED = None

@@ -25,8 +25,11 @@ def split_fingerprint(x: np.ndarray, y: np.ndarray) -> str:
 def dataset_record(bundle: DataBundle) -> dict[str, Any]:
     """The run's dataset.json: name, source, input shape, label names, split sizes and fingerprints."""
     return {
-        "name": bundle.name, "source": bundle.source, "input_shape": list(bundle.input_shape),
-        "num_classes": bundle.num_classes, "label_names": list(bundle.label_names),
+        "name": bundle.name,
+        "source": bundle.source,
+        "input_shape": list(bundle.input_shape),
+        "num_classes": bundle.num_classes,
+        "label_names": list(bundle.label_names),
         "sizes": {s: int(len(bundle.split(s)[1])) for s in SPLITS},
         "fingerprints": {s: split_fingerprint(*bundle.split(s)) for s in SPLITS},
     }

@@ -90,8 +90,10 @@ def _check_decode_size(im) -> None:
     if im.format in JPEG_FORMATS and im.info.get("progressive"):  # libjpeg keeps every 16-bit coefficient
         need = max(need, w * h * 2 * len(im.getbands()))
     if need > MAX_DECODE_BYTES:
-        raise ImageTooLarge(f"{w} x {h} {im.mode} image needs {need / 2**20:,.0f} MiB to decode, more than the "
-                            f"{MAX_DECODE_BYTES // 2**20} MiB allowed; downscale it first")
+        raise ImageTooLarge(
+            f"{w} x {h} {im.mode} image needs {need / 2**20:,.0f} MiB to decode, more than the "
+            f"{MAX_DECODE_BYTES // 2**20} MiB allowed; downscale it first"
+        )
 
 
 def _converted(piece, mode: str, alpha: bool, extrema: tuple[float, float] | None):
@@ -158,11 +160,12 @@ def read_image(path: Path, size: int | None, mode: str | None = None, notes: lis
                 extrema = (min(p[0] for p in parts), max(p[1] for p in parts))
             out = None
             for y in range(0, h, rows):
-                part = np.asarray(_converted(im.crop((0, y, w, min(h, y + rows))), mode, alpha, extrema)
-                                  .reduce(factor), np.uint8)
+                part = np.asarray(
+                    _converted(im.crop((0, y, w, min(h, y + rows))), mode, alpha, extrema).reduce(factor), np.uint8
+                )
                 if out is None:
                     out = np.empty((-(-h // factor), *part.shape[1:]), np.uint8)
-                out[y // factor:y // factor + len(part)] = part
+                out[y // factor : y // factor + len(part)] = part
     if alpha:
         out = _composite(out, mode, notes)
     if size is not None and out.shape[:2] != (size, size):
@@ -192,8 +195,10 @@ def list_images(root: Path, unreadable: list[str] | None = None) -> tuple[list[P
 def check_class_name(name: str, root: Path) -> None:
     """Refuse a class folder name that cannot be one line of labels.txt or a CSV cell."""
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise KerasDigitsError(f"folder: class folder {name!r} in {root} holds a line break or control character; "
-                               "rename it (label names are written one per line)")
+        raise KerasDigitsError(
+            f"folder: class folder {name!r} in {root} holds a line break or control character; "
+            "rename it (label names are written one per line)"
+        )
 
 
 def load_folder(spec: DatasetSpec, data_dir: Path | None, image_size: int | None = None) -> RawSplits:
@@ -215,8 +220,11 @@ def load_folder(spec: DatasetSpec, data_dir: Path | None, image_size: int | None
         skipped += [f"{p} (not an image file)" for p in others]
         nested = sorted({p.relative_to(data_dir / name).parts[0] for p in images if p.parent != data_dir / name})
         if nested:
-            print(f"warning: class {name!r} has subfolders ({', '.join(nested[:3])}"
-                  f"{' ...' if len(nested) > 3 else ''}); their images count as class {name!r}", file=sys.stderr)
+            print(
+                f"warning: class {name!r} has subfolders ({', '.join(nested[:3])}"
+                f"{' ...' if len(nested) > 3 else ''}); their images count as class {name!r}",
+                file=sys.stderr,
+            )
         per_class[name] = images
     check_folder_memory(sum(len(v) for v in per_class.values()), size, data_dir)
     # decide channels: grey only if every readable image is grey
@@ -249,8 +257,12 @@ def load_folder(spec: DatasetSpec, data_dir: Path | None, image_size: int | None
         if count == 0:
             raise KerasDigitsError(f"folder: class {name!r} ({data_dir / name}) has no readable images")
     if skipped:
-        print(f"warning: skipped {len(skipped)} file(s) in {data_dir}: " + "; ".join(skipped[:5])
-              + (" ..." if len(skipped) > 5 else ""), file=sys.stderr)
+        print(
+            f"warning: skipped {len(skipped)} file(s) in {data_dir}: "
+            + "; ".join(skipped[:5])
+            + (" ..." if len(skipped) > 5 else ""),
+            file=sys.stderr,
+        )
     x, y = validate_arrays(spec.name, "all", np.stack(xs), np.asarray(ys), len(classes))
     return RawSplits(train=(x, y), test=None, source=str(data_dir), label_names=tuple(classes))
 
@@ -262,5 +274,7 @@ def check_folder_memory(n_images: int, size: int, root: Path) -> None:
     needed = n_images * size * size * 3
     available = psutil.virtual_memory().available
     if needed > available * 0.8:
-        raise KerasDigitsError(f"folder: {n_images:,} images of {root} at --image-size {size} need about "
-                               f"{needed / 2**30:,.1f} GiB; {available / 2**30:.1f} GiB are free: lower --image-size")
+        raise KerasDigitsError(
+            f"folder: {n_images:,} images of {root} at --image-size {size} need about "
+            f"{needed / 2**30:,.1f} GiB; {available / 2**30:.1f} GiB are free: lower --image-size"
+        )

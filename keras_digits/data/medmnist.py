@@ -62,7 +62,8 @@ def refuse_task(spec: DatasetSpec) -> None:
         n = spec.num_classes
         raise KerasDigitsError(
             f"{spec.name} is multi-label ({n} findings, any number of them per image): keras_digits trains "
-            "single-label softmax classifiers, and training it as single-label would be wrong; it is not supported")
+            "single-label softmax classifiers, and training it as single-label would be wrong; it is not supported"
+        )
 
 
 def _check_splits(spec: DatasetSpec, path: Path, splits: dict, size: int) -> None:
@@ -82,6 +83,7 @@ def _check_shapes(spec: DatasetSpec, path: Path, shapes: dict[str, tuple[int, ..
 
 def read_medmnist_npz(path: Path, spec: DatasetSpec, size: int = 28) -> RawSplits:
     """Load and validate a MedMNIST npz with its official train/val/test splits (memory-mapped above 28 px)."""
+
     def validated(data: dict) -> dict:
         splits = {
             s: validate_arrays(spec.name, s, data[f"{s}_images"], np.asarray(data[f"{s}_labels"]), spec.num_classes)
@@ -97,8 +99,13 @@ def read_medmnist_npz(path: Path, spec: DatasetSpec, size: int = 28) -> RawSplit
         if all(len(s) == 3 for s in shapes.values()):  # refuse a wrong size before converting (minutes, GBs)
             _check_shapes(spec, path, shapes, size)
         splits: dict = {}  # filled by the check, which deletes the converted copy of a file it refuses
-        cached_arrays(path, MEDMNIST_KEYS, IMAGE_KEYS, tag=f"{spec.name}_{size}",
-                      check=lambda data: splits.update(validated(data)))
+        cached_arrays(
+            path,
+            MEDMNIST_KEYS,
+            IMAGE_KEYS,
+            tag=f"{spec.name}_{size}",
+            check=lambda data: splits.update(validated(data)),
+        )
     else:
         data = load_npz(path, spec.name)
         require_keys(data, MEDMNIST_KEYS, path, spec.name)

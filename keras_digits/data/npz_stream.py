@@ -18,8 +18,8 @@ import sys
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -79,8 +79,10 @@ def _copy_member(zf: zipfile.ZipFile, key: str, path: Path, dest: Path, images: 
                 try:
                     out.write(block)
                 except OSError as exc:
-                    raise KerasDigitsError(f"cannot write the converted copy of {path} to {dest.parent} ({exc}); "
-                                           f"point ${CACHE_ENV} at a disk with room") from None
+                    raise KerasDigitsError(
+                        f"cannot write the converted copy of {path} to {dest.parent} ({exc}); "
+                        f"point ${CACHE_ENV} at a disk with room"
+                    ) from None
                 remaining -= len(block)
 
 
@@ -143,9 +145,14 @@ def _fresh(folder: Path, stamp: dict) -> bool:
         return False
 
 
-def cached_arrays(path: Path, keys: Sequence[str], image_keys: Sequence[str], tag: str,
-                  verbose: bool = True, check: Callable[[dict[str, np.ndarray]], None] | None = None,
-                  ) -> dict[str, np.ndarray]:
+def cached_arrays(
+    path: Path,
+    keys: Sequence[str],
+    image_keys: Sequence[str],
+    tag: str,
+    verbose: bool = True,
+    check: Callable[[dict[str, np.ndarray]], None] | None = None,
+) -> dict[str, np.ndarray]:
     """The arrays `keys` of the npz at `path`: image arrays memory-mapped (read-only) from the cache,
     the others (labels) loaded. Converted once per source file: the cache folder is named after the
     file's path, size and modification time, so a changed or another file gets its own folder and a
@@ -164,8 +171,9 @@ def cached_arrays(path: Path, keys: Sequence[str], image_keys: Sequence[str], ta
         out = {}
         for name in keys:
             try:
-                out[name] = np.load(folder / f"{name}.npy", mmap_mode="r" if name in image_keys else None,
-                                    allow_pickle=False)
+                out[name] = np.load(
+                    folder / f"{name}.npy", mmap_mode="r" if name in image_keys else None, allow_pickle=False
+                )
             except (OSError, ValueError) as exc:
                 raise KerasDigitsError(f"the cache {folder} is damaged ({exc}); it was deleted: run again") from None
         if check is not None:
@@ -178,8 +186,9 @@ def cached_arrays(path: Path, keys: Sequence[str], image_keys: Sequence[str], ta
     return out
 
 
-def _convert(path: Path, keys: Sequence[str], image_keys: Sequence[str], folder: Path, stamp: dict,
-             verbose: bool) -> None:
+def _convert(
+    path: Path, keys: Sequence[str], image_keys: Sequence[str], folder: Path, stamp: dict, verbose: bool
+) -> None:
     """Under the conversion lock: stream the arrays into a temporary folder, then rename it into place."""
     for stale in folder.parent.glob(f".{folder.name}-*"):  # a killed conversion's leftovers (we hold the lock)
         shutil.rmtree(stale, ignore_errors=True)
@@ -188,10 +197,14 @@ def _convert(path: Path, keys: Sequence[str], image_keys: Sequence[str], folder:
     if free < need + (64 << 20):
         raise KerasDigitsError(
             f"converting {path} for memory-mapped reading needs {need / 2**30:.1f} GiB in {folder.parent}, "
-            f"which has {free / 2**30:.1f} GiB free; point ${CACHE_ENV} at a larger disk")
+            f"which has {free / 2**30:.1f} GiB free; point ${CACHE_ENV} at a larger disk"
+        )
     if verbose:
-        print(f"converting {path.name} once to uncompressed arrays in {folder} ({need / 2**30:.2f} GiB) ...",
-              file=sys.stderr, flush=True)
+        print(
+            f"converting {path.name} once to uncompressed arrays in {folder} ({need / 2**30:.2f} GiB) ...",
+            file=sys.stderr,
+            flush=True,
+        )
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         try:

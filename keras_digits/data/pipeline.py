@@ -4,7 +4,7 @@ top by keras_digits.data.augment.augment_dataset, class balancing by keras_digit
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -27,6 +27,7 @@ def per_epoch(build: Callable[[tf.Tensor], tf.data.Dataset], seed: int, epoch: t
     value of `epoch` when the iteration starts. `build` must draw only with stateless ops keyed on it
     (`stateless_key`, `permutation`, `seed_stream`): TensorFlow's seeded ops (shuffle(seed=...),
     Dataset.random) mix in the global seed and fail on a tensor seed when that is 0 (`--seed 0`)."""
+
     def one_epoch(_):
         return build(tf.constant(seed, tf.int64) * EPOCH_STRIDE + epoch.read_value())
 
@@ -66,8 +67,8 @@ def seed_stream(key: tf.Tensor, salt=1) -> tf.data.Dataset:
     """Endless int64 seeds (like tf.data.Dataset.random), the i-th a function of (key, salt, i)."""
     base = tf.random.stateless_uniform([], seed=stateless_key(key, salt), minval=None, maxval=None, dtype=tf.int64)
     return tf.data.Dataset.counter().map(
-        lambda i: tf.random.stateless_uniform([], seed=tf.stack([base, i]), minval=None, maxval=None,
-                                              dtype=tf.int64))
+        lambda i: tf.random.stateless_uniform([], seed=tf.stack([base, i]), minval=None, maxval=None, dtype=tf.int64)
+    )
 
 
 def with_cardinality(ds: tf.data.Dataset, n) -> tf.data.Dataset:
@@ -115,8 +116,9 @@ def make_pipeline(
     n = len(y)
     ds = tf.data.Dataset.range(n)
     if training and epoch is not None:
-        ds = per_epoch(lambda key: tf.data.Dataset.from_tensor_slices(tf.cast(permutation(n, key), tf.int64)),
-                       seed, epoch)
+        ds = per_epoch(
+            lambda key: tf.data.Dataset.from_tensor_slices(tf.cast(permutation(n, key), tf.int64)), seed, epoch
+        )
     elif training:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)

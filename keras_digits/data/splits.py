@@ -74,8 +74,15 @@ def subsample(x: np.ndarray, y: np.ndarray, n: int, seed: int) -> Arrays:
 
 def load_for(cfg, data_dir: str | os.PathLike | None = None) -> DataBundle:
     """The dataset a TrainConfig names, split exactly as its run was (`data_dir` overrides the config's)."""
-    return load_dataset(cfg.dataset, data_dir or cfg.data_dir, val_split=cfg.val_split, seed=cfg.seed,
-                        image_size=cfg.image_size, max_train_samples=cfg.max_train_samples, size=cfg.size)
+    return load_dataset(
+        cfg.dataset,
+        data_dir or cfg.data_dir,
+        val_split=cfg.val_split,
+        seed=cfg.seed,
+        image_size=cfg.image_size,
+        max_train_samples=cfg.max_train_samples,
+        size=cfg.size,
+    )
 
 
 def load_dataset(
@@ -97,8 +104,10 @@ def load_dataset(
         kwargs["image_size"] = image_size
     if size is not None:
         if "size" not in params or not spec.sizes:
-            raise KerasDigitsError(f"--size picks one of MedMNIST's published image sizes; {name} has one size "
-                                   "(use --image-size to resize)")
+            raise KerasDigitsError(
+                f"--size picks one of MedMNIST's published image sizes; {name} has one size "
+                "(use --image-size to resize)"
+            )
         kwargs["size"] = size
     raw = spec.loader(spec, folder, **kwargs)
     train, test, val = raw.train, raw.test, raw.val
@@ -114,8 +123,16 @@ def load_dataset(
     missing = sorted(set(range(len(label_names))) - set(np.unique(train[1]).tolist()))
     if missing:
         shown = ", ".join(repr(label_names[i]) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        print(f"warning: {len(missing)} of {len(label_names)} classes have no training image ({shown})"
-              + (f"; --max-train-samples {max_train_samples} is too few" if max_train_samples else ""),
-              file=sys.stderr)
-    return DataBundle(name=name, train=train, val=val, test=test, label_names=label_names,
-                      source=raw.source or str(Path(folder or "")))
+        print(
+            f"warning: {len(missing)} of {len(label_names)} classes have no training image ({shown})"
+            + (f"; --max-train-samples {max_train_samples} is too few" if max_train_samples else ""),
+            file=sys.stderr,
+        )
+    return DataBundle(
+        name=name,
+        train=train,
+        val=val,
+        test=test,
+        label_names=label_names,
+        source=raw.source or str(Path(folder or "")),
+    )

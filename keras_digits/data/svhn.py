@@ -54,8 +54,14 @@ def tfds_data_dir() -> Path:
 def _from_tfds(spec: DatasetSpec, download: bool) -> RawSplits:
     import tensorflow_datasets as tfds
 
-    data = tfds.load("svhn_cropped", split=["train", "test"], batch_size=-1, as_supervised=True,
-                     data_dir=str(tfds_data_dir()), download=download)
+    data = tfds.load(
+        "svhn_cropped",
+        split=["train", "test"],
+        batch_size=-1,
+        as_supervised=True,
+        data_dir=str(tfds_data_dir()),
+        download=download,
+    )
     (x_train, y_train), (x_test, y_test) = [tfds.as_numpy(d) for d in data]
     train = validate_arrays(spec.name, "train", x_train, y_train, spec.num_classes)
     test = validate_arrays(spec.name, "test", x_test, y_test, spec.num_classes)

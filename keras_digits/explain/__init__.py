@@ -9,7 +9,7 @@ perturbation (the methods), faithfulness, sanity, figures (the PNG grid), cli.
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 from keras_digits.errors import KerasDigitsError
 
@@ -26,8 +26,15 @@ METHODS: dict[str, tuple[str, str, str]] = {
     "rise": ("perturbation", "rise", "RISE (Petsiuk et al. 2018): score-weighted random masks"),
 }
 CAM_METHODS = ("gradcam", "gradcampp", "scorecam")
-ALIASES = {"gradcam++": "gradcampp", "grad-cam": "gradcam", "grad-cam++": "gradcampp", "score-cam": "scorecam",
-           "ig-blur": "ig_blur", "integrated_gradients": "ig", "integrated-gradients": "ig"}
+ALIASES = {
+    "gradcam++": "gradcampp",
+    "grad-cam": "gradcam",
+    "grad-cam++": "gradcampp",
+    "score-cam": "scorecam",
+    "ig-blur": "ig_blur",
+    "integrated_gradients": "ig",
+    "integrated-gradients": "ig",
+}
 
 
 def parse_methods(text: str) -> list[str]:

@@ -2,7 +2,7 @@
 
 import sys
 
-from keras_digits.cli import run_cli
 from keras_digits.explain.cli import main
+from keras_digits.utils.cli import run_cli
 
 sys.exit(run_cli(main))

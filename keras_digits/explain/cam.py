@@ -25,7 +25,7 @@ def gradcampp(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray) -> np.
     alpha = g^2 / (2 g^2 + sum_ij A * g^3); w_k = sum_ij alpha * ReLU(g); map = ReLU(sum_k w_k A^k)."""
     ex.require_layer("gradcampp")
     feats, grads = ex.feature_gradients(x, t, c)
-    g2, g3 = grads ** 2, grads ** 3
+    g2, g3 = grads**2, grads**3
     denom = 2.0 * g2 + feats.sum(axis=(1, 2), keepdims=True) * g3
     alpha = g2 / np.where(denom != 0.0, denom, 1.0)
     weights = (alpha * np.maximum(grads, 0.0)).sum(axis=(1, 2), keepdims=True)

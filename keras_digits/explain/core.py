@@ -15,8 +15,8 @@ the same maps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -66,8 +66,11 @@ class Explainer:
         self._input_model, self.head, self.head_kind = rewire(model, None)
         self._tap = rewire(model, self.layer.path)[0] if self.layer is not None else None
         self.progress: Callable[[str, int], object] | None = None  # (label, total) -> object with update/close
-        spec = [tf.TensorSpec((None, *self.input_shape), tf.float32), tf.TensorSpec((None,), tf.int32),
-                tf.TensorSpec((None,), tf.int32)]
+        spec = [
+            tf.TensorSpec((None, *self.input_shape), tf.float32),
+            tf.TensorSpec((None,), tf.int32),
+            tf.TensorSpec((None,), tf.int32),
+        ]
         self._input_grads = tf.function(self._input_grads_impl, input_signature=spec, reduce_retracing=True)
         self._prob_scores = tf.function(self._prob_scores_impl, input_signature=spec, reduce_retracing=True)
         self._logits_fn = tf.function(self._logits_of, input_signature=spec[:1], reduce_retracing=True)
@@ -161,9 +164,11 @@ class Explainer:
 
     def require_layer(self, method: str) -> None:
         if self._tap is None:
-            raise KerasDigitsError(f"{method} needs a spatial feature map and {self.model.name} has none (it "
-                                   "flattens its input first); use saliency, smoothgrad, ig, ig_blur, occlusion "
-                                   "or rise")
+            raise KerasDigitsError(
+                f"{method} needs a spatial feature map and {self.model.name} has none (it "
+                "flattens its input first); use saliency, smoothgrad, ig, ig_blur, occlusion "
+                "or rise"
+            )
 
     def feature_gradients(self, x: np.ndarray, t: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(target layer's activations, their gradients of the logit score), each (N, h, w, k)."""
@@ -177,9 +182,15 @@ class Explainer:
     def features(self, x: np.ndarray) -> np.ndarray:
         return np.concatenate([self._features(np.asarray(x[s], np.float32)).numpy() for s in self._chunks(len(x))])
 
-    def map_pairs(self, n_images: int, n_variants: int, make: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                  fn: Callable[[np.ndarray, np.ndarray], np.ndarray], label: str = "",
-                  weights: np.ndarray | None = None) -> np.ndarray:
+    def map_pairs(
+        self,
+        n_images: int,
+        n_variants: int,
+        make: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        label: str = "",
+        weights: np.ndarray | None = None,
+    ) -> np.ndarray:
         """fn over every (image i, variant v) pair, `batch_size` pairs per call: `make(i, v)` builds the
         batch's inputs (index arrays in, (B, ...) out), `fn(inputs, i)` returns one value per pair.
         Returns (n_images, n_variants, ...); with `weights` (one per variant) the weighted sum over the

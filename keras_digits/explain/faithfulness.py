@@ -54,8 +54,16 @@ def pixel_ranks(maps: np.ndarray, seed: int = 0) -> np.ndarray:
     return ranks
 
 
-def curves(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray, maps: np.ndarray,
-           steps: int = DEFAULT_STEPS, seed: int = 0, label: str = "") -> tuple[np.ndarray, np.ndarray]:
+def curves(
+    ex: Explainer,
+    x: np.ndarray,
+    t: np.ndarray,
+    c: np.ndarray,
+    maps: np.ndarray,
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    label: str = "",
+) -> tuple[np.ndarray, np.ndarray]:
     """(deletion, insertion) score curves, each (N, steps + 1)."""
     n, h, w = maps.shape
     steps = max(1, min(steps, h * w))
@@ -66,10 +74,22 @@ def curves(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray, maps: np.
     def changed(i: np.ndarray, v: np.ndarray) -> np.ndarray:
         return (ranks[i] < counts[v][:, None, None])[..., None]
 
-    deletion = ex.pair_scores(x, t, c, lambda i, v: np.where(changed(i, v), 0.0, x[i]).astype(np.float32),
-                              steps + 1, label=f"deletion {label}".strip())
-    insertion = ex.pair_scores(x, t, c, lambda i, v: np.where(changed(i, v), x[i], blurred[i]).astype(np.float32),
-                               steps + 1, label=f"insertion {label}".strip())
+    deletion = ex.pair_scores(
+        x,
+        t,
+        c,
+        lambda i, v: np.where(changed(i, v), 0.0, x[i]).astype(np.float32),
+        steps + 1,
+        label=f"deletion {label}".strip(),
+    )
+    insertion = ex.pair_scores(
+        x,
+        t,
+        c,
+        lambda i, v: np.where(changed(i, v), x[i], blurred[i]).astype(np.float32),
+        steps + 1,
+        label=f"insertion {label}".strip(),
+    )
     return deletion, insertion
 
 
@@ -87,8 +107,15 @@ def _beats(diff: np.ndarray) -> bool:
     return bool(diff.mean() > 2.0 * se)
 
 
-def evaluate(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray, maps: dict[str, np.ndarray],
-             steps: int = DEFAULT_STEPS, seed: int = 0) -> dict:
+def evaluate(
+    ex: Explainer,
+    x: np.ndarray,
+    t: np.ndarray,
+    c: np.ndarray,
+    maps: dict[str, np.ndarray],
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+) -> dict:
     """Deletion/insertion AUC per method and for a random map; see the module docstring."""
     rand = random_maps(len(x), x.shape[1:3], seed)
     per: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -105,8 +132,12 @@ def evaluate(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray, maps: d
     for name in maps:
         d, i = per[name]
         beats = {"deletion": _beats(rd - d), "insertion": _beats(i - ri)}
-        out[name] = {"deletion": stats(d), "insertion": stats(i), "beats_random": beats,
-                     "flagged": not all(beats.values())}
+        out[name] = {
+            "deletion": stats(d),
+            "insertion": stats(i),
+            "beats_random": beats,
+            "flagged": not all(beats.values()),
+        }
     n, h, w = len(x), *x.shape[1:3]
     steps = max(1, min(steps, h * w))
     return {"n": n, "steps": steps, "pixels_per_step": round(h * w / steps, 2), "protocol": PROTOCOL, "methods": out}

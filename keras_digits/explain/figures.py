@@ -8,8 +8,8 @@ in the "inferno" colour map at 60% over the grey image. The raw signed maps are 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -29,7 +29,7 @@ def grey(img: np.ndarray) -> np.ndarray:
 
 def grid_figure(images: np.ndarray, maps: dict[str, np.ndarray], row_labels: Sequence[str], title: str = ""):
     """A matplotlib figure of the grid."""
-    from keras_digits.report import plain, pyplot
+    from keras_digits.reporting.plots import plain, pyplot
 
     plt = pyplot()
     cmap = plt.get_cmap("inferno")
@@ -40,7 +40,7 @@ def grid_figure(images: np.ndarray, maps: dict[str, np.ndarray], row_labels: Seq
         base = grey(images[r])
         axes[r, 0].imshow(base, interpolation="nearest")
         axes[r, 0].set_ylabel(plain(row_labels[r]), fontsize=7, rotation=0, ha="right", va="center", labelpad=4)
-        for j, (name, m) in enumerate(maps.items(), start=1):
+        for j, m in enumerate(maps.values(), start=1):
             heat = cmap(display_map(m[r]))[..., :3]
             axes[r, j].imshow(0.4 * base + 0.6 * heat, interpolation="nearest")
     for j, name in enumerate(["input", *maps], start=0):
@@ -55,10 +55,11 @@ def grid_figure(images: np.ndarray, maps: dict[str, np.ndarray], row_labels: Seq
     return fig
 
 
-def save_grid(path: str | Path, images: np.ndarray, maps: dict[str, np.ndarray], row_labels: Sequence[str],
-              title: str = "") -> None:
-    from keras_digits.io import save_figure
-    from keras_digits.report import pyplot
+def save_grid(
+    path: str | Path, images: np.ndarray, maps: dict[str, np.ndarray], row_labels: Sequence[str], title: str = ""
+) -> None:
+    from keras_digits.reporting.plots import pyplot
+    from keras_digits.utils.io import save_figure
 
     fig = grid_figure(images, maps, row_labels, title)
     save_figure(fig, path)

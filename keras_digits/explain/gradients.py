@@ -31,14 +31,20 @@ def _noise(ex: Explainer, sample: np.ndarray) -> np.ndarray:
 def smoothgrad(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Smilkov et al. 2017: the mean over noisy copies (std `noise` x 255) of the saliency map."""
     n = max(1, ex.options.samples)
-    mean = ex.map_pairs(len(x), n, lambda i, v: x[i] + _noise(ex, v),
-                        lambda xb, i: np.abs(ex.input_gradients(xb, t[i], c[i])).max(axis=-1), label="smoothgrad",
-                        weights=np.full(n, 1.0 / n))
+    mean = ex.map_pairs(
+        len(x),
+        n,
+        lambda i, v: x[i] + _noise(ex, v),
+        lambda xb, i: np.abs(ex.input_gradients(xb, t[i], c[i])).max(axis=-1),
+        label="smoothgrad",
+        weights=np.full(n, 1.0 / n),
+    )
     return mean.astype(np.float32)
 
 
-def integrated_gradients(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray,
-                         baseline: np.ndarray) -> np.ndarray:
+def integrated_gradients(
+    ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray, baseline: np.ndarray
+) -> np.ndarray:
     """Sundararajan et al. 2017: (x - x') * mean of the gradients along the straight path from x' to x
     (trapezoid rule over `steps` + 1 points), summed over channels."""
     steps = max(1, ex.options.steps)
@@ -50,8 +56,9 @@ def integrated_gradients(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndar
     def make(i: np.ndarray, v: np.ndarray) -> np.ndarray:
         return baseline[i] + alphas[v][:, None, None, None] * diff[i]
 
-    avg = ex.map_pairs(len(x), steps + 1, make, lambda xb, i: ex.input_gradients(xb, t[i], c[i]), label="ig",
-                       weights=weights)  # (N, H, W, C): the path's mean gradient
+    avg = ex.map_pairs(
+        len(x), steps + 1, make, lambda xb, i: ex.input_gradients(xb, t[i], c[i]), label="ig", weights=weights
+    )  # (N, H, W, C): the path's mean gradient
     return (diff * avg).sum(axis=-1).astype(np.float32)
 
 

@@ -165,11 +165,15 @@ def resolve_layer(model, name: str | None) -> LayerInfo | None:
         raise KerasDigitsError(f"--layer {name!r} is ambiguous: {', '.join(h.path for h in hits)}; give the full path")
     info = hits[0]
     if info.spatial and not info.after_weights:
-        raise KerasDigitsError(f"--layer {info.path} comes before any layer with weights (it is the image itself, "
-                               f"not a feature map); candidates (deepest last): {listed}")
+        raise KerasDigitsError(
+            f"--layer {info.path} comes before any layer with weights (it is the image itself, "
+            f"not a feature map); candidates (deepest last): {listed}"
+        )
     if not info.spatial:
-        raise KerasDigitsError(f"--layer {info.path} outputs shape {info.shape}, not a spatial map (h, w, channels); "
-                               f"candidates (deepest last): {listed}")
+        raise KerasDigitsError(
+            f"--layer {info.path} outputs shape {info.shape}, not a spatial map (h, w, channels); "
+            f"candidates (deepest last): {listed}"
+        )
     return info
 
 
@@ -183,7 +187,7 @@ def _find_output_head(model) -> tuple[Any, str]:
     its input), 'activation' (a softmax Activation/Softmax layer: its input is the logits), else 'log'
     (log of the probabilities: the same differences between classes as logits). Trailing linear
     activations are looked through (mixed precision appends a float32 'linear' Activation after the
-    softmax: keras_digits.strategy.float32_outputs)."""
+    softmax: keras_digits.runtime.strategy.float32_outputs)."""
     keras = _keras()
     steps = _steps(model)
     layer, inputs = steps[-1]

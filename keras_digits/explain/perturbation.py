@@ -37,15 +37,15 @@ def occlusion(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray) -> np.
         out = x[i].astype(np.float32, copy=True)
         for j, k in enumerate(v):
             r, q = corners[k]
-            out[j, r:r + patch, q:q + patch, :] = 0.0
+            out[j, r : r + patch, q : q + patch, :] = 0.0
         return out
 
     occluded = ex.pair_scores(x, t, c, make, len(corners), label="occlusion")  # (N, P)
     total = np.zeros((len(x), h, w), np.float32)
     count = np.zeros((h, w), np.float32)
     for k, (r, q) in enumerate(corners):
-        total[:, r:r + patch, q:q + patch] += (base - occluded[:, k])[:, None, None]
-        count[r:r + patch, q:q + patch] += 1.0
+        total[:, r : r + patch, q : q + patch] += (base - occluded[:, k])[:, None, None]
+        count[r : r + patch, q : q + patch] += 1.0
     return total / np.maximum(count, 1.0)
 
 
@@ -65,7 +65,7 @@ def rise_masks(ex: Explainer, index: np.ndarray) -> np.ndarray:
         grids.append((rng.random((cells, cells)) < o.keep).astype(np.float32))
         shifts.append((int(rng.integers(0, ch)), int(rng.integers(0, cw))))
     up = tf.image.resize(np.stack(grids)[..., None], ((cells + 1) * ch, (cells + 1) * cw), method="bilinear").numpy()
-    return np.stack([up[j, dy:dy + h, dx:dx + w, 0] for j, (dy, dx) in enumerate(shifts)]).astype(np.float32)
+    return np.stack([up[j, dy : dy + h, dx : dx + w, 0] for j, (dy, dx) in enumerate(shifts)]).astype(np.float32)
 
 
 def rise(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -77,7 +77,13 @@ def rise(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray) -> np.ndarr
     for start in range(0, n, block):
         idx = np.arange(start, min(n, start + block))
         masks = rise_masks(ex, idx)
-        scores = ex.pair_scores(x, t, c, lambda i, v: x[i] * masks[v][..., None], len(idx),
-                                label=f"rise {start + len(idx)}/{n}" if n > block else "rise")
+        scores = ex.pair_scores(
+            x,
+            t,
+            c,
+            lambda i, v, masks=masks: x[i] * masks[v][..., None],
+            len(idx),
+            label=f"rise {start + len(idx)}/{n}" if n > block else "rise",
+        )
         out += np.tensordot(scores, masks, axes=1)
     return (out / (n * ex.options.keep)).astype(np.float32)

@@ -19,7 +19,7 @@ before (the background instead of the digit) still mirrors the input's structure
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -67,8 +67,14 @@ def randomize(layer, rng: np.random.Generator) -> None:
         var.assign(rng.permutation(values.reshape(-1)).reshape(values.shape))
 
 
-def run(model, compute: Callable[[str], np.ndarray], methods: list[str], originals: dict[str, np.ndarray],
-        steps: int = DEFAULT_STEPS, seed: int = 0) -> dict:
+def run(
+    model,
+    compute: Callable[[str], np.ndarray],
+    methods: list[str],
+    originals: dict[str, np.ndarray],
+    steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+) -> dict:
     """The cascade on `model` (shared with the explainer that `compute(method)` uses); returns the
     correlations per step and the verdicts. `originals` are the trained model's maps."""
     layers = weighted_layers(model)
@@ -89,5 +95,10 @@ def run(model, compute: Callable[[str], np.ndarray], methods: list[str], origina
         model.set_weights(saved)
     final = rows[-1]["spearman"] if rows else {}
     verdict = {m: {"final_spearman": final.get(m), "passes": abs(final.get(m, 1.0)) < PASS_BELOW} for m in methods}
-    return {"layers_with_weights": len(layers), "randomization": "permutation of each weight tensor, top down",
-            "pass_below": PASS_BELOW, "steps": rows, "methods": verdict}
+    return {
+        "layers_with_weights": len(layers),
+        "randomization": "permutation of each weight tensor, top down",
+        "pass_below": PASS_BELOW,
+        "steps": rows,
+        "methods": verdict,
+    }

@@ -3,8 +3,8 @@ confident mistakes) or from image files; targets `pred`, `true` or a class, and 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -26,8 +26,15 @@ class Selection:
 SPLIT_MODES = ("first", "per_class", "errors")
 
 
-def from_split(x: np.ndarray, y: np.ndarray, split: str, n: int, mode: str,
-               probs: Callable[[np.ndarray], np.ndarray], num_classes: int) -> Selection:
+def from_split(
+    x: np.ndarray,
+    y: np.ndarray,
+    split: str,
+    n: int,
+    mode: str,
+    probs: Callable[[np.ndarray], np.ndarray],
+    num_classes: int,
+) -> Selection:
     """`n` images of a split: mode "first", the first n; "per_class", the first n of each class (class
     order); "errors", the n misclassified images with the highest predicted probability."""
     if mode not in SPLIT_MODES:
@@ -38,8 +45,9 @@ def from_split(x: np.ndarray, y: np.ndarray, split: str, n: int, mode: str,
         for k in range(num_classes):
             found = np.flatnonzero(y == k)[:n]
             if len(found) < n:
-                raise KerasDigitsError(f"--n {n} --per-class: class {k} has only {len(found)} image(s) in the "
-                                       f"{split} split")
+                raise KerasDigitsError(
+                    f"--n {n} --per-class: class {k} has only {len(found)} image(s) in the {split} split"
+                )
             idx += found.tolist()
         how = f"first {n} of each class of the {split} split"
     elif mode == "errors":
@@ -59,8 +67,9 @@ def from_split(x: np.ndarray, y: np.ndarray, split: str, n: int, mode: str,
     return Selection(x[idx], y[idx], [f"{split} #{i}" for i in idx], how, indices=idx)
 
 
-def fit_for_model(images: Sequence[np.ndarray], shape: tuple[int, int, int],
-                  digit: bool = False) -> tuple[np.ndarray, int]:
+def fit_for_model(
+    images: Sequence[np.ndarray], shape: tuple[int, int, int], digit: bool = False
+) -> tuple[np.ndarray, int]:
     """Decoded images of any sizes -> (uint8 (N, *shape), images without ink), exactly as predict feeds an
     exported model: digit-normalised first when `digit`, then the serving signature's channel conversion
     and resize (keras_digits.data.adapt.fit_to_model). Same-size images share a call."""
@@ -78,12 +87,13 @@ def fit_for_model(images: Sequence[np.ndarray], shape: tuple[int, int, int],
     return out, inkless
 
 
-def from_files(paths: Sequence[str], shape: tuple[int, int, int], limit: int | None = None,
-               digit: bool = False) -> Selection:
+def from_files(
+    paths: Sequence[str], shape: tuple[int, int, int], limit: int | None = None, digit: bool = False
+) -> Selection:
     """Images named by files or folders, read and fitted to the model as `predict` does (`fit_for_model`;
     `digit`: with --preprocess digit); unreadable files are skipped."""
     from keras_digits.data.folder import read_image
-    from keras_digits.predict import _reason, find_images
+    from keras_digits.serving.predictor import _reason, find_images
 
     files, skipped = find_images(paths)
     images, names, notes = [], [], []
@@ -99,8 +109,9 @@ def from_files(paths: Sequence[str], shape: tuple[int, int, int], limit: int | N
         if limit is not None and len(images) >= limit:
             break
     if not images:
-        raise KerasDigitsError(f"no readable image among {', '.join(paths)}"
-                               + (f" ({bad[0][0]}: {bad[0][1]})" if bad else ""))
+        raise KerasDigitsError(
+            f"no readable image among {', '.join(paths)}" + (f" ({bad[0][0]}: {bad[0][1]})" if bad else "")
+        )
     x, inkless = fit_for_model(images, shape, digit)
     how = f"{len(x)} image file(s)" + (", digit-normalised" if digit else "")
     return Selection(x, np.full(len(x), -1), names, how, skipped=bad, notes=notes, inkless=inkless)
@@ -117,19 +128,23 @@ def parse_class(text: str, label_names: Sequence[str], what: str) -> int:
         k = -1
     if 0 <= k < len(names):
         return k
-    raise KerasDigitsError(f"{what} {text!r} is not a class; classes: "
-                           + ", ".join(f"{i} ({n})" if str(i) != n else n for i, n in enumerate(names)))
+    raise KerasDigitsError(
+        f"{what} {text!r} is not a class; classes: "
+        + ", ".join(f"{i} ({n})" if str(i) != n else n for i, n in enumerate(names))
+    )
 
 
-def targets(spec: str, contrast: str | None, sel: Selection, preds: np.ndarray,
-            label_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def targets(
+    spec: str, contrast: str | None, sel: Selection, preds: np.ndarray, label_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """(target, contrast) class per image; contrast -1 when none."""
     if spec == "pred":
         t = np.asarray(preds, np.int32)
     elif spec == "true":
         if (sel.labels < 0).any():
-            raise KerasDigitsError("--target true needs images from a split (files have no true label); "
-                                   "use --target pred or a class")
+            raise KerasDigitsError(
+                "--target true needs images from a split (files have no true label); use --target pred or a class"
+            )
         t = sel.labels.astype(np.int32)
     else:
         t = np.full(len(sel.x), parse_class(spec, label_names, "--target"), np.int32)

@@ -26,17 +26,24 @@ from keras_digits.models.registry import register_model
 ORIGINAL_STEM_FROM = 128  # image_size >= 128 -> 11x11 stride-4 stem; else 5x5 stride-2
 
 
-def apply_alex_conv(x, filters: int, kernel: int, *, strides: int = 1, padding: str = "same",
-                    batch_norm: bool, name: str):
+def apply_alex_conv(
+    x, filters: int, kernel: int, *, strides: int = 1, padding: str = "same", batch_norm: bool, name: str
+):
     """Conv -> [BatchNorm] -> ReLU."""
-    x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=not batch_norm, name=f"{name}_conv")(x)
+    x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=not batch_norm, name=f"{name}_conv")(
+        x
+    )
     if batch_norm:
         x = fused_bn(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-@register_model("alexnet", description="AlexNet: 5 conv + 3 dense, dropout .5 (5x5/2 stem below 128 px); optional BN",
-                default_size=64, min_size=29)
+@register_model(
+    "alexnet",
+    description="AlexNet: 5 conv + 3 dense, dropout .5 (5x5/2 stem below 128 px); optional BN",
+    default_size=64,
+    min_size=29,
+)
 def alexnet(input_shape, num_classes, *, image_size=64, width=1.0, batch_norm=False, dropout=0.5, dense_units=4096):
     size = int(image_size or input_shape[0])
     inputs = model_inputs(input_shape)

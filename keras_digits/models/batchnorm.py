@@ -15,7 +15,7 @@ backend, without mask, renorm or synchronisation, and falls back to Keras' own c
 otherwise (another backend, another axis). It is registered as 'keras_digits>FusedBatchNormalization':
 a saved model loads after `import keras_digits.models` (the project's loaders use compile=False; with
 compile=True a run trained with --schedule onecycle or --label-smoothing also needs
-`import keras_digits.optim`, where its schedule and loss are registered).
+`import keras_digits.training.optim`, where its schedule and loss are registered).
 """
 
 from __future__ import annotations
@@ -53,18 +53,26 @@ class FusedBatchNormalization(layers.BatchNormalization):
         offset = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
         if training and self.trainable:
             y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-                x, scale, offset, epsilon=self.epsilon, data_format="NHWC", is_training=True)
+                x, scale, offset, epsilon=self.epsilon, data_format="NHWC", is_training=True
+            )
             count = tf.cast(tf.size(x) // channels, tf.float32)
             biased = variance * tf.maximum(count - 1.0, 0.0) / count  # the kernel returns the unbiased variance
             m = self.momentum
             self.moving_mean.assign(self.moving_mean * m + tf.cast(mean, self.moving_mean.dtype) * (1.0 - m))
-            self.moving_variance.assign(self.moving_variance * m
-                                        + tf.cast(biased, self.moving_variance.dtype) * (1.0 - m))
+            self.moving_variance.assign(
+                self.moving_variance * m + tf.cast(biased, self.moving_variance.dtype) * (1.0 - m)
+            )
         else:
             y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                x, scale, offset, mean=tf.cast(self.moving_mean, tf.float32),
-                variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon, data_format="NHWC",
-                is_training=False)
+                x,
+                scale,
+                offset,
+                mean=tf.cast(self.moving_mean, tf.float32),
+                variance=tf.cast(self.moving_variance, tf.float32),
+                epsilon=self.epsilon,
+                data_format="NHWC",
+                is_training=False,
+            )
         if flat:
             y = y[:, 0, 0, :]
         return tf.cast(y, self.compute_dtype)

@@ -35,15 +35,26 @@ def apply_cifar_block(x, filters: int, *, convs: int, batch_norm: bool, dropout:
     return x
 
 
-@register_model("cifar_cnn", description="TBMI26 lab CIFAR-10 CNN: 2x (2 Conv 3x3 + MaxPool), filters 16/32; ~37k params",
-                default_size=None, min_size=4)
-def cifar_cnn(input_shape, num_classes, *, image_size=None, filters=(16, 32), convs_per_block=2,
-              batch_norm=False, dropout=False):
+@register_model(
+    "cifar_cnn",
+    description="TBMI26 lab CIFAR-10 CNN: 2x (2 Conv 3x3 + MaxPool), filters 16/32; ~37k params",
+    default_size=None,
+    min_size=4,
+)
+def cifar_cnn(
+    input_shape, num_classes, *, image_size=None, filters=(16, 32), convs_per_block=2, batch_norm=False, dropout=False
+):
     inputs = model_inputs(input_shape)
     x = adapt_input(inputs, image_size=image_size)
     for i, f in enumerate(filters):
-        x = apply_cifar_block(x, int(f), convs=int(convs_per_block), batch_norm=batch_norm,
-                              dropout=0.25 if dropout else 0.0, name=f"block{i + 1}")
+        x = apply_cifar_block(
+            x,
+            int(f),
+            convs=int(convs_per_block),
+            batch_norm=batch_norm,
+            dropout=0.25 if dropout else 0.0,
+            name=f"block{i + 1}",
+        )
     x = layers.Flatten(name="flatten")(x)
     if dropout:
         x = layers.Dropout(0.5, name="head_drop")(x)
@@ -51,8 +62,12 @@ def cifar_cnn(input_shape, num_classes, *, image_size=None, filters=(16, 32), co
     return keras.Model(inputs, outputs, name="cifar_cnn")
 
 
-@register_model("resnet_cifar", description="ResNet-20-style CIFAR net (3 stages x depth basic blocks, widths 32/64/128)",
-                default_size=None, min_size=4)
+@register_model(
+    "resnet_cifar",
+    description="ResNet-20-style CIFAR net (3 stages x depth basic blocks, widths 32/64/128)",
+    default_size=None,
+    min_size=4,
+)
 def resnet_cifar(input_shape, num_classes, *, image_size=None, width=32, depth=3):
     inputs = model_inputs(input_shape)
     x = adapt_input(inputs, image_size=image_size)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import keras
 from keras import layers
@@ -57,8 +57,7 @@ def adapt_input(
         n = x.shape[-1]
         mean = list(mean)[:n] if len(mean) >= n else [mean[0]] * n
         std = list(std)[:n] if len(std) >= n else [std[0]] * n
-        x = layers.Normalization(mean=mean, variance=[s * s for s in std], name="normalize",
-                                 dtype=INPUT_DTYPE)(x)
+        x = layers.Normalization(mean=mean, variance=[s * s for s in std], name="normalize", dtype=INPUT_DTYPE)(x)
     return x
 
 

@@ -37,8 +37,9 @@ def add_input_normalization(model, stats: InputStats):
     from keras_digits.models.common import INPUT_DTYPE
 
     mean, std = (np.asarray(v, dtype=np.float64) for v in stats)
-    norm = keras.layers.Normalization(mean=(255.0 * mean).tolist(), variance=(std * std).tolist(),
-                                      name="input_normalize", dtype=INPUT_DTYPE)
+    norm = keras.layers.Normalization(
+        mean=(255.0 * mean).tolist(), variance=(std * std).tolist(), name="input_normalize", dtype=INPUT_DTYPE
+    )
     inputs = keras.Input(shape=model.inputs[0].shape[1:], name=model.inputs[0].name)
     wired = keras.Model(inputs, model.call(norm(inputs)), name=model.name)
     fresh = keras.Model.from_config(wired.get_config())

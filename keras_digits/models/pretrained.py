@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import keras
 from keras import layers
@@ -77,7 +78,7 @@ def keras_cache_dirs() -> list[str]:
 
 def resolve_imagenet_weights(app_name: str, weights_file_name: str) -> str:
     """Path of Keras's cached ImageNet weights file for `app_name`; download only when allowed."""
-    from keras_digits.offline import offline
+    from keras_digits.utils.offline import offline
 
     dirs = keras_cache_dirs()
     for d in dirs:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from keras_digits.errors import KerasDigitsError
 
@@ -125,7 +126,9 @@ def check_kwarg_types(info: ModelInfo, kwargs: dict[str, Any]) -> None:
             continue
         ok, wanted = kind_matches(param.default, value)
         if not ok:
-            raise KerasDigitsError(f"{info.name} option {key!r} must be {wanted}, got {value!r} ({type(value).__name__})")
+            raise KerasDigitsError(
+                f"{info.name} option {key!r} must be {wanted}, got {value!r} ({type(value).__name__})"
+            )
 
 
 def build_model(

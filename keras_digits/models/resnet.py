@@ -20,11 +20,11 @@ import functools
 import keras
 from keras import layers
 
+from keras_digits.models import smallconv
 from keras_digits.models.batchnorm import fused_bn
 from keras_digits.models.common import adapt_input, model_inputs
 from keras_digits.models.pretrained import build_pretrained_model
 from keras_digits.models.registry import register_model
-from keras_digits.models import smallconv
 
 SMALL_STEM_BELOW = 64  # image_size < 64 -> 3x3 stride-1 stem without max-pool
 
@@ -33,15 +33,18 @@ def apply_basic_block(x, filters: int, *, stride: int = 1, name: str):
     """Two 3x3 conv + BN (+ ReLU) with an identity or 1x1-conv projection shortcut, then ReLU."""
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = smallconv.Conv2D(filters, 1, strides=stride, use_bias=False, kernel_initializer="he_normal",
-                                    name=f"{name}_proj_conv")(x)
+        shortcut = smallconv.Conv2D(
+            filters, 1, strides=stride, use_bias=False, kernel_initializer="he_normal", name=f"{name}_proj_conv"
+        )(x)
         shortcut = fused_bn(name=f"{name}_proj_bn")(shortcut)
-    y = smallconv.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, kernel_initializer="he_normal",
-                         name=f"{name}_conv1")(x)
+    y = smallconv.Conv2D(
+        filters, 3, strides=stride, padding="same", use_bias=False, kernel_initializer="he_normal", name=f"{name}_conv1"
+    )(x)
     y = fused_bn(name=f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
-    y = smallconv.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
-                         name=f"{name}_conv2")(y)
+    y = smallconv.Conv2D(
+        filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name=f"{name}_conv2"
+    )(y)
     y = fused_bn(name=f"{name}_bn2")(y)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.ReLU(name=f"{name}_out")(y)
@@ -50,11 +53,13 @@ def apply_basic_block(x, filters: int, *, stride: int = 1, name: str):
 def apply_stem(x, filters: int, *, small: bool):
     """Small-image stem (3x3/1, no pool) or ImageNet stem (7x7/2 + maxpool 3x3/2)."""
     if small:
-        x = smallconv.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
-                             name="stem_conv")(x)
+        x = smallconv.Conv2D(
+            filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name="stem_conv"
+        )(x)
     else:
-        x = smallconv.Conv2D(filters, 7, strides=2, padding="same", use_bias=False, kernel_initializer="he_normal",
-                             name="stem_conv")(x)
+        x = smallconv.Conv2D(
+            filters, 7, strides=2, padding="same", use_bias=False, kernel_initializer="he_normal", name="stem_conv"
+        )(x)
     x = fused_bn(name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     if not small:
@@ -79,49 +84,104 @@ def basic_resnet(input_shape, num_classes, *, stage_sizes, image_size=None, widt
     return keras.Model(inputs, outputs, name=name)
 
 
-@register_model("resnet18", description="ResNet-18, basic blocks (2,2,2,2); 3x3/1 stem without max-pool below 64 px",
-                default_size=None, min_size=8)
+@register_model(
+    "resnet18",
+    description="ResNet-18, basic blocks (2,2,2,2); 3x3/1 stem without max-pool below 64 px",
+    default_size=None,
+    min_size=8,
+)
 def resnet18(input_shape, num_classes, *, image_size=None, width=64):
-    """ResNet-18 (basic blocks, stages 2-2-2-2). Stem: image_size < 64 -> 3x3 stride 1, no max-pool; else 7x7/2 + pool."""
-    return basic_resnet(input_shape, num_classes, stage_sizes=(2, 2, 2, 2), image_size=image_size, width=width,
-                        name="resnet18")
+    """ResNet-18 (basic blocks, stages 2-2-2-2). Stem: image_size < 64 -> 3x3 stride 1, no pool; else 7x7/2 + pool."""
+    return basic_resnet(
+        input_shape, num_classes, stage_sizes=(2, 2, 2, 2), image_size=image_size, width=width, name="resnet18"
+    )
 
 
-@register_model("resnet34", description="ResNet-34, basic blocks (3,4,6,3); 3x3/1 stem without max-pool below 64 px",
-                default_size=None, min_size=8)
+@register_model(
+    "resnet34",
+    description="ResNet-34, basic blocks (3,4,6,3); 3x3/1 stem without max-pool below 64 px",
+    default_size=None,
+    min_size=8,
+)
 def resnet34(input_shape, num_classes, *, image_size=None, width=64):
-    """ResNet-34 (basic blocks, stages 3-4-6-3). Stem: image_size < 64 -> 3x3 stride 1, no max-pool; else 7x7/2 + pool."""
-    return basic_resnet(input_shape, num_classes, stage_sizes=(3, 4, 6, 3), image_size=image_size, width=width,
-                        name="resnet34")
+    """ResNet-34 (basic blocks, stages 3-4-6-3). Stem: image_size < 64 -> 3x3 stride 1, no pool; else 7x7/2 + pool."""
+    return basic_resnet(
+        input_shape, num_classes, stage_sizes=(3, 4, 6, 3), image_size=image_size, width=width, name="resnet34"
+    )
 
 
 def _applications_resnet(app_name, app_fn, input_shape, num_classes, *, image_size, weights, freeze_base):
     return build_pretrained_model(
-        input_shape, num_classes, app_name=app_name, base_fn=functools.partial(app_fn, pooling="avg"),
-        image_size=int(image_size or 64), preprocess="caffe", weights=weights, freeze_base=freeze_base,
+        input_shape,
+        num_classes,
+        app_name=app_name,
+        base_fn=functools.partial(app_fn, pooling="avg"),
+        image_size=int(image_size or 64),
+        preprocess="caffe",
+        weights=weights,
+        freeze_base=freeze_base,
         name=app_name,
     )
 
 
-@register_model("resnet50", description="keras.applications ResNet50 base (avg pool) + softmax; caffe preprocessing",
-                default_size=64, min_size=32, channels=3, pretrained=True)
+@register_model(
+    "resnet50",
+    description="keras.applications ResNet50 base (avg pool) + softmax; caffe preprocessing",
+    default_size=64,
+    min_size=32,
+    channels=3,
+    pretrained=True,
+)
 def resnet50(input_shape, num_classes, *, image_size=64, weights=None, freeze_base=False):
-    return _applications_resnet("resnet50", keras.applications.ResNet50, input_shape, num_classes,
-                                image_size=image_size, weights=weights, freeze_base=freeze_base)
+    return _applications_resnet(
+        "resnet50",
+        keras.applications.ResNet50,
+        input_shape,
+        num_classes,
+        image_size=image_size,
+        weights=weights,
+        freeze_base=freeze_base,
+    )
 
 
-@register_model("resnet101", description="keras.applications ResNet101 base (avg pool) + softmax; caffe preprocessing",
-                default_size=64, min_size=32, channels=3, pretrained=True)
+@register_model(
+    "resnet101",
+    description="keras.applications ResNet101 base (avg pool) + softmax; caffe preprocessing",
+    default_size=64,
+    min_size=32,
+    channels=3,
+    pretrained=True,
+)
 def resnet101(input_shape, num_classes, *, image_size=64, weights=None, freeze_base=False):
-    return _applications_resnet("resnet101", keras.applications.ResNet101, input_shape, num_classes,
-                                image_size=image_size, weights=weights, freeze_base=freeze_base)
+    return _applications_resnet(
+        "resnet101",
+        keras.applications.ResNet101,
+        input_shape,
+        num_classes,
+        image_size=image_size,
+        weights=weights,
+        freeze_base=freeze_base,
+    )
 
 
-@register_model("resnet152", description="keras.applications ResNet152 base (avg pool) + softmax; caffe preprocessing",
-                default_size=64, min_size=32, channels=3, pretrained=True)
+@register_model(
+    "resnet152",
+    description="keras.applications ResNet152 base (avg pool) + softmax; caffe preprocessing",
+    default_size=64,
+    min_size=32,
+    channels=3,
+    pretrained=True,
+)
 def resnet152(input_shape, num_classes, *, image_size=64, weights=None, freeze_base=False):
-    return _applications_resnet("resnet152", keras.applications.ResNet152, input_shape, num_classes,
-                                image_size=image_size, weights=weights, freeze_base=freeze_base)
+    return _applications_resnet(
+        "resnet152",
+        keras.applications.ResNet152,
+        input_shape,
+        num_classes,
+        image_size=image_size,
+        weights=weights,
+        freeze_base=freeze_base,
+    )
 
 
 # ---------------------------------------------------------------------------- KerasTuner search spaces

@@ -35,7 +35,9 @@ def simple_cnn_v1(input_shape, num_classes, *, image_size=None, filters=(32, 64)
     return keras.Model(inputs, outputs, name="simple_cnn_v1")
 
 
-@register_model("simple_cnn", description="3x (Conv 3x3 + BN + ReLU + MaxPool + Dropout .25) + Dense 256 + BN + Dropout .5")
+@register_model(
+    "simple_cnn", description="3x (Conv 3x3 + BN + ReLU + MaxPool + Dropout .25) + Dense 256 + BN + Dropout .5"
+)
 def simple_cnn(
     input_shape,
     num_classes,
@@ -51,8 +53,9 @@ def simple_cnn(
     inputs = model_inputs(input_shape)
     x = adapt_input(inputs, image_size=image_size)
     for i, f in enumerate(filters):
-        x = apply_conv_block(x, int(f), batch_norm=batch_norm, dropout=conv_dropout if dropout else 0.0,
-                             name=f"block{i + 1}")
+        x = apply_conv_block(
+            x, int(f), batch_norm=batch_norm, dropout=conv_dropout if dropout else 0.0, name=f"block{i + 1}"
+        )
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(int(dense_units), name="fc")(x)
     if batch_norm:
@@ -109,7 +112,7 @@ def simple_cnn_space(hp):
     base = hp.Choice("base_filters", [16, 32, 64], default=32)
     blocks = hp.Choice("conv_blocks", [2, 3], default=3)
     return {
-        "filters": tuple(base * 2 ** i for i in range(blocks)),
+        "filters": tuple(base * 2**i for i in range(blocks)),
         "dense_units": hp.Choice("dense_units", [128, 256, 512], default=256),
         "batch_norm": hp.Boolean("batch_norm", default=True),
         "conv_dropout": hp.Choice("conv_dropout", [0.0, 0.1, 0.25, 0.4], default=0.25),
@@ -129,7 +132,9 @@ def keras_cnn_space(hp):
 @register_search_space("dense")
 def dense_space(hp):
     return {
-        "units": (hp.Choice("units1", [64, 128, 256, 512], default=128),
-                  hp.Choice("units2", [32, 64, 128], default=64)),
+        "units": (
+            hp.Choice("units1", [64, 128, 256, 512], default=128),
+            hp.Choice("units2", [32, 64, 128], default=64),
+        ),
         "dropout": hp.Choice("dropout", [0.0, 0.2, 0.4], default=0.0),
     }

@@ -40,9 +40,9 @@ MATMUL_MAX_AREA = 16  # output maps up to 4x4: forward and gradients as matrix p
 WGRAD_MAX_AREA = 49  # up to 7x7: the weight gradient as a matrix product
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _amx_cpu_only() -> bool:
-    from keras_digits import precision
+    from keras_digits.runtime import precision
 
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if isa not in ("", "ALL") and "AMX" not in isa:
@@ -79,8 +79,11 @@ def _patches(tf, x, channels, kh, kw, sh, sw, out_h, out_w, pads):
     pt, pb, pl, pr = pads
     if any(pads):
         x = tf.pad(x, [[0, 0], [pt, pb], [pl, pr], [0, 0]])
-    cols = [x[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
-            for i in range(kh) for j in range(kw)]
+    cols = [
+        x[:, i : i + sh * (out_h - 1) + 1 : sh, j : j + sw * (out_w - 1) + 1 : sw, :]
+        for i in range(kh)
+        for j in range(kw)
+    ]
     return tf.reshape(tf.concat(cols, axis=-1), [-1, kh * kw * channels])
 
 
@@ -105,8 +108,10 @@ def small_map_conv(x, kernel, strides, padding):
 
         def grad(dy):
             dy_flat = tf.reshape(dy, [-1, filters])
-            dk = tf.reshape(tf.matmul(_patches(tf, x, channels, kh, kw, sh, sw, out_h, out_w, pads), dy_flat,
-                                      transpose_a=True), [kh, kw, channels, filters])
+            dk = tf.reshape(
+                tf.matmul(_patches(tf, x, channels, kh, kw, sh, sw, out_h, out_w, pads), dy_flat, transpose_a=True),
+                [kh, kw, channels, filters],
+            )
             if whole:  # the input gradient: dy, padded by k-1-pad, convolved with the flipped kernel
                 pt, pb, pl, pr = pads
                 dy_pads = (kh - 1 - pt, kh - 1 - pb, kw - 1 - pl, kw - 1 - pr)

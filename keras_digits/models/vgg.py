@@ -24,13 +24,26 @@ def apply_vgg_head(x, units: int = 256, dropout: float = 0.0):
     return x
 
 
-@register_model("vgg16", description="keras.applications VGG16 base (frozen by default) + Flatten + Dense 256 + softmax",
-                default_size=32, min_size=32, channels=3, pretrained=True)
+@register_model(
+    "vgg16",
+    description="keras.applications VGG16 base (frozen by default) + Flatten + Dense 256 + softmax",
+    default_size=32,
+    min_size=32,
+    channels=3,
+    pretrained=True,
+)
 def vgg16(input_shape, num_classes, *, image_size=32, weights=None, freeze_base=True, dense_units=256, dropout=0.0):
     return build_pretrained_model(
-        input_shape, num_classes, app_name="vgg16", base_fn=keras.applications.VGG16,
-        image_size=int(image_size or 32), preprocess="caffe", weights=weights, freeze_base=freeze_base,
-        head=lambda x: apply_vgg_head(x, dense_units, dropout), name="vgg16",
+        input_shape,
+        num_classes,
+        app_name="vgg16",
+        base_fn=keras.applications.VGG16,
+        image_size=int(image_size or 32),
+        preprocess="caffe",
+        weights=weights,
+        freeze_base=freeze_base,
+        head=lambda x: apply_vgg_head(x, dense_units, dropout),
+        name="vgg16",
     )
 
 

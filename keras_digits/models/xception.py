@@ -16,12 +16,23 @@ from keras_digits.models.pretrained import build_pretrained_model
 from keras_digits.models.registry import register_model
 
 
-@register_model("xception", description="keras.applications Xception base (avg pool) + softmax; inputs scaled to [-1, 1]",
-                default_size=71, min_size=71, channels=3, pretrained=True)
+@register_model(
+    "xception",
+    description="keras.applications Xception base (avg pool) + softmax; inputs scaled to [-1, 1]",
+    default_size=71,
+    min_size=71,
+    channels=3,
+    pretrained=True,
+)
 def xception(input_shape, num_classes, *, image_size=71, weights=None, freeze_base=False):
     return build_pretrained_model(
-        input_shape, num_classes, app_name="xception",
+        input_shape,
+        num_classes,
+        app_name="xception",
         base_fn=functools.partial(keras.applications.Xception, pooling="avg"),
-        image_size=int(image_size or 71), preprocess="tf", weights=weights, freeze_base=freeze_base,
+        image_size=int(image_size or 71),
+        preprocess="tf",
+        weights=weights,
+        freeze_base=freeze_base,
         name="xception",
     )

@@ -16,11 +16,11 @@ HERE = Path(__file__).resolve().parent
 RECIPES = {
     "reports": "the course reports' setting and today's defaults: Adam 1e-3, batch 32, 15 epochs, float32",
     "fast": "the quickest honest route to >= 99.0 % MNIST test accuracy on a CPU (large batch, one-cycle "
-            "schedule, bfloat16 where the CPU has it)",
+    "schedule, bfloat16 where the CPU has it)",
     "best": "the highest single-model MNIST accuracy in about half an hour on 2 cores (simple_cnn at "
-            "64/128/256 filters, augmentation, label smoothing, one-cycle schedule)",
+    "64/128/256 filters, augmentation, label smoothing, one-cycle schedule)",
     "medmnist": "the MedMNIST v2 benchmark's recipe: ResNet-18, Adam 1e-3, batch 128, 100 epochs, lr x0.1 at "
-                "50 % and 75 %, the epoch with the best validation AUC kept",
+    "50 % and 75 %, the epoch with the best validation AUC kept",
 }
 
 

@@ -58,7 +58,7 @@ class DigitsHyperModel(kt.HyperModel):
         self.config(hp)
 
     def build(self, hp):
-        from keras_digits.train import build_for, compile_model, setup_runtime
+        from keras_digits.training.setup import build_for, compile_model, setup_runtime
 
         cfg = self.config(hp)
         setup_runtime(cfg.replace(seed=cfg.seed + self.executions))  # executions differ in their seed
@@ -72,7 +72,9 @@ class DigitsHyperModel(kt.HyperModel):
 
         steps = math.ceil(len(bundle.train[1]) / cfg.batch_size)  # --schedule onecycle's step count,
         epochs = int(hp.values.get("tuner/epochs", cfg.epochs))  # over the epochs this trial trains (Hyperband)
-        compile_model(model, cfg, steps_per_epoch=steps, epochs=epochs)  # optimizer and lr are chosen here, with the model's options
+        compile_model(
+            model, cfg, steps_per_epoch=steps, epochs=epochs
+        )  # optimizer and lr are chosen here, with the model's options
         return model
 
     def fit(self, hp, model, *args, callbacks=None, epochs=None, **kwargs):
@@ -80,14 +82,17 @@ class DigitsHyperModel(kt.HyperModel):
         import numpy as np
 
         from keras_digits.data.datasets import make_datasets
-        from keras_digits.callbacks import schedule_callbacks
+        from keras_digits.training.callbacks import schedule_callbacks
 
         cfg = self.config(hp, epochs=epochs)  # Hyperband passes its own epochs and initial_epoch
         pipes = make_datasets(cfg, self.bundle)
         cbs = list(callbacks or []) + schedule_callbacks(cfg.replace(verbose=0))
         if cfg.early_stopping and cfg.patience > 0:
-            cbs.append(keras.callbacks.EarlyStopping(monitor=self.objective.name, mode=self.objective.direction,
-                                                     patience=cfg.patience))
+            cbs.append(
+                keras.callbacks.EarlyStopping(
+                    monitor=self.objective.name, mode=self.objective.direction, patience=cfg.patience
+                )
+            )
         for key in ("validation_data", "class_weight", "x", "y", "batch_size"):
             kwargs.pop(key, None)
         start = time.perf_counter()

@@ -15,7 +15,7 @@ from typing import Any
 from keras_tuner.engine.trial import TrialStatus
 
 from keras_digits.config import TrainConfig
-from keras_digits.io import read_json_object, write_json, write_text
+from keras_digits.utils.io import read_json_object, write_json, write_text
 
 INFO_FILE = "run_info.json"  # per trial: worker, host, pid, epochs, seconds, RSS, earlier attempts
 BUDGET = ("max_train_samples", "epochs")  # what made trials cheap, not what the best trial found
@@ -35,9 +35,11 @@ def best_config_dict(cfg: TrainConfig) -> dict[str, Any]:
 def budget_note(base: TrainConfig) -> str:
     """One line on what best_config.json leaves out."""
     subset = "all" if base.max_train_samples is None else str(base.max_train_samples)
-    return (f"best_config.json leaves out the search's budget (--max-train-samples {subset}, --epochs "
-            f"{base.epochs} per trial): train --config uses the whole training set and its own --epochs (default "
-            f"{TrainConfig.__dataclass_fields__['epochs'].default})")
+    return (
+        f"best_config.json leaves out the search's budget (--max-train-samples {subset}, --epochs "
+        f"{base.epochs} per trial): train --config uses the whole training set and its own --epochs (default "
+        f"{TrainConfig.__dataclass_fields__['epochs'].default})"
+    )
 
 
 def trial_rows(oracle, project_dir: Path, objective: str) -> tuple[list[dict[str, Any]], list[str]]:
@@ -50,9 +52,18 @@ def trial_rows(oracle, project_dir: Path, objective: str) -> tuple[list[dict[str
         for name in values:
             if name not in hp_names:
                 hp_names.append(name)
-        rows.append({"trial": trial_id, "status": trial.status, objective: trial.score,
-                     "epochs": info.get("epochs"), "seconds": info.get("seconds"), "worker": info.get("tuner_id"),
-                     "rss_mb": info.get("rss_mb"), **values})
+        rows.append(
+            {
+                "trial": trial_id,
+                "status": trial.status,
+                objective: trial.score,
+                "epochs": info.get("epochs"),
+                "seconds": info.get("seconds"),
+                "worker": info.get("tuner_id"),
+                "rss_mb": info.get("rss_mb"),
+                **values,
+            }
+        )
     return rows, hp_names
 
 
@@ -79,10 +90,15 @@ def write_reports(oracle, project_dir: Path, hypermodel) -> TrainConfig | None:
     best = [t for t in oracle.get_best_trials(1) if t.status == TrialStatus.COMPLETED]
     best_id = best[0].trial_id if best else None
     done = sum(r["status"] == TrialStatus.COMPLETED for r in rows)
-    lines = [f"# Tuning {hypermodel.base.arch} on {hypermodel.base.dataset}", "",
-             f"{len(rows)} trials, {done} completed; objective {objective} "
-             f"({hypermodel.objective.direction}); best: trial {best_id if best_id is not None else '-'} (*)", "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = [
+        f"# Tuning {hypermodel.base.arch} on {hypermodel.base.dataset}",
+        "",
+        f"{len(rows)} trials, {done} completed; objective {objective} "
+        f"({hypermodel.objective.direction}); best: trial {best_id if best_id is not None else '-'} (*)",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
     for row in rows:
         cells = [_fmt(row.get(c)) for c in columns]
         if row["trial"] == best_id:
@@ -94,9 +110,15 @@ def write_reports(oracle, project_dir: Path, hypermodel) -> TrainConfig | None:
         return None
     data = best_config_dict(hypermodel.config(best[0].hyperparameters.copy()))
     base = hypermodel.base
-    write_json(project_dir / "best_trial.json", {"trial_id": best_id, "trial": trial_number(best_id),
-                                                 objective: best[0].score,
-                                                 "hyperparameters": best[0].hyperparameters.values,
-                                                 "search_budget": {k: getattr(base, k) for k in BUDGET}})
+    write_json(
+        project_dir / "best_trial.json",
+        {
+            "trial_id": best_id,
+            "trial": trial_number(best_id),
+            objective: best[0].score,
+            "hyperparameters": best[0].hyperparameters.values,
+            "search_budget": {k: getattr(base, k) for k in BUDGET},
+        },
+    )
     write_json(project_dir / "best_config.json", data)
     return TrainConfig.from_dict(data)

@@ -7,17 +7,18 @@ import gc
 import os
 import socket
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import keras_tuner as kt
 from keras_tuner.engine.trial import TrialStatus
 
-from keras_digits.io import read_json_object, write_json
-from keras_digits.tune.distributed import IDLE, Heartbeat
+from keras_digits.runtime.oracle import IDLE, Heartbeat
 from keras_digits.tune.hypermodel import rss_mb
 from keras_digits.tune.report import INFO_FILE, trial_number
+from keras_digits.utils.io import read_json_object, write_json
 
 IDLE_WAIT_S = 2.0  # a worker told to wait asks again after this long
 
@@ -29,8 +30,17 @@ class RestartProcess(Exception):
 class DigitsTunerMixin:
     """Per-trial bookkeeping (run_info.json, RSS, memory release), heartbeats, reports."""
 
-    def __init__(self, oracle, hypermodel, *, role: str = "single", heartbeat_s: float = 30.0,
-                 report: Callable[[Any], None] | None = None, max_rss_mb: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        oracle,
+        hypermodel,
+        *,
+        role: str = "single",
+        heartbeat_s: float = 30.0,
+        report: Callable[[Any], None] | None = None,
+        max_rss_mb: float = 0.0,
+        **kwargs,
+    ):
         self.role, self.heartbeat_s, self._report, self.max_rss_mb = role, heartbeat_s, report, max_rss_mb
         self._heartbeat: Heartbeat | None = None
         self._t0 = 0.0
@@ -65,8 +75,15 @@ class DigitsTunerMixin:
         path = self.info_path(trial.trial_id)
         old = read_json_object(path, lenient=True)
         attempts = list(old.pop("attempts", [])) + ([old] if old else [])
-        self._info = {"trial_id": trial.trial_id, "tuner_id": self.tuner_id, "host": socket.gethostname(),
-                      "pid": os.getpid(), "started": _now(), "status": "RUNNING", "attempts": attempts}
+        self._info = {
+            "trial_id": trial.trial_id,
+            "tuner_id": self.tuner_id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": _now(),
+            "status": "RUNNING",
+            "attempts": attempts,
+        }
         write_json(path, self._info)
         if self.role == "worker":
             self._heartbeat = Heartbeat(self.oracle, trial.trial_id, self.heartbeat_s)
@@ -79,18 +96,27 @@ class DigitsTunerMixin:
         _release_memory()  # the trial's model, graphs and pipelines go before the next one is built
         hm = self.hypermodel
         value = hm.objective_value()
-        info = {**self._info, "status": trial.status, "finished": _now(),
-                "seconds": round(time.perf_counter() - self._t0, 2), "fit_seconds": round(hm.fit_seconds, 2),
-                "epochs": hm.epochs, "executions": hm.executions, hm.objective.name: value,
-                "rss_mb": round(rss_mb(), 1)}
+        info = {
+            **self._info,
+            "status": trial.status,
+            "finished": _now(),
+            "seconds": round(time.perf_counter() - self._t0, 2),
+            "fit_seconds": round(hm.fit_seconds, 2),
+            "epochs": hm.epochs,
+            "executions": hm.executions,
+            hm.objective.name: value,
+            "rss_mb": round(rss_mb(), 1),
+        }
         if trial.message:
             info["error"] = trial.message.strip().splitlines()[-1]
         write_json(self.info_path(trial.trial_id), info)  # before end_trial: the chief's table reads it
         super().on_trial_end(trial)
         score = "n/a" if value is None else f"{value:.4f}"
-        line = (f"trial {trial_number(trial.trial_id)} done (trial_{trial.trial_id}, {self.tuner_id}): "
-                f"{hm.objective.name} {score}, "
-                f"{hm.epochs} epochs, {info['seconds']:.1f} s, RSS {info['rss_mb']:.0f} MB")
+        line = (
+            f"trial {trial_number(trial.trial_id)} done (trial_{trial.trial_id}, {self.tuner_id}): "
+            f"{hm.objective.name} {score}, "
+            f"{hm.epochs} epochs, {info['seconds']:.1f} s, RSS {info['rss_mb']:.0f} MB"
+        )
         if trial.status != TrialStatus.COMPLETED:
             line += f" [{trial.status}: {info.get('error', '')}]"
         print(line, flush=True)

@@ -10,7 +10,8 @@ where its builder takes them. KerasTuner is imported only where a HyperParameter
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from keras_digits.config import BALANCES, TrainConfig
 from keras_digits.data.augment import AUGMENTS
@@ -77,8 +78,9 @@ def trial_config(base: TrainConfig, hp, space: Callable | None = None, epochs: i
     with hp.name_scope("model"):
         arch_kwargs = dict(space(hp))
     arch_kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in arch_kwargs.items()}
-    return base.replace(**fit, model_kwargs={**dict(base.model_kwargs), **arch_kwargs},
-                        epochs=int(epochs or base.epochs))
+    return base.replace(
+        **fit, model_kwargs={**dict(base.model_kwargs), **arch_kwargs}, epochs=int(epochs or base.epochs)
+    )
 
 
 def parse_fixed(items: Sequence[str]) -> dict[str, Any]:
@@ -103,8 +105,9 @@ def check_fixed(base: TrainConfig, fixed: dict[str, Any]) -> None:
     trial_config(base, hp)
     unknown = sorted(set(fixed) - set(hp.values))
     if unknown:
-        raise KerasDigitsError(f"--fixed: no hyperparameter {', '.join(unknown)} in this search; "
-                               f"known: {', '.join(hp.values)}")
+        raise KerasDigitsError(
+            f"--fixed: no hyperparameter {', '.join(unknown)} in this search; known: {', '.join(hp.values)}"
+        )
     for name, value in fixed.items():
         ok, wanted = kind_matches(hp.values[name], value)
         if not ok:
