@@ -9,9 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from keras_digits.training.flags import FILES, add_train_flags, config_from_args
-from keras_digits.training.run import train_and_evaluate
 from keras_digits.training.rundir import default_run_dir
-from keras_digits.training.setup import peak_rss_bytes
 from keras_digits.utils.cli import run_cli
 
 
@@ -35,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     run_dir = Path(args.run_dir) if getattr(args, "run_dir", None) else default_run_dir(cfg)
+    from keras_digits.training.run import train_and_evaluate  # imports Keras: after run_cli has quieted TensorFlow
+    from keras_digits.training.setup import peak_rss_bytes
+
     metrics = train_and_evaluate(cfg, run_dir, overwrite=args.overwrite)
     if not metrics:  # a multi-worker run's non-chief worker: the chief keeps and scores the run
         print(f"worker done: the chief writes and scores {run_dir}")

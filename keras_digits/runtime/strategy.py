@@ -127,8 +127,8 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def multiworker_strategy(verbose: int = 0, wait_s: float | None = None):
-    """MultiWorkerMirroredStrategy from a checked TF_CONFIG, once every worker answers (at most `wait_s`
-    seconds, --worker-wait); the strategy carries its task as `.task`."""
+    """(MultiWorkerMirroredStrategy, this worker's TF_CONFIG task) from a checked TF_CONFIG, once every worker
+    answers (at most `wait_s` seconds, --worker-wait)."""
     import signal
 
     import tensorflow as tf
@@ -159,13 +159,7 @@ def multiworker_strategy(verbose: int = 0, wait_s: float | None = None):
     # TensorFlow's preemption notifier took SIGTERM over (it only sets a flag): make it end the run again
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
-    strategy.task = task
-    return strategy
-
-
-def worker_task(strategy):
-    """The TF_CONFIG task of a multi-worker strategy (keras_digits.runtime.tfconfig.Task), else None."""
-    return getattr(strategy, "task", None)
+    return strategy, task
 
 
 def get_strategy(name: str = "auto", verbose: int = 0, worker_wait: float | None = None):
@@ -174,8 +168,8 @@ def get_strategy(name: str = "auto", verbose: int = 0, worker_wait: float | None
 
     if name not in ("auto", "mirrored", "default", "multiworker"):
         raise KerasDigitsError(f"unknown strategy {name!r}; choose one of: auto, mirrored, default, multiworker")
-    if name == "multiworker":
-        return multiworker_strategy(verbose, worker_wait)
+    if name == "multiworker":  # a training run takes the task too: keras_digits.training.role.RunRole
+        return multiworker_strategy(verbose, worker_wait)[0]
     configure_logical_cpus()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "default" or (name == "auto" and len(gpus) < 2):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +10,13 @@ import numpy as np
 
 from keras_digits.config import TrainConfig
 from keras_digits.errors import KerasDigitsError, TrainingDiverged
-from keras_digits.training.callbacks import (  # noqa: F401  (schedule_* re-exported: train is where users look)
+from keras_digits.training.callbacks import (
     FINE_TUNE_BACKUP,
     diverged_at,
     make_callbacks,
-    schedule_callbacks,
-    schedule_lr,
 )
-from keras_digits.training.flags import FILES, add_train_flags, config_from_args  # noqa: F401  (config_from_args: API)
-from keras_digits.training.rundir import (  # noqa: F401  (default_run_dir re-exported for the CLI and tests)
-    default_run_dir,
+from keras_digits.training.role import RunRole
+from keras_digits.training.rundir import (
     divergence_text,
     prepare_run_dir,
     record_divergence,
@@ -71,7 +67,7 @@ def load_phase_one(model, run_dir: Path) -> int | None:
     return int(read_json_object(info)["epochs"])
 
 
-def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, done: int, strategy) -> dict | None:
+def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, done: int, role: RunRole) -> dict | None:
     """Second phase: unfreeze the base from --fine-tune-at and train on at a lower learning rate.
 
     The first phase (cfg.epochs) trained the head with the base frozen; this one runs
@@ -79,7 +75,7 @@ def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, done: int, strategy
     history, checkpoint (best by --select-on over both phases) and TensorBoard log. Returns where
     it diverged, or None."""
     lr = cfg.lr * cfg.fine_tune_lr_factor
-    with strategy.scope():
+    with role.strategy.scope():
         n = unfreeze_from(model, cfg.fine_tune_at)
         compile_model(model, cfg, lr=lr, steps_per_epoch=pipes.steps_per_epoch, epochs=cfg.fine_tune_epochs)
     if cfg.verbose:
@@ -87,43 +83,26 @@ def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, done: int, strategy
     callbacks = make_callbacks(
         cfg,
         run_dir,
-        resuming=True,
-        backup=FINE_TUNE_BACKUP,  # best so far from history
+        resuming=True,  # the best so far comes from the history
+        backup=FINE_TUNE_BACKUP,
         epoch_var=pipes.epoch,
         first_epoch=done,
         ended=run_dir / TRAINED,
         val=(pipes.val, pipes.val_labels),
     )
-    extra = cfg.fine_tune_epochs or cfg.epochs
-    model.fit(
-        pipes.train,
-        initial_epoch=done,
-        epochs=done + extra,
-        callbacks=callbacks,
-        verbose=cfg.verbose,
-        **pipes.fit_kwargs(),
-    )
+    role.fit(model, cfg, pipes, callbacks, epochs=done + (cfg.fine_tune_epochs or cfg.epochs), initial_epoch=done)
     return diverged_at(callbacks)
 
 
-def fit_phases(model, cfg: TrainConfig, pipes, run_dir: Path, resuming: bool, strategy) -> dict | None:
+def fit_phases(model, cfg: TrainConfig, pipes, run_dir: Path, resuming: bool, role: RunRole) -> dict | None:
     """Train (both phases with --fine-tune-at), resuming where an interrupted run stopped; returns
     where training diverged, or None. A run whose training ended (TRAINED written) is not trained again."""
-    from keras_digits.runtime.strategy import replicas, worker_task
-
-    task = worker_task(strategy)
-    trained = resuming and (run_dir / TRAINED).is_file()
-    if task is not None:  # the chief's run decides (a worker's own folder may be older or gone)
-        from keras_digits.training.distributed_fit import chief_values
-
-        trained = bool(chief_values(strategy, task.is_chief, [float(trained)])[0])
-    if trained:
+    if role.chief_decides(resuming and (run_dir / TRAINED).is_file()):
         if cfg.verbose:
             print("training finished earlier: scoring the saved best model")
         return None
     phase_one = load_phase_one(model, run_dir) if cfg.fine_tune_at is not None and resuming else None
     if phase_one is None:
-        multi = task is not None
         callbacks = make_callbacks(
             cfg,
             run_dir,
@@ -131,25 +110,9 @@ def fit_phases(model, cfg: TrainConfig, pipes, run_dir: Path, resuming: bool, st
             epoch_var=pipes.epoch,
             ended=run_dir / TRAINED if cfg.fine_tune_at is None else None,
             val=(pipes.val, pipes.val_labels),
-            auc_in_logs=multi,
+            auc_in_logs=role.logs_auc,
         )
-        if multi:  # Keras 3's fit fails under MultiWorkerMirroredStrategy: the same callbacks, a custom loop
-            from keras_digits.training.distributed_fit import distributed_fit
-
-            distributed_fit(
-                model,
-                strategy,
-                pipes,
-                callbacks,
-                epochs=cfg.epochs,
-                n_train=pipes.n_train,
-                global_batch=cfg.batch_size * replicas(strategy),
-                is_chief=task.is_chief,
-                select_on=cfg.select_on,
-                verbose=cfg.verbose,
-            )
-        else:
-            model.fit(pipes.train, epochs=cfg.epochs, callbacks=callbacks, verbose=cfg.verbose, **pipes.fit_kwargs())
+        role.fit(model, cfg, pipes, callbacks, epochs=cfg.epochs)
         if (where := diverged_at(callbacks)) is not None:
             return where
     elif cfg.verbose:
@@ -157,7 +120,7 @@ def fit_phases(model, cfg: TrainConfig, pipes, run_dir: Path, resuming: bool, st
     if cfg.fine_tune_at is not None:
         if phase_one is None:
             phase_one = save_phase_one(model, run_dir)
-        if (where := fine_tune(model, cfg, pipes, run_dir, phase_one, strategy)) is not None:
+        if (where := fine_tune(model, cfg, pipes, run_dir, phase_one, role)) is not None:
             return where
         for name in PHASE_ONE:
             (run_dir / name).unlink(missing_ok=True)
@@ -242,46 +205,36 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, overwrite: bool, transf
     from keras_digits.data.datasets import make_datasets
     from keras_digits.data.fingerprint import dataset_record
     from keras_digits.data.pipeline import epoch_variable
-    from keras_digits.runtime.strategy import get_strategy, replicas, worker_task
-    from keras_digits.training.distributed_fit import agreed_start
 
+    # check
     final_dir = check_output_dir(Path(run_dir), "run directory")
     check_fits_in_memory(cfg)
-    strategy = get_strategy(cfg.strategy, cfg.verbose, cfg.worker_wait)  # first: may split the CPU before TF's devices
-    task = worker_task(strategy)
-    if task is not None:
-        from keras_digits.training.rundir import multiworker_dir
-
-        final_dir = multiworker_dir(cfg, final_dir, task, overwrite)
+    role = RunRole.for_config(cfg)  # first: it may split the CPU before TensorFlow sets up its devices
+    final_dir = role.training_dir(cfg, final_dir, overwrite)
     cfg = setup_runtime(cfg, cfg.verbose)  # recorded resolved in config.json
-    if task is not None and cfg.precision == "float16":  # loss scaling decides per worker: they could part ways
-        raise KerasDigitsError("--precision float16 is not supported with --strategy multiworker: use bfloat16")
+    role.check(cfg)
+    # load
     bundle = load_for(cfg)
     if transform_data is not None:
         bundle = transform_data(bundle)
-    pipes = make_datasets(cfg, bundle, replicas=replicas(strategy), epoch=epoch_variable())  # see EpochRandomState
+    pipes = make_datasets(cfg, bundle, replicas=role.replicas, epoch=epoch_variable())  # see EpochRandomState
     present = len(np.unique(pipes.val_labels))
     if cfg.select_on == "auc" and present < bundle.num_classes:
         raise KerasDigitsError(
             f"--select-on auc needs every class in the validation split; it holds {present} "
             f"of {bundle.num_classes}: raise --val-split or select on accuracy"
         )
-    with strategy.scope():
+    # build
+    with role.strategy.scope():
         model = build_for(cfg, bundle.input_shape, bundle.num_classes, pipes.input_stats)  # fails before any file
-        compile_model(
-            model,
-            cfg,
-            steps_per_epoch=pipes.steps_per_epoch
-            if task is None  # multiworker: full batches
-            else pipes.n_train // (cfg.batch_size * replicas(strategy)),
-        )
+        compile_model(model, cfg, steps_per_epoch=role.steps_per_epoch(pipes, cfg.batch_size))
     with contextlib.ExitStack() as stack:
-
-        def start() -> tuple[Path, bool]:  # under multiworker, every worker learns if one of them failed here
+        # open the run
+        def start() -> tuple[Path, bool]:
             stack.enter_context(hold(final_dir, "run directory"))
             return (staged := staging_dir(final_dir, overwrite)), prepare_run_dir(staged, cfg)
 
-        run_dir, resuming = start() if task is None else agreed_start(strategy, start)
+        run_dir, resuming = role.start(start)
         clean_stale_temps(run_dir)
         write_json(run_dir / "config.json", cfg.to_dict())
         write_json(run_dir / "dataset.json", dataset_record(bundle))
@@ -292,29 +245,29 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, overwrite: bool, transf
                 f"test {len(bundle.test[1])} images {bundle.input_shape}, {model.count_params():,} parameters; "
                 f"run dir {run_dir}" + (" (resuming)" if resuming else "")
             )
-        where = fit_phases(model, cfg, pipes, run_dir, resuming, strategy)
+        # fit
+        where = fit_phases(model, cfg, pipes, run_dir, resuming, role)
         if where is not None:
-            from keras_digits.reporting.history import read_history
-
-            history = read_history(run_dir / "history.csv")
-            metrics = record_divergence(
-                run_dir, where, len(history.get("loss", [])), float(np.nansum(history.get("epoch_seconds", [])))
-            )
-            raise TrainingDiverged(
-                f"training diverged at {divergence_text(metrics)}; no model kept, recorded in "
-                f"{run_dir / 'metrics.json'}; try a lower --lr"
-            )
-        if task is not None:
-            from keras_digits.training.distributed_fit import all_ok, weights_digest
-
-            print(f"{task.name}: training ended; weights digest {weights_digest(model)}", flush=True)
-            if not task.is_chief:  # only the chief keeps and scores the run; this folder was for resuming
-                shutil.rmtree(run_dir, ignore_errors=True)
-                all_ok(strategy, True)  # wait for the chief to finish scoring
-                return {}
+            raise_diverged(run_dir, where)
+        if not role.training_ended(model, run_dir):
+            return {}  # a non-chief worker: the chief keeps, scores and publishes the run
+        # score, publish
         metrics = score_run(cfg, bundle, run_dir)
         if run_dir != final_dir:
             replace_dir(run_dir, final_dir)
-        if task is not None:
-            all_ok(strategy, True)  # the other workers exit only now
+        role.published()
     return metrics
+
+
+def raise_diverged(run_dir: Path, where: dict) -> None:
+    """Record the run as diverged (metrics.json, no model kept) and raise TrainingDiverged."""
+    from keras_digits.reporting.history import read_history
+
+    history = read_history(run_dir / "history.csv")
+    metrics = record_divergence(
+        run_dir, where, len(history.get("loss", [])), float(np.nansum(history.get("epoch_seconds", [])))
+    )
+    raise TrainingDiverged(
+        f"training diverged at {divergence_text(metrics)}; no model kept, recorded in "
+        f"{run_dir / 'metrics.json'}; try a lower --lr"
+    )

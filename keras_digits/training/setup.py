@@ -7,22 +7,6 @@ from typing import Any
 
 from keras_digits.config import TrainConfig
 from keras_digits.errors import KerasDigitsError
-from keras_digits.training.callbacks import (  # noqa: F401  (schedule_* re-exported: train is where users look)
-    FINE_TUNE_BACKUP,
-    diverged_at,
-    make_callbacks,
-    schedule_callbacks,
-    schedule_lr,
-)
-from keras_digits.training.flags import FILES, add_train_flags, config_from_args  # noqa: F401  (config_from_args: API)
-from keras_digits.training.rundir import (  # noqa: F401  (default_run_dir re-exported for the CLI and tests)
-    default_run_dir,
-    divergence_text,
-    prepare_run_dir,
-    record_divergence,
-    software_versions,
-    staging_dir,
-)
 
 
 def setup_runtime(cfg: TrainConfig, verbose: int = 0) -> TrainConfig:
