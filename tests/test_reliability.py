@@ -102,13 +102,13 @@ def test_checkpoint_and_export_refuse_nonfinite_weights(tmp_path):
 
     from keras_digits.models import build_model
     from keras_digits.serving.export import export_model
-    from keras_digits.training.callbacks import _atomic_checkpoint_cls
+    from keras_digits.training.callbacks import AtomicCheckpoint
 
     model = build_model("dense", (8, 8, 1), 3)
     weights = model.get_weights()
     weights[0][0, 0] = np.nan
     model.set_weights(weights)
-    ckpt = _atomic_checkpoint_cls()(tmp_path / "best.keras")
+    ckpt = AtomicCheckpoint(tmp_path / "best.keras")
     ckpt.set_model(model)
     ckpt.on_epoch_end(0, {"val_accuracy": 0.5, "loss": 1.0})
     assert not (tmp_path / "best.keras").exists()
