@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def on_error(path: Path, reason: str) -> None:
         failed.append(path)
-        if progress:
+        if progress and progress.inplace:
             sys.stderr.write("\n")
         print(f"skipped {path}: {reason}", file=sys.stderr)
 

@@ -13,6 +13,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from keras_digits.errors import KerasDigitsError
     from keras_digits.reporting.html import write_run_page
+    from keras_digits.reporting.results import damaged_results
+    from keras_digits.utils.io import read_json_object
     from keras_digits.utils.lock import hold
 
     p = argparse.ArgumentParser(
@@ -24,8 +26,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = Path(args.run)
     if not (run / "config.json").is_file():
         raise KerasDigitsError(f"{run} is not a run directory (no config.json)")
+    if (run / "metrics.json").exists():
+        read_json_object(run / "metrics.json", "run metrics")  # a damaged file is its own error, not "unfinished"
     with hold(run, "run directory"):  # explain, evaluate and train write into it under this lock
         path = write_run_page(run)
+        damaged = damaged_results(run)
+    for line in damaged:
+        print(f"warning: left out of the report, damaged: {run / line}", file=sys.stderr)
     if path is None:
         raise KerasDigitsError(f"{run} has not finished (or diverged): no report; run its train command again")
     print(f"report written to {path}")

@@ -402,3 +402,58 @@ def test_a_run_logged_to_a_file_has_no_progress_bars(tmp_path, data_dir):
     assert code == 0, text[-2000:]
     assert "\r" not in text and "\x08" not in text
     assert sum("epoch_seconds" in line or "val_accuracy" in line for line in text.splitlines()) >= 2, text[-2000:]
+
+
+@pytest.mark.parametrize("command", ["tune", "sweep"])
+def test_tuner_or_grid_worker_whose_chief_never_answers_gives_up_with_one_line(tmp_path, command):
+    """A port that accepts connections but never answers (a dead or wedged chief): KerasTuner's client would
+    wait an hour in silence; the worker gives up after --worker-wait with one line."""
+    import socket
+    import threading
+
+    sink = socket.socket()
+    sink.bind(("127.0.0.1", 0))
+    sink.listen(8)
+    port = sink.getsockname()[1]
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        sink.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(sink.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    env = clean_env(KERASTUNER_TUNER_ID="w0", KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port))
+    args = (
+        ["--directory", str(tmp_path / "tuning"), "--max-trials", "2"]
+        if command == "tune"
+        else ["--vary", "lr=0.001,0.01", "--out", str(tmp_path / "sw")]
+    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", f"keras_digits.{command}", *TINY_TUNE, *args, "--worker-wait", "3"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=150,
+        )
+    finally:
+        stop.set()
+        thread.join(2)
+        for conn in held:
+            conn.close()
+        sink.close()
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    if command == "tune":
+        assert proc.returncode == 2, text[-3000:]
+        assert f"error: worker w0: lost the chief's oracle at 127.0.0.1:{port} (DEADLINE_EXCEEDED" in proc.stderr
+    else:
+        assert proc.returncode == 2, text[-3000:]
+        assert f"error: worker w0: cannot reach the chief at 127.0.0.1:{port} (DEADLINE_EXCEEDED" in proc.stderr

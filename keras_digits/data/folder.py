@@ -84,11 +84,14 @@ def _open_image(path: Path):
         raise ImageTooLarge(f"{exc}; refused") from None
 
 
-def _check_decode_size(im) -> None:
+def _check_decode_size(im, full: tuple[int, int]) -> None:
+    """Refuse an image whose decode needs more than MAX_DECODE_BYTES: its (drafted) pixels, or for a
+    progressive JPEG libjpeg's 16-bit coefficients of the whole `full`-size image, whatever the scaling."""
     w, h = im.size
     need = w * h * _pixel_bytes(im.mode)
-    if im.format in JPEG_FORMATS and im.info.get("progressive"):  # libjpeg keeps every 16-bit coefficient
-        need = max(need, w * h * 2 * len(im.getbands()))
+    if im.format in JPEG_FORMATS and im.info.get("progressive"):
+        need = max(need, full[0] * full[1] * 2 * len(im.getbands()))
+        w, h = full
     if need > MAX_DECODE_BYTES:
         raise ImageTooLarge(
             f"{w} x {h} {im.mode} image needs {need / 2**20:,.0f} MiB to decode, more than the "
@@ -142,10 +145,11 @@ def read_image(path: Path, size: int | None, mode: str | None = None, notes: lis
     with _open_image(path) as im:
         if mode is None:
             mode = "L" if im.mode in GREY_MODES else "RGB"
-        factor = _reduction(im.size)
+        full = im.size
+        factor = _reduction(full)
         if factor > 1 and im.format in JPEG_FORMATS:
             im.draft(None, (-(-im.size[0] // factor), -(-im.size[1] // factor)))
-        _check_decode_size(im)
+        _check_decode_size(im, full)
         im.load()
         alpha = has_alpha(im) and im.mode not in WIDE_MODES  # a 16-bit grey tRNS is rare; scaled, not composited
         factor = _reduction(im.size)
@@ -187,7 +191,7 @@ def list_images(root: Path, unreadable: list[str] | None = None) -> tuple[list[P
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in files:
             p = Path(folder) / name
-            if not name.startswith(".") and p.is_file():
+            if not name.startswith(".") and (p.is_file() or p.is_symlink()):  # a broken link is named, not dropped
                 (images if p.suffix.lower() in IMAGE_EXTENSIONS else others).append(p)
     return sorted(images), sorted(others)
 

@@ -3,6 +3,7 @@ confident mistakes) or from image files; targets `pred`, `true` or a class, and 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -118,10 +119,17 @@ def from_files(
 
 
 def parse_class(text: str, label_names: Sequence[str], what: str) -> int:
-    """A class given as its index or its label name."""
+    """A class given as its label name or its index; a name wins, with a note when it is also another index."""
     names = [str(n) for n in label_names]
     if text in names:
-        return names.index(text)
+        k = names.index(text)
+        if text.isdigit() and int(text) != k and int(text) < len(names):
+            print(
+                f"note: {what} {text} is read as the class named {text!r} (index {k}), not as index {text} "
+                f"(class {names[int(text)]!r})",
+                file=sys.stderr,
+            )
+        return k
     try:
         k = int(text)
     except ValueError:

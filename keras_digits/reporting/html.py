@@ -232,10 +232,11 @@ def other_data_section(run_dir: Path) -> str:
     """Every metrics-*.json (keras_digits.evaluate on other data, or with a label map or preprocessing), one
     row per file and split, each labelled by what was scored."""
     from keras_digits.reporting.markdown import label_map_text
+    from keras_digits.reporting.results import result_files
 
     rows = []
-    for path in sorted(run_dir.glob("metrics-*.json")):
-        m = read_json_object(path, lenient=True)
+    files, damaged = result_files(run_dir, "metrics")
+    for path, m in files:
         data = " · ".join(str(v) for v in (m.get("dataset"), m.get("source")) if v)
         for split, s in m.items():
             if isinstance(s, dict) and "accuracy" in s:
@@ -252,23 +253,39 @@ def other_data_section(run_dir: Path) -> str:
                         fmt(s.get("auc")),
                     ]
                 )
-    if not rows:
+    if not rows and not damaged:
         return ""
-    return "<h2>Scores on other data</h2>" + table(
-        ["file", "data", "split", "images", "preprocessing", "label map", "accuracy", "macro F1", "AUC"], rows, left=6
+    return (
+        "<h2>Scores on other data</h2>"
+        + (
+            table(
+                ["file", "data", "split", "images", "preprocessing", "label map", "accuracy", "macro F1", "AUC"],
+                rows,
+                left=6,
+            )
+            if rows
+            else ""
+        )
+        + damaged_note(damaged)
     )
+
+
+def damaged_note(damaged: Sequence[str]) -> str:
+    """A note naming result files left out of a section because they are damaged."""
+    if not damaged:
+        return ""
+    return f'<p class="note">left out, damaged: {esc("; ".join(damaged))}</p>'
 
 
 def robustness_section(run_dir: Path) -> str:
     """One table per robustness-*.json (keras_digits.evaluate --perturb): clean first, then each corruption."""
     from keras_digits.reporting.markdown import label_map_text
+    from keras_digits.reporting.results import result_files
 
     out = []
-    for path in sorted(run_dir.glob("robustness-*.json")):
-        r = read_json_object(path, lenient=True)
+    files, damaged = result_files(run_dir, "robustness")
+    for path, r in files:
         rows = [x for x in r.get("rows") or [] if isinstance(x, dict) and isinstance(x.get("accuracy"), (int, float))]
-        if not rows:
-            continue
         clean = rows[0].get("accuracy", 0.0)
         body = [
             [
@@ -288,7 +305,7 @@ def robustness_section(run_dir: Path) -> str:
             + (f'<p class="note">data: {esc(r.get("source"))}</p>' if r.get("source") else "")
             + table(["corruption", "severity", "accuracy", "change"], body)
         )
-    return "<h2>Robustness</h2>" + "".join(out) if out else ""
+    return "<h2>Robustness</h2>" + "".join(out) + damaged_note(damaged) if out or damaged else ""
 
 
 def explain_section(run_dir: Path) -> str:

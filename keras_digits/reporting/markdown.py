@@ -62,12 +62,11 @@ def label_map_text(mapping: object) -> str:
 
 def results_markdown(run_dir: str | Path) -> str:
     """Every metrics-*.json and robustness-*.json of a run as markdown, each labelled by what was scored."""
-    from keras_digits.utils.io import read_json_object
+    from keras_digits.reporting.results import damaged_results, result_files
 
     run_dir = Path(run_dir)
     rows = []
-    for path in sorted(run_dir.glob("metrics-*.json")):
-        m = read_json_object(path, lenient=True)
+    for path, m in result_files(run_dir, "metrics")[0]:
         data = " · ".join(str(v) for v in (m.get("dataset"), m.get("source")) if v)
         for split, s in m.items():
             if isinstance(s, dict) and "accuracy" in s:
@@ -87,8 +86,7 @@ def results_markdown(run_dir: str | Path) -> str:
             "",
         ]
     tables = []
-    for path in sorted(run_dir.glob("robustness-*.json")):
-        r = read_json_object(path, lenient=True)
+    for path, r in result_files(run_dir, "robustness")[0]:
         good = [x for x in r.get("rows") or [] if isinstance(x, dict) and isinstance(x.get("accuracy"), (int, float))]
         if good:
             mapped = label_map_text(r.get("label_map"))
@@ -103,6 +101,9 @@ def results_markdown(run_dir: str | Path) -> str:
             ]
     if tables:
         parts += ["## Robustness", "", *tables]
+    damaged = damaged_results(run_dir)
+    if damaged:
+        parts += ["Left out, damaged: " + "; ".join(_cell(d) for d in damaged), ""]
     return "\n".join(parts)
 
 

@@ -4,7 +4,8 @@ gRPC server, and which role this process plays.
 This is the one module that relies on KerasTuner internals (keras-tuner is pinned to >=1.4.8,<1.5 in
 pyproject.toml because these can change in any release):
 - `keras_tuner.src.distribute.utils`: `has_chief_oracle`, `is_chief_oracle` (role from KERASTUNER_*);
-- `keras_tuner.src.distribute.oracle_client`: `OracleClient` (used by keras_digits.studies.workers);
+- `keras_tuner.src.distribute.oracle_client`: `OracleClient` (used by keras_digits.studies.workers) and its
+  per-call deadline `TIMEOUT` (an hour), set to --worker-wait for this process's calls;
 - `keras_tuner.src.distribute.oracle_chief`: `OracleServicer`, `exit_chief`; `keras_tuner.src.protos`
   (`get_service_grpc`): the chief's gRPC service, served here with lost-worker reaping;
 - `keras_tuner.src.engine.oracle`: `LOCKS`, `THREADS` (the lock behind `@kt.synchronized`);
@@ -135,22 +136,61 @@ def make_oracle(kind: str, objective: kt.Objective, max_trials: int, max_epochs:
 
 
 class Heartbeat(threading.Thread):
-    """Worker-side: ask the chief about the running trial every `interval` s (renews the lease)."""
+    """Worker-side: ask the chief about the running trial every `interval` s (renews the lease). When the chief
+    stops answering, `log` says so once: the trial is finished (its files stay for a restarted chief), then
+    reporting it fails after --worker-wait and the worker stops with one line."""
 
-    def __init__(self, oracle, trial_id: str, interval: float):
+    def __init__(self, oracle, trial_id: str, interval: float, who: str = "worker", log: Callable[[str], None] = print):
         super().__init__(daemon=True, name=f"heartbeat-{trial_id}")
         self.oracle, self.trial_id, self.interval = oracle, trial_id, interval
+        self.who, self.log = who, log
         self.done = threading.Event()
+        self.warned = False
 
     def run(self) -> None:
         while not self.done.wait(self.interval):
             try:
                 self.oracle.get_trial(self.trial_id)
-            except Exception:  # noqa: BLE001  (the chief may be busy or gone; the next beat retries)
-                pass
+            except Exception as exc:  # noqa: BLE001  (the chief may be busy or gone; the next beat retries)
+                if not self.warned and not self.done.is_set():
+                    self.warned = True
+                    self.log(
+                        f"{self.who}: the chief's oracle does not answer ({rpc_reason(exc)}); this trial finishes, "
+                        "then the worker stops if the chief is still gone"
+                    )
 
     def stop(self) -> None:
         self.done.set()
+
+
+def rpc_reason(exc: BaseException) -> str:
+    """'UNAVAILABLE' / 'DEADLINE_EXCEEDED' for a gRPC error, else the exception's type name."""
+    code = getattr(exc, "code", None)
+    try:
+        return code().name if callable(code) else type(exc).__name__
+    except Exception:  # noqa: BLE001  (a gRPC error without a status)
+        return type(exc).__name__
+
+
+def set_rpc_deadline(seconds: float) -> None:
+    """Give every call this process makes to the chief's oracle a deadline of `seconds` (KerasTuner's is an
+    hour, with the call waiting silently for the chief all that time)."""
+    from keras_tuner.src.distribute import oracle_client
+
+    oracle_client.TIMEOUT = max(1.0, float(seconds))
+
+
+def lost_chief(exc: BaseException, who: str, wait_s: float) -> KerasDigitsError | None:
+    """The one-line error for a worker whose call to the chief's oracle failed (a gRPC error), else None."""
+    import grpc
+
+    if not isinstance(exc, grpc.RpcError):
+        return None
+    address = f"{os.environ.get('KERASTUNER_ORACLE_IP', '')}:{os.environ.get('KERASTUNER_ORACLE_PORT', '')}"
+    return KerasDigitsError(
+        f"{who}: lost the chief's oracle at {address} ({rpc_reason(exc)} after at most {wait_s:g} s, "
+        "--worker-wait); this worker stops: restart the chief, then the workers, with the same command to resume"
+    )
 
 
 def serve_oracle(tuner, on_change: Callable[[], None], poll_s: float = 0.5) -> None:
@@ -225,9 +265,10 @@ def wait_for_chief(who: str, wait_s: float | None = None, log: Callable[[str], N
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise KerasDigitsError(f"KERASTUNER_ORACLE_IP/KERASTUNER_ORACLE_PORT give {address!r}, not a host and port")
-    return wait_for(
-        [("the chief's oracle", address)], DEFAULT_WORKER_WAIT if wait_s is None else wait_s, who, log=log or say
-    )
+    wait_s = DEFAULT_WORKER_WAIT if wait_s is None else wait_s
+    waited = wait_for([("the chief's oracle", address)], wait_s, who, log=log or say)
+    set_rpc_deadline(wait_s)  # a chief that accepts connections but never answers, or dies later: one line
+    return waited
 
 
 def role_from_env() -> str:

@@ -265,7 +265,7 @@ def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tu
     seen: set[Path] = set()
     unique = []
     for f in files:
-        key = f.resolve()
+        key = Path(os.path.abspath(f))  # the same name given twice, not two names of one file (a link: its own row)
         if key not in seen:
             seen.add(key)
             unique.append(f)
@@ -273,26 +273,31 @@ def find_images(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[tu
 
 
 class Progress:
-    """A minimal stderr progress line (no keras, no tqdm): `predict 1234/5000 (25%) 310 img/s`."""
+    """A minimal stderr progress line (no keras, no tqdm): `predict 1234/5000 (25%) 310 img/s`, redrawn in place
+    on a terminal; written to a file or pipe, one whole line every 10 s and at the end (no carriage returns)."""
 
     def __init__(self, total: int, stream: TextIO | None = None, label: str = "predict"):
         self.total, self.done, self.label = total, 0, label
         self.stream = stream or sys.stderr
         self.start = self._last = time.perf_counter()
+        isatty = getattr(self.stream, "isatty", None)
+        self.inplace = bool(isatty and isatty())
 
     def update(self, n: int) -> None:
         self.done += n
         now = time.perf_counter()
-        if now - self._last >= 0.2 or self.done >= self.total:
+        if now - self._last >= (0.2 if self.inplace else 10.0) or self.done >= self.total:
             self._last = now
             rate = self.done / max(now - self.start, 1e-9)
             pct = 100 * self.done / max(self.total, 1)
-            self.stream.write(f"\r{self.label} {self.done}/{self.total} ({pct:.0f}%) {rate:.0f} img/s")
+            line = f"{self.label} {self.done}/{self.total} ({pct:.0f}%) {rate:.0f} img/s"
+            self.stream.write(f"\r{line}" if self.inplace else f"{line}\n")
             self.stream.flush()
 
     def close(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
+        if self.inplace:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def make_progress(total: int, wanted: bool | None = None, label: str = "predict") -> Progress | None:

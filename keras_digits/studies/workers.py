@@ -109,7 +109,7 @@ def work_grid(
     the worker carries on."""
     from keras_tuner.engine.trial import TrialStatus
 
-    from keras_digits.runtime.oracle import Heartbeat, oracle_client, wait_for_chief
+    from keras_digits.runtime.oracle import Heartbeat, oracle_client, rpc_reason, wait_for_chief
 
     tuner_id = os.environ[ROLE_ENV]
     wait_for_chief(f"worker {tuner_id}", wait_s)
@@ -121,14 +121,14 @@ def work_grid(
         except Exception as exc:  # noqa: BLE001  (gRPC: the chief is gone, or not up yet)
             if asked:  # it answered before: it has ended (every run handed out), or died, which it reports
                 log(
-                    f"worker {tuner_id}: the chief no longer answers ({type(exc).__name__}); stopping "
+                    f"worker {tuner_id}: the chief no longer answers ({rpc_reason(exc)}); stopping "
                     f"({done} run(s) ended here)"
                 )
                 return done
             raise KerasDigitsError(
                 f"worker {tuner_id}: cannot reach the chief at "
                 f"{os.environ.get('KERASTUNER_ORACLE_IP')}:{os.environ.get('KERASTUNER_ORACLE_PORT')}"
-                f" ({type(exc).__name__})"
+                f" ({rpc_reason(exc)}, --worker-wait)"
             ) from None
         asked = True
         if trial.status == TrialStatus.STOPPED:
@@ -138,7 +138,7 @@ def work_grid(
             time.sleep(1.0)
             continue
         index = int(trial.hyperparameters.get(HP))
-        beat = Heartbeat(client, trial.trial_id, heartbeat_s)
+        beat = Heartbeat(client, trial.trial_id, heartbeat_s, who=f"worker {tuner_id}", log=log)
         beat.start()
         try:
             score = execute(index)
@@ -153,5 +153,5 @@ def work_grid(
             client.update_trial(trial.trial_id, {OBJECTIVE: -1.0 if score != score else float(score)})
             client.end_trial(trial)
         except Exception as exc:  # noqa: BLE001  (the run is on disk; a new chief reads it back)
-            log(f"worker {tuner_id}: could not report run {index + 1} to the chief ({type(exc).__name__}); stopping")
+            log(f"worker {tuner_id}: could not report run {index + 1} to the chief ({rpc_reason(exc)}); stopping")
             return done

@@ -256,7 +256,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output_dir(project_dir, "tuner project")
         with hold(project_dir, "tuner project"):
             return run_search(search)
-    return run_search(search)
+    try:
+        return run_search(search)
+    except Exception as exc:
+        from keras_digits.runtime.oracle import lost_chief
+
+        error = lost_chief(exc, f"worker {os.environ.get('KERASTUNER_TUNER_ID')}", base.worker_wait)
+        if error is None:
+            raise
+        raise error from None
 
 
 @dataclass

@@ -86,7 +86,8 @@ class DigitsTunerMixin:
         }
         write_json(path, self._info)
         if self.role == "worker":
-            self._heartbeat = Heartbeat(self.oracle, trial.trial_id, self.heartbeat_s)
+            who = f"worker {self.tuner_id}"
+            self._heartbeat = Heartbeat(self.oracle, trial.trial_id, self.heartbeat_s, who=who)
             self._heartbeat.start()
 
     def on_trial_end(self, trial):
