@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_images, one_error_line, run_main
-from test_multiworker import free_ports
+from conftest import free_ports, make_images, one_error_line, run_main
 
 SWEEP = [
     "--dataset",

@@ -17,19 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, make_images
+from conftest import REPO, free_ports, make_images, tf_config
 
 DIST_ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT", "TF_CONFIG")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture
@@ -45,12 +35,6 @@ def data_dir(tmp_path) -> Path:
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
     return {**env, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
-
-
-def tf_config(ports: list[int], index: int) -> str:
-    return json.dumps(
-        {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
-    )
 
 
 def start_worker(ports: list[int], index: int, data_dir: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:

@@ -14,23 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, make_images, one_error_line, run_main
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def tf_config(ports: list[int], index: int) -> str:
-    return json.dumps(
-        {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
-    )
+from conftest import REPO, free_ports, make_images, one_error_line, run_main, tf_config
 
 
 @pytest.fixture
