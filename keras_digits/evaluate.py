@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from keras_digits.errors import KerasDigitsError
 from keras_digits.evaluation.runs import rescore_run
-from keras_digits.utils.cli import quiet_tensorflow, run_cli
+from keras_digits.utils.cli import quiet_retracing_warnings, quiet_tensorflow, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
+    quiet_retracing_warnings()  # each corruption and dataset is a new input signature
     splits = list(dict.fromkeys(args.split or ["test"]))
     if args.dataset or args.perturb or args.preprocess or args.label_map:
         return score_elsewhere_cli(args, splits)

@@ -40,11 +40,10 @@ from keras_digits.studies.report import markdown_table
 from keras_digits.studies.sweep import (
     add_worker_flag,
     command_line,
-    quiet_retracing_warnings,
     without_worker_flags,
 )
 from keras_digits.training.flags import FILES, add_train_flags, given_options
-from keras_digits.utils.cli import positive_int, run_cli
+from keras_digits.utils.cli import positive_int, quiet_retracing_warnings, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,12 +32,11 @@ from keras_digits.studies.sweep import (
     add_worker_flag,
     command_line,
     describe_config,
-    quiet_retracing_warnings,
     without_worker_flags,
 )
 from keras_digits.studies.workers import grid_role
 from keras_digits.training.flags import FILES, add_train_flags, config_from_args
-from keras_digits.utils.cli import positive_int, run_cli
+from keras_digits.utils.cli import positive_int, quiet_retracing_warnings, run_cli
 from keras_digits.utils.io import check_output_dir
 from keras_digits.utils.lock import hold
 

@@ -104,3 +104,23 @@ def test_progress_written_to_a_file_has_no_carriage_returns():
     progress.close()
     text = stream.getvalue()
     assert "\r" not in text and text.startswith("predict 3/3 (100%) ") and text.endswith(" img/s\n"), text
+
+
+def test_evaluate_perturb_logs_no_retracing_warnings(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    run = tmp_path / "run"
+    shutil.copytree(REPO / "tests" / "fixtures" / "run-before-rooms", run)
+    proc = subprocess.run(
+        [sys.executable, "-m", "keras_digits.evaluate", "--run", str(run), "--perturb", "all"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "retracing" not in proc.stderr, proc.stderr[-2000:]
+    assert "[1/" in proc.stderr  # one progress line per corruption

@@ -28,7 +28,7 @@ import numpy as np
 from keras_digits.data.adapt import PREPROCESS, PREPROCESS_HELP, wants_digit
 from keras_digits.errors import KerasDigitsError
 from keras_digits.explain import CAM_METHODS, METHODS, method_fn, parse_methods
-from keras_digits.utils.cli import non_negative_int, positive_int, run_cli
+from keras_digits.utils.cli import non_negative_int, positive_int, quiet_retracing_warnings, run_cli
 
 EPILOG = (
     "methods:\n"
@@ -179,6 +179,7 @@ def check_out(out: Path, run_dir: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_retracing_warnings()  # every method, batch and image size traces the model anew
     methods = parse_methods(args.method)
     every = any(m.strip().lower() == "all" for m in args.method.split(","))
     if args.per_class and args.errors:  # the one check: select.from_split takes a single mode

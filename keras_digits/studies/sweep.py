@@ -67,10 +67,3 @@ def add_worker_flag(group) -> None:
         help="chief of a grid spread over workers (KERASTUNER_* variables): a worker silent this "
         f"long is lost and its run goes to another (default: {DEFAULT_WORKER_TIMEOUT:g})",
     )
-
-
-def quiet_retracing_warnings() -> None:
-    """Many short trainings in one process make TensorFlow warn about retracing; that is expected here."""
-    import tensorflow as tf
-
-    tf.get_logger().setLevel("ERROR")

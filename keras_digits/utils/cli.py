@@ -57,6 +57,14 @@ def quiet_tensorflow() -> None:
         os.close(devnull)
 
 
+def quiet_retracing_warnings() -> None:
+    """Many short model calls or trainings in one process (a sweep, corruptions, explanation methods) make
+    TensorFlow warn about tf.function retracing; that is expected there, so its Python warnings are hidden."""
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run a CLI main; turn KerasDigitsError into `error: ...` on stderr and exit code 2."""
     import warnings
