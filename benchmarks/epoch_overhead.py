@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from keras_digits.utils.cli import quiet_tensorflow  # noqa: E402
+from keras_digits.utils.cli import quiet_tensorflow
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""The README's architecture table: parameters, FLOPs per image and training images/s on this machine.
+"""The architecture table of docs/training.md: parameters, FLOPs per image and training images/s on this machine.
 
     python benchmarks/model_table.py                       # every registered arch, (28,28,1) input, 10 classes
     python benchmarks/model_table.py --archs simple_cnn resnet18 --shape 28,28,3 --steps 30
@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from keras_digits.utils.cli import quiet_tensorflow  # noqa: E402
+from keras_digits.utils.cli import quiet_tensorflow
 
 
 def forward_flops(model, input_shape) -> int | None:

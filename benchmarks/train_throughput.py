@@ -31,9 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from keras_digits.utils.cli import quiet_tensorflow  # noqa: E402
+from keras_digits.utils.cli import quiet_tensorflow
 
 
 def get_data(args):
@@ -68,7 +68,7 @@ def fit_seconds(model, *args, **kwargs) -> float:
     Not to `fit`'s return: when `fit` returns, its tf.data iterator is deleted, and that deletion
     waited for tf.data's autotuning thread to wake, whose sleep doubles from 10 ms (it wakes at
     10 ms x (2^n - 1)). A fit whose last step ended 23.8 s after the call returned at 40.96 s; the earlier
-    timing's exact 62.5 and 31.2 images/s ResNet-18 repeats were that wait (README, Precision and speed).
+    timing's exact 62.5 and 31.2 images/s ResNet-18 repeats were that wait (docs/speed.md).
     The project's pipelines now run without autotuning (`pipeline_options`), which removes it; the
     timing stays robust to a pipeline that autotunes."""
     import keras

@@ -68,7 +68,7 @@ class TrainConfig:
     fine_tune_epochs: int | None = None
     fine_tune_lr_factor: float = 0.1
     deterministic: bool = False
-    precision: str = "float32"  # "auto" is resolved before a run records its config.json (README: Precision)
+    precision: str = "float32"  # "auto" is resolved before a run records its config.json (docs/speed.md)
     strategy: str = "auto"
     steps_per_execution: int = 1
     jit_compile: bool = False  # XLA on CPU was much slower here (see benchmarks)

@@ -13,7 +13,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from keras_digits.errors import KerasDigitsError
     from keras_digits.reporting.html import write_run_page
-    from keras_digits.reporting.results import damaged_results
+    from keras_digits.reporting.result_files import damaged_results
     from keras_digits.utils.io import read_json_object
     from keras_digits.utils.lock import hold
 

@@ -26,8 +26,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from keras_digits.studies.grid import RunResult, Variant, parse_vary, run_grid  # noqa: F401  (the sweep's API)
-from keras_digits.studies.report import markdown_table, summarize, write_results  # noqa: F401
+from keras_digits.studies.grid import parse_vary, run_grid
+from keras_digits.studies.report import markdown_table, summarize, write_results
 from keras_digits.studies.sweep import (
     add_worker_flag,
     command_line,

@@ -227,7 +227,7 @@ def planted_model():
     max pooling, and a softmax layer with non-negative weights and no bias (so a class is never chosen
     by the *absence* of the other classes' squares, evidence that lies elsewhere by construction).
     With a Flatten head, as simple_cnn_v1 has, Grad-CAM's spatially averaged weights turned the
-    square's evidence negative and the map was 0 (a known limit of Grad-CAM; see the README)."""
+    square's evidence negative and the map was 0 (a known limit of Grad-CAM; see docs/explanations.md)."""
     import keras
 
     keras.utils.set_random_seed(0)

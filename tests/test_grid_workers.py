@@ -64,7 +64,7 @@ def start(role: str, port: int, cwd: Path, data_dir: Path, epochs: int, extra=()
         str(epochs),
         *extra,
     ]
-    out = open(cwd / f"{role}.log", "wb")  # noqa: SIM115  (closed with the process)
+    out = open(cwd / f"{role}.log", "wb")
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -100,7 +100,7 @@ def test_sweep_over_two_workers_equals_one_process(tmp_path, data_dir):
     assert len(set(re.findall(r"\d\.\d{4} ±", a))) > 1  # the accuracies differ between settings: a real table
 
 
-@pytest.mark.slow  # ~45 s; the README's loopback check of a lost grid worker
+@pytest.mark.slow  # ~45 s; docs/distributed.md's loopback check of a lost grid worker
 def test_killed_worker_run_is_redone_by_another(tmp_path, data_dir):
     port = free_ports(1)[0]
     chief = start("chief", port, tmp_path, data_dir, 6, ["--worker-timeout", "10"])

@@ -344,7 +344,7 @@ def test_fit_verbosity_is_per_epoch_lines_when_stdout_is_not_a_terminal(monkeypa
     from keras_digits.train import build_parser
     from keras_digits.training.flags import config_from_args
 
-    monkeypatch.setattr(sys, "stdout", open(os.devnull, "w"))  # noqa: SIM115  (a file, not a terminal)
+    monkeypatch.setattr(sys, "stdout", open(os.devnull, "w"))
     try:
         assert config_from_args(build_parser().parse_args([])).verbose == 2
         assert config_from_args(build_parser().parse_args(["--verbose", "1"])).verbose == 1  # asked for: kept

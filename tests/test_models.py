@@ -11,13 +11,13 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import numpy as np
+import pytest
 
-from keras_digits.errors import KerasDigitsError  # noqa: E402
-from keras_digits.models import build_model, list_models, model_info  # noqa: E402
-from keras_digits.models.pretrained import IMAGENET_WEIGHTS, resolve_imagenet_weights  # noqa: E402
+from keras_digits.errors import KerasDigitsError
+from keras_digits.models import build_model, list_models, model_info
+from keras_digits.models.pretrained import IMAGENET_WEIGHTS, resolve_imagenet_weights
 
 ARCHS = list_models()
 PRETRAINED = [a for a in ARCHS if model_info(a).pretrained]

@@ -6,7 +6,6 @@ import inspect
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 import pytest
 
 kt = pytest.importorskip("keras_tuner")
+
+from conftest import free_ports  # noqa: E402
 
 from keras_digits.config import TrainConfig, load_config_file  # noqa: E402
 from keras_digits.models import model_info  # noqa: E402
@@ -353,12 +354,6 @@ def test_other_tuners(tmp_path, kind):
 
 
 # ---------------------------------------------------------------------------- distributed
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(role: str, port: int, args: list[str], log: Path) -> subprocess.Popen:
     env = {
         **os.environ,
@@ -384,7 +379,7 @@ def logs(tmp_path: Path) -> str:
 
 
 def test_distributed_chief_and_two_workers(tmp_path):
-    port = free_port()
+    port = free_ports(1)[0]
     args = [
         "--arch",
         "simple_cnn",
@@ -421,7 +416,7 @@ def test_distributed_chief_and_two_workers(tmp_path):
 @pytest.mark.slow  # about a minute: run with -m slow
 def test_killed_worker_does_not_stop_the_search(tmp_path):
     """SIGKILL one worker mid-trial: the chief notices the silence and the other worker reruns its trial."""
-    port = free_port()
+    port = free_ports(1)[0]
     project = tmp_path / "tuning" / "dist"
     args = [
         "--arch",

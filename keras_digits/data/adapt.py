@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_digits.data.digit_norm import GREY_WEIGHTS  # noqa: F401
+from keras_digits.data.digit_norm import GREY_WEIGHTS
 
 PREPROCESS = ("auto", "digit", "none")
 PREPROCESS_HELP = (

@@ -186,7 +186,7 @@ def _seed_source_cls():
     from keras.src.random.seed_generator import SeedGenerator
 
     class _TensorSeed(SeedGenerator):  # draw_seed() accepts SeedGenerator instances and calls next()
-        def __init__(self, seed):  # noqa: D401 - deliberately no variable state
+        def __init__(self, seed):
             self._seed = tf.cast(seed, tf.int64)
             self._calls = 0
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_digits.errors import KerasDigitsError
-from keras_digits.utils.offline import OFFLINE_ENV, offline  # noqa: F401  (the loaders import it from here)
+from keras_digits.utils.offline import OFFLINE_ENV, offline
 
 DATA_ENV = "KERAS_DIGITS_DATA"
 

@@ -42,7 +42,7 @@ def pipeline_options() -> tf.data.Options:
     25.3 s; without autotuning 28.2, 24.3, 24.0, 23.6 s; benchmarks/epoch_overhead.py). Deleting an
     iterator can wait for the autotuning thread's next wake-up (seen at `fit`'s return), and Keras
     makes new iterators every epoch; what triggers it in a training run but not in a bare `fit` is
-    not known (README, Precision and speed). Without autotuning, tf.data uses its fixed defaults
+    not known (docs/speed.md). Without autotuning, tf.data uses its fixed defaults
     for AUTOTUNE (map parallelism, prefetch buffers); the first epoch took the same time.
     Under `--strategy mirrored` / `multiworker`, TensorFlow's per-device iterators build their own
     datasets; whether those autotune and stall was not checked.

@@ -1,5 +1,5 @@
 """Macro one-vs-rest ROC AUC: the MedMNIST benchmark's AUC (the mean over classes of each class's AUC
-against the rest), used for scoring (evaluate.classification_metrics) and for model selection on
+against the rest), used for scoring (evaluation.metrics.classification_metrics) and for model selection on
 validation (`--select-on auc`)."""
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from keras_digits.evaluation.results import class_mapping, merge_rows, read_label_map, result_path, scoring_name  # noqa: F401
+from keras_digits.evaluation.results import class_mapping, merge_rows, read_label_map, result_path, scoring_name
 
 
 def score_elsewhere(

@@ -1,7 +1,7 @@
 """Class activation maps on the target layer: Grad-CAM, Grad-CAM++ and Score-CAM.
 
 Each returns (N, H, W) float32 at the input resolution: the map on the target layer's grid, ReLU'd,
-upsampled bilinearly. Written on tf.GradientTape (see README "Explanations" for why no library).
+upsampled bilinearly. Written on tf.GradientTape (see docs/explanations.md for why no library).
 """
 
 from __future__ import annotations

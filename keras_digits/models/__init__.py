@@ -4,7 +4,7 @@ from keras_digits.models import (  # noqa: F401
     alexnet,
     cifar,
     resnet,
-    simple_cnn,  # noqa: F401
+    simple_cnn,
     vgg,
     xception,
 )

@@ -6,7 +6,7 @@ bfloat16 took 25 ms forward, 21 ms for the input gradient and 66 ms for the weig
 development machine (2 cores, AMX-BF16), against 12-15 ms each as im2col matrix products
 (benchmarks/conv_paths.py prints the table for the machine it runs on). At 7x7 the weight gradient
 still gains (27 ms against 15 ms); the forward pass and the input gradient do not. Those two
-stages were most of ResNet-18's distance to PyTorch in bfloat16 (README, Precision and speed).
+stages were most of ResNet-18's distance to PyTorch in bfloat16 (docs/speed.md).
 
 The gain is oneDNN's AMX bfloat16 kernels' (and so is the gap). In float32 the matrix products were
 no faster at 4x4 and slower at 7x7; in bfloat16 with AMX switched off (ONEDNN_MAX_CPU_ISA=

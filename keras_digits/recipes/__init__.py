@@ -1,7 +1,7 @@
 """Named training recipes: JSON config files shipped with the package, chosen with `--recipe NAME`.
 
 A recipe is an ordinary config file (what `--config` reads): defaults < --recipe < --config < flags
-given on the command line. The README's "Recipes" section gives each one's measured figures and the
+given on the command line. docs/training.md ("Recipes") gives each one's measured figures and the
 command that produced them.
 """
 

@@ -232,7 +232,7 @@ def other_data_section(run_dir: Path) -> str:
     """Every metrics-*.json (keras_digits.evaluate on other data, or with a label map or preprocessing), one
     row per file and split, each labelled by what was scored."""
     from keras_digits.reporting.markdown import label_map_text
-    from keras_digits.reporting.results import result_files
+    from keras_digits.reporting.result_files import result_files
 
     rows = []
     files, damaged = result_files(run_dir, "metrics")
@@ -280,7 +280,7 @@ def damaged_note(damaged: Sequence[str]) -> str:
 def robustness_section(run_dir: Path) -> str:
     """One table per robustness-*.json (keras_digits.evaluate --perturb): clean first, then each corruption."""
     from keras_digits.reporting.markdown import label_map_text
-    from keras_digits.reporting.results import result_files
+    from keras_digits.reporting.result_files import result_files
 
     out = []
     files, damaged = result_files(run_dir, "robustness")

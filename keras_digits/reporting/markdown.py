@@ -62,7 +62,7 @@ def label_map_text(mapping: object) -> str:
 
 def results_markdown(run_dir: str | Path) -> str:
     """Every metrics-*.json and robustness-*.json of a run as markdown, each labelled by what was scored."""
-    from keras_digits.reporting.results import damaged_results, result_files
+    from keras_digits.reporting.result_files import damaged_results, result_files
 
     run_dir = Path(run_dir)
     rows = []

@@ -151,7 +151,7 @@ class Heartbeat(threading.Thread):
         while not self.done.wait(self.interval):
             try:
                 self.oracle.get_trial(self.trial_id)
-            except Exception as exc:  # noqa: BLE001  (the chief may be busy or gone; the next beat retries)
+            except Exception as exc:
                 if not self.warned and not self.done.is_set():
                     self.warned = True
                     self.log(
@@ -168,7 +168,7 @@ def rpc_reason(exc: BaseException) -> str:
     code = getattr(exc, "code", None)
     try:
         return code().name if callable(code) else type(exc).__name__
-    except Exception:  # noqa: BLE001  (a gRPC error without a status)
+    except Exception:
         return type(exc).__name__
 
 

@@ -11,7 +11,7 @@ which Keras dtype policy a run trains under.
   capability 8.0 or newer; float16 on older CUDA GPUs with tensor cores (7.x); float32 elsewhere.
   A CPU with AVX512-BF16 but no AMX gets float32: with AMX disabled (ONEDNN_MAX_CPU_ISA=
   AVX512_CORE_BF16) TensorFlow's bfloat16 convolutions were 1.4-1.8x slower than float32 ones on the
-  development machine (README, Precision and speed); an AVX2-only CPU emulates bfloat16.
+  development machine (docs/speed.md); an AVX2-only CPU emulates bfloat16.
 
 Features are read, never assumed: the CPU's from /proc/cpuinfo (Linux; elsewhere none are known and
 auto means float32), the GPU's compute capability from TensorFlow's device details.

@@ -88,7 +88,7 @@ def parse(text: str | None) -> Task:
     """The task a TF_CONFIG value describes; one KerasDigitsError for anything malformed."""
     if not text or not text.strip():
         raise KerasDigitsError(
-            f"--strategy multiworker needs the {ENV} environment variable (README: Multi-worker "
+            f"--strategy multiworker needs the {ENV} environment variable (docs/distributed.md: Multi-worker "
             "training); it is not set"
         )
     try:

@@ -185,14 +185,14 @@ class Predictor:
                         results[i] = (i, probs[j], int(ids[j]), labels[j])
                 except NonFiniteOutput:
                     raise
-                except Exception as exc:  # noqa: BLE001 - isolate the bad image below
+                except Exception as exc:
                     for i in part:
                         try:
                             probs, ids, labels = self.predict_batch(images[i][None])
                             results[i] = (i, probs[0], int(ids[0]), labels[0])
                         except NonFiniteOutput:
                             raise
-                        except Exception as single:  # noqa: BLE001
+                        except Exception as single:
                             results[i] = (i, single if len(part) > 1 else exc)
         for i in range(len(images)):
             yield results[i]
@@ -217,7 +217,7 @@ class Predictor:
                     images.append(decode_image(path, notes))
                     paths.append(path)
                     held += images[-1].nbytes
-                except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+                except Exception as exc:
                     if on_error:
                         on_error(path, _reason(exc))
                     if progress:

@@ -145,7 +145,7 @@ def run_grid(
             if cfg.strategy == "multiworker":
                 raise KerasDigitsError(
                     "--strategy multiworker is for one train run; a grid spreads its runs over "
-                    "workers itself (README: Sweeps and studies over several workers)"
+                    "workers itself (docs/distributed.md: Sweeps and studies over several workers)"
                 )
             plan.append((variant, base.seed + i, cfg))
     from keras_digits.studies.workers import DEFAULT_WORKER_TIMEOUT, grid_role

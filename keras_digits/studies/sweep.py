@@ -8,8 +8,6 @@ import sys
 from collections.abc import Sequence
 
 from keras_digits.config import TrainConfig
-from keras_digits.studies.grid import RunResult, Variant, parse_vary, run_grid  # noqa: F401  (the sweep's API)
-from keras_digits.studies.report import markdown_table, summarize, write_results  # noqa: F401
 from keras_digits.studies.workers import DEFAULT_WORKER_TIMEOUT
 
 
@@ -58,7 +56,7 @@ def without_worker_flags(argv: Sequence[str] | None) -> list[str]:
 
 
 def add_worker_flag(group) -> None:
-    """--worker-timeout, for grids spread over workers (README: Sweeps over several workers)."""
+    """--worker-timeout, for grids spread over workers (docs/distributed.md)."""
     group.add_argument(
         "--worker-timeout",
         type=float,

@@ -118,7 +118,7 @@ def work_grid(
     while True:
         try:
             trial = client.create_trial(tuner_id)
-        except Exception as exc:  # noqa: BLE001  (gRPC: the chief is gone, or not up yet)
+        except Exception as exc:
             if asked:  # it answered before: it has ended (every run handed out), or died, which it reports
                 log(
                     f"worker {tuner_id}: the chief no longer answers ({rpc_reason(exc)}); stopping "
@@ -143,7 +143,7 @@ def work_grid(
         try:
             score = execute(index)
             trial.status = TrialStatus.COMPLETED
-        except Exception as exc:  # noqa: BLE001  (any failure: reported, the chief trains the run at the end)
+        except Exception as exc:
             log(f"worker {tuner_id}: run {index + 1} failed: {type(exc).__name__}: {exc}")
             score, trial.status = float("nan"), TrialStatus.FAILED
         finally:
@@ -152,6 +152,6 @@ def work_grid(
         try:
             client.update_trial(trial.trial_id, {OBJECTIVE: -1.0 if score != score else float(score)})
             client.end_trial(trial)
-        except Exception as exc:  # noqa: BLE001  (the run is on disk; a new chief reads it back)
+        except Exception as exc:
             log(f"worker {tuner_id}: could not report run {index + 1} to the chief ({rpc_reason(exc)}); stopping")
             return done

@@ -186,7 +186,7 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
 
 class TrainingEnded(keras.callbacks.Callback):
-    """Write `path` (train.TRAINED) when the last fit of a run ends without diverging. It sits
+    """Write `path` (keras_digits.training.run.TRAINED) when the last fit of a run ends without diverging. It sits
     before BackupAndRestore, whose on_train_end deletes the backup: with the marker written only
     after fit returned, a kill in between left neither, and the rerun trained from scratch."""
 

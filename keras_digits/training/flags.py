@@ -247,7 +247,7 @@ def add_train_flags(
             default=argparse.SUPPRESS,
             choices=tuple(RECIPES),
             metavar="NAME",
-            help=recipes_help() + " (README: Recipes); --config and flags given win",
+            help=recipes_help() + " (docs/training.md#recipes); --config and flags given win",
         )
         groups[FILES].add_argument(
             "--config",

@@ -1,4 +1,4 @@
-"""Optimizers, per-step learning-rate schedules and the loss of a training run (train.compile_model).
+"""Optimizers, per-step learning-rate schedules and the loss of a run (training.setup.compile_model).
 
 `--schedule onecycle` is a per-step schedule inside the optimizer (`OneCycle`): a linear warm-up from
 lr/10 over the first 20 % of the run's steps, then a cosine decay to lr/1000, the one-cycle policy of

@@ -37,20 +37,23 @@ class RunRole:
         return self.task is not None
 
     @property
-    def is_chief(self) -> bool:
-        """Whether this process keeps, scores and publishes the run (always, unless a non-chief worker)."""
-        return self.task is None or self.task.is_chief
-
-    @property
     def replicas(self) -> int:
         from keras_digits.runtime.strategy import replicas
 
         return replicas(self.strategy)
 
     def check(self, cfg: TrainConfig) -> None:
-        """Refuse what this role cannot train (float16's loss scaling would decide per worker)."""
-        if self.multi_worker and cfg.precision == "float16":
+        """Refuse what this role cannot train: under multi-worker, float16 (its loss scaling would decide per
+        worker) and the two phases of --fine-tune-at."""
+        if not self.multi_worker:
+            return
+        if cfg.precision == "float16":
             raise KerasDigitsError("--precision float16 is not supported with --strategy multiworker: use bfloat16")
+        if cfg.fine_tune_at is not None:
+            raise KerasDigitsError(
+                "--fine-tune-at is not supported with --strategy multiworker; train the two phases "
+                "with --strategy default or mirrored"
+            )
 
     def training_dir(self, cfg: TrainConfig, run_dir: Path, overwrite: bool) -> Path:
         """Where this process trains: the run directory, or a non-chief worker's private sibling."""
@@ -66,14 +69,14 @@ class RunRole:
             return pipes.n_train // (batch_size * self.replicas)
         return pipes.steps_per_epoch
 
-    def start(self, start):
-        """`start()` (taking and preparing the run directory); under multi-worker every worker learns if one
+    def start(self, open_run):
+        """`open_run()` (taking and preparing the run directory); under multi-worker every worker learns if one
         of them failed there, instead of waiting for it."""
         if not self.multi_worker:
-            return start()
+            return open_run()
         from keras_digits.training.distributed_fit import agreed_start
 
-        return agreed_start(self.strategy, start)
+        return agreed_start(self.strategy, open_run)
 
     def chief_decides(self, value: bool) -> bool:
         """This process's `value`, or under multi-worker the chief's (a worker's own folder may be older)."""
@@ -105,6 +108,7 @@ class RunRole:
             callbacks,
             epochs=epochs,
             n_train=pipes.n_train,
+            initial_epoch=initial_epoch,
             global_batch=cfg.batch_size * self.replicas,
             is_chief=self.task.is_chief,
             select_on=cfg.select_on,

@@ -77,7 +77,9 @@ def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, done: int, role: Ru
     lr = cfg.lr * cfg.fine_tune_lr_factor
     with role.strategy.scope():
         n = unfreeze_from(model, cfg.fine_tune_at)
-        compile_model(model, cfg, lr=lr, steps_per_epoch=pipes.steps_per_epoch, epochs=cfg.fine_tune_epochs)
+        compile_model(
+            model, cfg, lr=lr, steps_per_epoch=role.steps_per_epoch(pipes, cfg.batch_size), epochs=cfg.fine_tune_epochs
+        )
     if cfg.verbose:
         print(f"fine-tuning: {n} base layers from #{cfg.fine_tune_at} unfrozen, lr {lr:g}")
     callbacks = make_callbacks(
@@ -89,6 +91,7 @@ def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, done: int, role: Ru
         first_epoch=done,
         ended=run_dir / TRAINED,
         val=(pipes.val, pipes.val_labels),
+        auc_in_logs=role.logs_auc,
     )
     role.fit(model, cfg, pipes, callbacks, epochs=done + (cfg.fine_tune_epochs or cfg.epochs), initial_epoch=done)
     return diverged_at(callbacks)
@@ -210,9 +213,9 @@ def _train_and_evaluate(cfg: TrainConfig, run_dir: Path, overwrite: bool, transf
     final_dir = check_output_dir(Path(run_dir), "run directory")
     check_fits_in_memory(cfg)
     role = RunRole.for_config(cfg)  # first: it may split the CPU before TensorFlow sets up its devices
-    final_dir = role.training_dir(cfg, final_dir, overwrite)
     cfg = setup_runtime(cfg, cfg.verbose)  # recorded resolved in config.json
     role.check(cfg)
+    final_dir = role.training_dir(cfg, final_dir, overwrite)
     # load
     bundle = load_for(cfg)
     if transform_data is not None:

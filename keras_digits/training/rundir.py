@@ -13,12 +13,10 @@ from typing import Any
 
 from keras_digits.config import TrainConfig, comparable, sized_name
 from keras_digits.errors import KerasDigitsError, TrainingDiverged
-from keras_digits.evaluation.records import (  # noqa: F401  (re-exported: the run directory's vocabulary)
-    dataset_record,
+from keras_digits.evaluation.records import (
     divergence_text,
     ended,
     is_diverged,
-    model_label_names,
 )
 from keras_digits.utils.io import read_json_object, write_json
 
@@ -131,13 +129,8 @@ def software_versions() -> dict[str, str]:
 def multiworker_dir(cfg: TrainConfig, run_dir: Path, task, overwrite: bool) -> Path:
     """Where this worker trains: the chief in the run directory, the others in a private sibling
     `.<name>.<type>-<index>` (their checkpoints and logs, kept only for resuming). Whether the run can
-    start (a finished run without --overwrite, a held lock) is the chief's to say: train.agreed_start
-    tells every worker."""
-    if cfg.fine_tune_at is not None:
-        raise KerasDigitsError(
-            "--fine-tune-at is not supported with --strategy multiworker; train the two phases "
-            "with --strategy default or mirrored"
-        )
+    start (a finished run without --overwrite, a held lock) is the chief's to say: RunRole.start tells every
+    worker (keras_digits.training.distributed_fit.agreed_start)."""
     if task.is_chief:
         return run_dir
     return run_dir.parent / f".{run_dir.name}.{task.type}-{task.index}"

@@ -1,4 +1,4 @@
-"""`python -m keras_digits.tune`: the search CLI (single process, chief or worker); see README.md,
+"""`python -m keras_digits.tune`: the search CLI (single process, chief or worker); see docs/tuning.md,
 "Hyperparameter search"."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m keras_digits.tune",
         description="KerasTuner search over an arch's search space and the fit-time settings (batch size, "
-        "optimizer, lr, schedule, augment, balance); resumable, distributable (README.md, "
+        "optimizer, lr, schedule, augment, balance); resumable, distributable (docs/tuning.md, "
         "'Hyperparameter search').",
         epilog="Training flags set the base configuration of every trial. A flag that names a searched "
         "hyperparameter (--batch-size, --optimizer, --lr, --schedule, --augment, --balance, or a "
@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if given.get("strategy") == "multiworker":
         raise KerasDigitsError(
             "--strategy multiworker is for one train run; tune spreads its trials over workers "
-            "itself (KERASTUNER_* variables, README: Hyperparameter search)"
+            "itself (KERASTUNER_* variables, docs/distributed.md: Distributed hyperparameter search)"
         )
     for field in NOT_IN_TRIALS:
         if given.get(field) is not None:
