@@ -241,6 +241,7 @@ def explain(args, methods, every, run_dir, cfg_dict, model, out, own, say) -> in
         return bundle.split(args.split)
 
     from keras_digits.explain import select
+    from keras_digits.serving.predictor import print_read_notes
 
     n = args.n or (1 if args.per_class else 16)
     preprocess = None
@@ -250,14 +251,7 @@ def explain(args, methods, every, run_dir, cfg_dict, model, out, own, say) -> in
         sel = select.from_files(args.images, ex.input_shape, limit=args.n, digit=digit)
         for f, why in sel.skipped:
             print(f"skipped {f}: {why}", file=sys.stderr)
-        for f, note in sel.notes:
-            print(f"note: {f}: {note}", file=sys.stderr)
-        if sel.inkless:
-            print(
-                f"warning: {sel.inkless} image(s) had no ink to normalise (blank or uniform); they were only "
-                "grey-scaled and resized",
-                file=sys.stderr,
-            )
+        print_read_notes(sel.notes, sel.inkless)
     else:
         if args.preprocess == "digit":
             print(

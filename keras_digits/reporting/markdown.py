@@ -62,11 +62,14 @@ def label_map_text(mapping: object) -> str:
 
 def results_markdown(run_dir: str | Path) -> str:
     """Every metrics-*.json and robustness-*.json of a run as markdown, each labelled by what was scored."""
-    from keras_digits.reporting.result_files import damaged_results, result_files
+    from keras_digits.reporting.result_files import result_files
 
     run_dir = Path(run_dir)
+    metric_files, damaged = result_files(run_dir, "metrics")
+    robustness_files, damaged_robustness = result_files(run_dir, "robustness")
+    damaged += damaged_robustness
     rows = []
-    for path, m in result_files(run_dir, "metrics")[0]:
+    for path, m in metric_files:
         data = " · ".join(str(v) for v in (m.get("dataset"), m.get("source")) if v)
         for split, s in m.items():
             if isinstance(s, dict) and "accuracy" in s:
@@ -86,7 +89,7 @@ def results_markdown(run_dir: str | Path) -> str:
             "",
         ]
     tables = []
-    for path, r in result_files(run_dir, "robustness")[0]:
+    for path, r in robustness_files:
         good = [x for x in r.get("rows") or [] if isinstance(x, dict) and isinstance(x.get("accuracy"), (int, float))]
         if good:
             mapped = label_map_text(r.get("label_map"))
@@ -101,7 +104,6 @@ def results_markdown(run_dir: str | Path) -> str:
             ]
     if tables:
         parts += ["## Robustness", "", *tables]
-    damaged = damaged_results(run_dir)
     if damaged:
         parts += ["Left out, damaged: " + "; ".join(_cell(d) for d in damaged), ""]
     return "\n".join(parts)

@@ -308,14 +308,21 @@ def make_progress(total: int, wanted: bool | None = None, label: str = "predict"
 
 
 def report_inkless(predictor: Predictor) -> None:
-    """Name the images read in a noteworthy way and count those without ink, on stderr."""
-    for path, note in predictor.notes[:10]:
+    """Name the images read in a noteworthy way (the first 10) and count those without ink, on stderr."""
+    print_read_notes(predictor.notes, predictor.inkless, most=10)
+
+
+def print_read_notes(notes: Sequence[tuple[Path, str]], inkless: int, most: int | None = None) -> None:
+    """On stderr: a line per image read in a noteworthy way (at most `most`, then how many more), and how many
+    had no ink to digit-normalise."""
+    shown = notes if most is None else notes[:most]
+    for path, note in shown:
         print(f"note: {path}: {note}", file=sys.stderr)
-    if len(predictor.notes) > 10:
-        print(f"note: ... and {len(predictor.notes) - 10} more such note(s)", file=sys.stderr)
-    if predictor.inkless:
+    if len(notes) > len(shown):
+        print(f"note: ... and {len(notes) - len(shown)} more such note(s)", file=sys.stderr)
+    if inkless:
         print(
-            f"warning: {predictor.inkless} image(s) had no ink to normalise (blank or uniform); they were "
+            f"warning: {inkless} image(s) had no ink to normalise (blank or uniform); they were "
             "only grey-scaled and resized",
             file=sys.stderr,
         )
