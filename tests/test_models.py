@@ -99,7 +99,7 @@ def test_builds_with_softmax_output(arch, shape, num_classes):
     assert model.layers[-1].name == "predictions"
     if info.pretrained:
         base = model.get_layer("base")
-        assert base.trainable == (arch != "vgg16")  # vgg16 is the only family frozen by default
+        assert base.trainable  # without weights no family is frozen (vgg16 freezes only a loaded base)
         if arch in BASE_PARAMS:
             assert base.count_params() == BASE_PARAMS[arch]
     # uint8 batches are accepted too
@@ -180,11 +180,11 @@ def test_golden_parameter_counts(arch, shape, kwargs, total, trainable):
 
 
 def test_pretrained_heads_and_freezing():
-    vgg = build_model("vgg16", (28, 28, 1), 10)
+    vgg = build_model("vgg16", (28, 28, 1), 10, freeze_base=True)
     # frozen base: only Flatten(512) -> Dense 256 -> Dense 10 trains
     assert count(vgg.trainable_weights) == 512 * 256 + 256 + 256 * 10 + 10
     assert vgg.count_params() == BASE_PARAMS["vgg16"] + 512 * 256 + 256 + 256 * 10 + 10
-    unfrozen = build_model("vgg16", (28, 28, 1), 10, freeze_base=False)
+    unfrozen = build_model("vgg16", (28, 28, 1), 10)  # random weights: the whole network trains by default
     assert count(unfrozen.trainable_weights) == unfrozen.count_params()
     res = build_model("resnet50", (28, 28, 3), 10, image_size=32, freeze_base=True)
     assert count(res.trainable_weights) == 2048 * 10 + 10

@@ -27,7 +27,9 @@ def data_dir(tmp_path) -> Path:
     return folder
 
 
-def start_workers(ports, run_dir: Path, data_dir: Path, epochs: int, logs: Path) -> list[subprocess.Popen]:
+def start_workers(
+    ports, run_dir: Path, data_dir: Path, epochs: int, logs: Path, arch: str = "simple_cnn_v1"
+) -> list[subprocess.Popen]:
     procs = []
     for i in range(len(ports)):
         env = {**os.environ, "TF_CONFIG": tf_config(ports, i), "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -42,7 +44,7 @@ def start_workers(ports, run_dir: Path, data_dir: Path, epochs: int, logs: Path)
             "--data-dir",
             str(data_dir),
             "--arch",
-            "simple_cnn_v1",
+            arch,
             "--batch-size",
             "16",
             "--epochs",
@@ -151,14 +153,18 @@ def test_tf_config_chief_and_ranks():
 
 def test_two_workers_train_identical_weights(tmp_path, data_dir):
     run = tmp_path / "run"
-    procs = start_workers(free_ports(2), run, data_dir, epochs=3, logs=tmp_path)
+    # simple_cnn has BatchNorm: 16 steps per epoch at momentum 0.9 turn precise BN on (auto); each worker
+    # recomputes the statistics, then the workers average them, so the weights still agree
+    procs = start_workers(free_ports(2), run, data_dir, epochs=3, logs=tmp_path, arch="simple_cnn")
     assert wait_all(procs, 240) == [0, 0], (tmp_path / "worker0.log").read_text()[-3000:]
     assert digest(tmp_path / "worker0.log") == digest(tmp_path / "worker1.log")
+    assert "precise BatchNorm before each validation" in (tmp_path / "worker0.log").read_text()
     for name in ("best.keras", "history.csv", "metrics.json", "report.html", "config.json", "logs"):
         assert (run / name).exists(), name
     assert json.loads((run / "config.json").read_text())["strategy"] == "multiworker"
     history = (run / "history.csv").read_text().splitlines()
     assert len(history) == 4  # header + 3 epochs, written by the chief alone
+    assert "precise_bn_seconds" in history[0]
     assert not list(tmp_path.glob(".run.worker-*"))  # the other worker's resume folder is gone
     assert "the chief writes and scores" in (tmp_path / "worker1.log").read_text()
 

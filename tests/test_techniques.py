@@ -477,3 +477,18 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
     assert "MirroredStrategy, 2 replica(s)" in proc.stdout
     assert "4/4" in proc.stdout  # 128 images / (16 per replica x 2 replicas) = 4 steps
     assert (run_dir / "metrics.json").is_file()
+
+
+def test_precise_bn_under_the_mirrored_strategy(tmp_path):
+    """The recalibration runs in cross-replica context: the mirrored statistics are set on both replicas."""
+    run_dir = tmp_path / "run"
+    proc = _run_cli(
+        ["keras_digits.train", "--dataset", "digits", "--arch", "simple_cnn", "--max-train-samples", "128"]
+        + ["--epochs", "1", "--batch-size", "16", "--strategy", "mirrored", "--precise-bn", "3", "--verbose", "2"]
+        + ["--no-evaluate-test", "--run-dir", str(run_dir)],
+        env_extra={"KERAS_DIGITS_LOGICAL_CPUS": "2", "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "precise BatchNorm before each validation: 3 batches (--precise-bn)" in proc.stdout
+    header = (run_dir / "history.csv").read_text().splitlines()[0]
+    assert "precise_bn_seconds" in header and (run_dir / "metrics.json").is_file()

@@ -30,6 +30,24 @@ class Pipelines:
     epoch: Any = None  # the tf.Variable `train`'s randomness is keyed on (pipeline.epoch_variable), if any
     val_labels: np.ndarray | None = None  # `val`'s labels in order (for metrics Keras does not compute)
     n_train: int | None = None  # training images (before any resampling)
+    train_images: Any = None  # the training split's images (uint8 NHWC, maybe memory-mapped), unaugmented
+    val_images: Any = None  # the validation split's images, in `val`'s order
+    seed: int = 0
+
+    def calibration_images(self, count: int) -> np.ndarray:
+        """A fixed, seeded random sample of `count` training images, unaugmented, in random order (for
+        BatchNorm statistics: batches mix classes as training's do)."""
+        n = 0 if self.train_images is None else len(self.train_images)
+        idx = np.random.default_rng([self.seed, 7919]).permutation(n)[: max(0, int(count))]
+        return np.asarray(self.train_images[idx]) if len(idx) else np.zeros((0,), np.uint8)
+
+    def check_sample(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """A fixed, seeded random sample of `count` validation images and their labels (the collapse check)."""
+        n = 0 if self.val_images is None else len(self.val_images)
+        idx = np.sort(np.random.default_rng([self.seed, 104729]).permutation(n)[: max(0, int(count))])
+        if not len(idx):
+            return np.zeros((0,), np.uint8), np.zeros((0,), np.int64)
+        return np.asarray(self.val_images[idx]), np.asarray(self.val_labels)[idx]
 
     @property
     def steps_per_epoch(self) -> int | None:
@@ -87,6 +105,9 @@ def make_datasets(cfg: Any, bundle: DataBundle, replicas: int = 1, epoch: Any = 
         epoch=epoch,
         val_labels=np.asarray(y_va),
         n_train=len(y_tr),
+        train_images=x_tr,
+        val_images=x_va,
+        seed=int(cfg.seed),
     )
 
 

@@ -3,7 +3,10 @@
 ``keras.applications.VGG16(include_top=False)`` named "base" (no pooling) -> Flatten -> Dense 256 ReLU
 -> Dense softmax. Caffe preprocessing (RGB->BGR, minus ImageNet mean) is done by a layer in the model.
 Minimum and default working size 32 px (five 2x2 pools leave a 1x1x512 map; 48 px would leave the same
-1x1 map at twice the cost). ``freeze_base=True`` by default: only the head trains (transfer learning).
+1x1 map at twice the cost). The base is frozen by default only when it loads weights (ImageNet or a
+file: transfer learning, only the head trains); with random weights (``weights=None``, the offline
+default) a frozen base would leave the head to learn from random features (0.82 test on the digits),
+so the whole network trains. ``freeze_base=True`` or ``False`` says it outright.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ def apply_vgg_head(x, units: int = 256, dropout: float = 0.0):
 
 @register_model(
     "vgg16",
-    description="keras.applications VGG16 base (frozen by default) + Flatten + Dense 256 + softmax",
+    description="keras.applications VGG16 base (frozen when it loads weights) + Flatten + Dense 256 + softmax",
     default_size=32,
     min_size=32,
     channels=3,
     pretrained=True,
 )
-def vgg16(input_shape, num_classes, *, image_size=32, weights=None, freeze_base=True, dense_units=256, dropout=0.0):
+def vgg16(input_shape, num_classes, *, image_size=32, weights=None, freeze_base=None, dense_units=256, dropout=0.0):
+    if freeze_base is None:  # frozen for transfer learning, trained from random weights
+        freeze_base = weights not in (None, "", "none", "random")
     return build_pretrained_model(
         input_shape,
         num_classes,

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from keras_digits.reporting.predictions import load_npz
+from keras_digits.reporting.result_files import read_collapse
 from keras_digits.utils.io import read_json_object, write_text
 
 STYLE = """
@@ -31,7 +32,7 @@ table{border-collapse:collapse;margin:.5em 0;font-size:.9em}th,td{border:1px sol
 text-align:right}th{background:#f4f4f4}td.l,th.l{text-align:left}.cm td{min-width:2.2em;text-align:center}
 .grid{display:flex;flex-wrap:wrap;gap:.6em}.card{border:1px solid #ddd;padding:.3em;font-size:.75em;text-align:center;
 width:92px}.card img{image-rendering:pixelated;width:84px;height:84px}.bad{color:#b00}.note{color:#666;font-size:.9em}
-.kv td{text-align:left}.wrap{overflow-x:auto}
+.kv td{text-align:left}.wrap{overflow-x:auto}.warn{border:2px solid #d08000;background:#fff6e0;padding:.2em 1em .6em}
 """
 
 
@@ -114,6 +115,38 @@ def summary_section(metrics: dict) -> str:
             + table(["split", "ACC", "AUC"], med_rows)
         )
     return html
+
+
+def collapse_section(run_dir: Path, metrics: dict) -> str:
+    """The collapse detector's warning (collapse.json), with the epochs it fired at and what to do."""
+    record = read_collapse(run_dir)
+    if not record or not record["epochs"]:
+        return ""
+    rows, signs = [], []
+    for e in record["epochs"]:
+        if not isinstance(e, dict):
+            continue
+        modes = e.get("modes") if isinstance(e.get("modes"), dict) else {}
+        rows.append(
+            [esc(x) for x in (e.get("epoch"), fmt(e.get("accuracy")), fmt(e.get("val_accuracy")))]
+            + [esc(fmt(modes.get("agreement"), 2))]
+        )
+        signs.append(f"<li>epoch {esc(e.get('epoch'))}: {esc('; '.join(str(x) for x in e.get('signs') or []))}</li>")
+    val = (metrics.get("val") or {}).get("accuracy")
+    kept = (
+        f"The kept model scores {fmt(val)} on validation: the run recovered after these epochs."
+        if isinstance(val, (int, float))
+        and isinstance(record.get("near_chance_below"), (int, float))
+        and val > record["near_chance_below"]
+        else "The kept model is still near chance: do not use it."
+    )
+    return (
+        '<div class="warn"><h2>Collapse warning</h2>'
+        f"<p>The collapse detector fired at {len(rows)} epoch(s): {esc(record.get('advice', ''))}.</p>"
+        f"<p>{esc(kept)}</p>"
+        + table(["epoch", "train acc", "val acc", "inference/training modes agree"], rows, left=1)
+        + f"<ul>{''.join(signs)}</ul></div>"
+    )
 
 
 def data_section(dataset: dict, config: dict) -> str:
@@ -406,6 +439,7 @@ def run_page(run_dir: str | Path) -> str | None:
         f'<p class="note">{esc(run_dir.name)} · {esc(config.get("arch", ""))} on {esc(dataset.get("name", ""))}'
         " · regenerate with <code>python -m keras_digits.report --run DIR</code></p>",
         summary_section(metrics),
+        collapse_section(run_dir, metrics),
         data_section(dataset, config),
         curves_section(run_dir),
         confusion_section(final, names, split),

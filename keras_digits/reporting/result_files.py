@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+COLLAPSE_FILE = "collapse.json"  # the collapse detector's signs (keras_digits.training.collapse), if any
+
 
 def _usable(kind: str, data: Any) -> bool:
     if not isinstance(data, dict):
@@ -42,3 +44,14 @@ def result_files(run_dir: str | Path, kind: str) -> tuple[list[tuple[Path, dict]
 def damaged_results(run_dir: str | Path) -> list[str]:
     """Every damaged result file of a run, as 'NAME (why)'."""
     return result_files(run_dir, "metrics")[1] + result_files(run_dir, "robustness")[1]
+
+
+def read_collapse(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's collapse.json: the epochs where the collapse detector saw a sign (None: it saw none, or
+    the file is unreadable)."""
+    path = Path(run_dir) / COLLAPSE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("epochs"), list) else None

@@ -72,6 +72,27 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
+ISA_LEVELS = ("SSE4.1", "AVX2", "AVX-512", "AMX")  # what oneDNN's kernels can use, lowest first
+_ONEDNN_ISA = {"SSE41": 0, "AVX": 0, "AVX2": 1, "AVX2_VNNI": 1, "AVX2_VNNI_2": 1, "AVX512_CORE": 2}
+
+
+def cpu_isa(flags: frozenset[str] | set[str] | None = None, onednn_max: str | None = None) -> str:
+    """The vector ISA oneDNN uses on this CPU: 'AMX', 'AVX-512', 'AVX2' or 'SSE4.1', and where
+    ONEDNN_MAX_CPU_ISA lowers it, '<level> (ONEDNN_MAX_CPU_ISA=<value>; the CPU has <level>)'."""
+    import os
+
+    flags = cpu_flags() if flags is None else flags
+    level = 3 if {"amx_tile", "amx_bf16"} & set(flags) else 2 if "avx512f" in flags else 1 if "avx2" in flags else 0
+    cap = (onednn_max if onednn_max is not None else os.environ.get("ONEDNN_MAX_CPU_ISA", "")).strip().upper()
+    if cap and cap != "ALL":
+        limit = (
+            3 if cap.startswith("AVX512_CORE_AMX") else _ONEDNN_ISA.get(cap, 2 if cap.startswith("AVX512") else None)
+        )
+        if limit is not None and limit < level:
+            return f"{ISA_LEVELS[limit]} (ONEDNN_MAX_CPU_ISA={cap}; the CPU has {ISA_LEVELS[level]})"
+    return ISA_LEVELS[level]
+
+
 def cpu_bf16_feature(flags: frozenset[str] | set[str]) -> str | None:
     """'AMX-BF16' or 'AVX512-BF16' where the CPU has it, else None."""
     return next((name for flag, name in CPU_BF16_FLAGS if flag in flags), None)

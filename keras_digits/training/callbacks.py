@@ -1,6 +1,7 @@
 """The Keras callbacks of a training run: learning-rate schedules, the atomic best-model checkpoint, the
-learning-rate log, the divergence guard, the per-epoch random state, resumable early stopping, and
-`make_callbacks`, which puts them together. It imports Keras: commands import it only when they train."""
+learning-rate log, the divergence guard, the per-epoch random state, resumable early stopping, precise
+BatchNorm statistics before each validation, the collapse detector, and `make_callbacks`, which puts
+them together. It imports Keras: commands import it only when they train."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ import numpy as np
 from keras_digits.config import TrainConfig
 from keras_digits.errors import KerasDigitsError
 from keras_digits.evaluation.auc import macro_auc
+from keras_digits.reporting.result_files import COLLAPSE_FILE
+from keras_digits.training.collapse import ADVICE, chance_level, collapse_signs, mode_check, near_chance_below
+from keras_digits.training.precise_bn import Recalibrator, batchnorm_layers
 from keras_digits.utils.finite import model_is_finite
 from keras_digits.utils.io import atomic_path, write_json, write_text
 
@@ -215,6 +219,70 @@ class ValAUC(keras.callbacks.Callback):
         logs["val_auc"] = float("nan") if auc is None else auc
 
 
+class PreciseBatchNorm(keras.callbacks.Callback):
+    """Recompute the BatchNorm population statistics for the epoch's final weights before its validation
+    (keras_digits.training.precise_bn); the seconds it took go into the epoch's logs as `precise_bn_seconds`."""
+
+    def __init__(self, recalibrate: Recalibrator):
+        super().__init__()
+        self.recalibrate, self.seconds = recalibrate, 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.seconds = 0.0
+
+    def on_test_begin(self, logs=None):  # fit calls it after the epoch's training, before validation
+        start = time.perf_counter()
+        self.recalibrate()
+        self.seconds += time.perf_counter() - start
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["precise_bn_seconds"] = self.seconds
+
+
+class CollapseWatch(keras.callbacks.Callback):
+    """The collapse detector (keras_digits.training.collapse): after each epoch's validation, say when the
+    model is near chance in inference mode while it fits its training batches, and record it in the
+    run's collapse.json for the report."""
+
+    def __init__(self, run_dir: Path, images: np.ndarray, labels: np.ndarray, all_labels, verbose: int = 1):
+        super().__init__()
+        self.path, self.images, self.labels = Path(run_dir) / COLLAPSE_FILE, images, np.asarray(labels)
+        self.chance, self.verbose = chance_level(all_labels), verbose
+        self.record: dict[str, Any] = {
+            "chance": self.chance,
+            "near_chance_below": near_chance_below(self.chance),
+            "advice": ADVICE,
+            "epochs": [],
+        }
+        if self.path.is_file():  # a resumed run keeps what the earlier part saw
+            from keras_digits.reporting.result_files import read_collapse
+
+            self.record["epochs"] = (read_collapse(self.path.parent) or {}).get("epochs", [])
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        modes = None
+        if len(self.images) and batchnorm_layers(self.model, trainable_only=False):
+            modes = mode_check(self.model, self.images, self.labels)
+        signs = collapse_signs(logs.get("accuracy"), logs.get("val_accuracy"), self.chance, modes)
+        if not signs:
+            return
+        self.record["epochs"] = [e for e in self.record["epochs"] if e.get("epoch") != epoch + 1]
+        self.record["epochs"].append(
+            {
+                "epoch": epoch + 1,
+                "signs": signs,
+                "accuracy": logs.get("accuracy"),
+                "val_accuracy": logs.get("val_accuracy"),
+                **({"modes": modes} if modes else {}),
+            }
+        )
+        write_json(self.path, self.record)
+        if self.verbose:
+            print(f"\nwarning: epoch {epoch + 1} looks collapsed: {'; '.join(signs)}: {ADVICE}", flush=True)
+
+
 class Backup(keras.callbacks.BackupAndRestore):
     """BackupAndRestore that restores first but saves last: its save runs from `saver` (the end of the
     callback list), after history.csv has the epoch's row, so a kill between the two never leaves a
@@ -282,6 +350,8 @@ def make_callbacks(
     ended: Path | None = None,
     val=None,
     auc_in_logs: bool = False,
+    precise_bn: Recalibrator | None = None,
+    watch: tuple | None = None,
 ) -> list:
     """Divergence guard, per-epoch random state, backup/restore, best-model checkpoint, CSV log,
     TensorBoard, early stopping, schedule (in that order: the guard sees every batch first, the log
@@ -289,7 +359,9 @@ def make_callbacks(
     this fit's first epoch (phase two's), where early stopping starts counting; `ended`: the marker
     to write when this (the run's last) fit ends; `val`: (validation dataset, its labels), needed by
     --select-on auc, whose ValAUC callback puts val_auc in the logs before the checkpoint reads them
-    (`auc_in_logs`: the training loop puts it there itself, as keras_digits.training.distributed_fit does)."""
+    (`auc_in_logs`: the training loop puts it there itself, as keras_digits.training.distributed_fit does);
+    `precise_bn`: the recalibration to run before each validation (None: off); `watch`: (images, labels,
+    all validation labels) for the collapse detector (None: no detector)."""
     import keras
 
     monitor = f"val_{cfg.select_on}"
@@ -307,6 +379,8 @@ def make_callbacks(
     cbs = [
         guard,
         EpochRandomState(epoch_var),
+        *([PreciseBatchNorm(precise_bn)] if precise_bn is not None else []),  # its seconds go in the epoch's logs
+        *([CollapseWatch(run_dir, *watch, verbose=cfg.verbose)] if watch is not None else []),
         *(
             [ValAUC(*val)] if cfg.select_on == "auc" and not auc_in_logs else []
         ),  # timed in the epoch, seen by the checkpoint

@@ -279,7 +279,8 @@ def distributed_fit(
                 cbl.on_train_batch_end(step, logs)
                 if model.stop_training:
                     break
-            steps.sync_stats()
+            cbl.on_test_begin()  # as fit does before validating: precise BatchNorm statistics
+            steps.sync_stats()  # the workers' BatchNorm statistics averaged (recomputed ones too)
             logs = {**logs, **_validate(steps, pipes.val, labels, select_on)}
             cbl.on_epoch_end(epoch, logs)
             # the chief's early stopping decides (a worker's own history may be older); divergence is seen alike

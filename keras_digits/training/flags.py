@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from keras_digits.config import (
+    ARCH_DEFAULTS,
     BALANCES,
     NORMALIZES,
     OPTIMIZERS,
@@ -67,6 +68,22 @@ class Flag:
         return "--" + self.field.replace("_", "-")
 
 
+def _batches_or_auto(text: str) -> int | None:
+    """--precise-bn: auto (None), off (0) or a number of batches."""
+    word = text.strip().lower()
+    if word == "auto":
+        return None
+    if word == "off":
+        return 0
+    try:
+        value = int(word)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, off or a number of batches, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected auto, off or a number of batches >= 0, got {text!r}")
+    return value
+
+
 def _names(kind: str) -> str:
     if kind == "arch":
         from keras_digits.models import list_models
@@ -112,7 +129,9 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("epochs", HOW, "maximum epochs", positive_int),
     Flag("batch_size", HOW, "batch size (per replica)", positive_int),
-    Flag("lr", HOW, "learning rate", positive_float),
+    Flag(
+        "lr", HOW, "learning rate", positive_float, shown=f"{TrainConfig.lr:g}; vgg16: {ARCH_DEFAULTS['vgg16']['lr']:g}"
+    ),
     Flag("optimizer", HOW, "optimizer", choices=OPTIMIZERS),
     Flag("momentum", HOW, "SGD momentum", float),
     Flag("weight_decay", HOW, "weight decay", float),
@@ -135,6 +154,16 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("patience", HOW, "early-stopping patience in epochs", int),
     Flag("early_stopping", HOW, "stop when val accuracy stalls"),
+    Flag(
+        "precise_bn",
+        HOW,
+        "BatchNorm population statistics recomputed before each validation over this many training batches "
+        "(precise BN): auto = min(steps per epoch, 640 images) where the moving averages would lag the weights "
+        "(BatchNorm momentum^steps per epoch > 0.05), off = never, N = N batches; docs/training.md#precise-batchnorm",
+        _batches_or_auto,
+        metavar="auto|off|N",
+        shown="auto",
+    ),
     Flag("balance", HOW, "class balancing", choices=BALANCES),
     Flag("augment", HOW, _augment_help),
     Flag("normalize", HOW, "input normalisation", choices=NORMALIZES),

@@ -67,6 +67,21 @@ def load_phase_one(model, run_dir: Path) -> int | None:
     return int(read_json_object(info)["epochs"])
 
 
+def watchers(model, cfg: TrainConfig, pipes, role: RunRole) -> dict:
+    """make_callbacks' precise BatchNorm recalibration (as --precise-bn resolves for this model and phase)
+    and collapse detector."""
+    from keras_digits.training.collapse import SAMPLE
+    from keras_digits.training.precise_bn import Recalibrator, plan_precise_bn
+
+    plan = plan_precise_bn(cfg.precise_bn, model, role.steps_per_epoch(pipes, cfg.batch_size), cfg.batch_size)
+    recalibrate = None
+    if plan.batches:
+        if cfg.verbose:
+            print(f"precise BatchNorm before each validation: {plan.reason}")
+        recalibrate = Recalibrator(model, pipes.calibration_images(plan.batches * cfg.batch_size), cfg.batch_size)
+    return {"precise_bn": recalibrate, "watch": (*pipes.check_sample(SAMPLE), pipes.val_labels)}
+
+
 def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, done: int, role: RunRole) -> dict | None:
     """Second phase: unfreeze the base from --fine-tune-at and train on at a lower learning rate.
 
@@ -92,6 +107,7 @@ def fine_tune(model, cfg: TrainConfig, pipes, run_dir: Path, done: int, role: Ru
         ended=run_dir / TRAINED,
         val=(pipes.val, pipes.val_labels),
         auc_in_logs=role.logs_auc,
+        **watchers(model, cfg, pipes, role),  # phase two's trainable BatchNorm layers
     )
     role.fit(model, cfg, pipes, callbacks, epochs=done + (cfg.fine_tune_epochs or cfg.epochs), initial_epoch=done)
     return diverged_at(callbacks)
@@ -114,6 +130,7 @@ def fit_phases(model, cfg: TrainConfig, pipes, run_dir: Path, resuming: bool, ro
             ended=run_dir / TRAINED if cfg.fine_tune_at is None else None,
             val=(pipes.val, pipes.val_labels),
             auc_in_logs=role.logs_auc,
+            **watchers(model, cfg, pipes, role),
         )
         role.fit(model, cfg, pipes, callbacks, epochs=cfg.epochs)
         if (where := diverged_at(callbacks)) is not None:
@@ -163,6 +180,11 @@ def score_run(cfg: TrainConfig, bundle, run_dir: Path) -> dict:
             run_dir, cfg.dataset, cfg.size, spec.task, [s for s in ("val", "test") if s in metrics]
         )
         text += "\n" + protocol_line(metrics["medmnist"]) + "\n"
+    from keras_digits.reporting.result_files import read_collapse
+
+    if collapse := read_collapse(run_dir):
+        epochs = ", ".join(str(e.get("epoch")) for e in collapse["epochs"] if isinstance(e, dict))
+        text += f"\n**Collapse warning**: the collapse detector fired at epoch(s) {epochs}: {collapse.get('advice')}\n"
     write_markdown(run_dir / "report.md", text)
     write_json(run_dir / "metrics.json", metrics)  # its presence marks a finished run; plots come after, non-fatal
     try_plot(
