@@ -196,3 +196,57 @@ def test_vgg16_freezes_a_loaded_base_and_trains_a_random_one(tmp_path):
     loaded = build_model("vgg16", (28, 28, 1), 10, weights=str(path))
     assert not loaded.get_layer("base").trainable  # transfer learning: only the head trains
     assert build_model("vgg16", (28, 28, 1), 10, weights=str(path), freeze_base=False).get_layer("base").trainable
+
+
+def test_tuning_trials_recalibrate_too(tmp_path, bn_arch, monkeypatch):
+    """A KerasTuner trial validates (and keeps its checkpoint) with recomputed statistics, as train does:
+    on the code before issue 27 this trial scored at chance."""
+    pytest.importorskip("keras_tuner")
+    from keras_digits.training import precise_bn
+    from keras_digits.tune import cli as tune_cli
+    from keras_digits.utils.cli import run_cli
+
+    for name in ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    calls = []
+    original = precise_bn.Recalibrator.__call__
+    monkeypatch.setattr(precise_bn.Recalibrator, "__call__", lambda self: calls.append(1) or original(self))
+    args = ["--arch", ARCH, "--max-epochs", "1", "--max-trials", "1", "--verbose", "0", "--no-tensorboard"]
+    args += ["--fixed", "batch_size=32", "--fixed", "lr=0.001", "--fixed", "optimizer=adam"]
+    args += ["--fixed", "schedule=none", "--fixed", "augment=none", "--fixed", "balance=none"]
+    assert run_cli(tune_cli.main, [*args, "--directory", str(tmp_path), "--project", "p"]) == 0
+    trial = json.loads(next((tmp_path / "p").glob("trial_*/trial.json")).read_text())
+    assert calls and trial["score"] > 0.6, (len(calls), trial["score"])
+
+
+def test_deterministic_runs_with_precise_bn_are_identical(tmp_path):
+    """--deterministic: the recalibration's sample, order and sums are fixed, so two runs agree exactly."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    args = [sys.executable, "-m", "keras_digits.train", "--arch", "simple_cnn", "--max-train-samples", "120"]
+    args += ["--epochs", "2", "--batch-size", "16", "--deterministic", "--seed", "5", "--verbose", "2"]
+    args += ["--no-evaluate-test"]
+    out = []
+    for name in ("a", "b"):
+        proc = subprocess.run(
+            [*args, "--run-dir", str(tmp_path / name)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "precise BatchNorm before each validation: 8 batches (auto)" in proc.stdout
+        m = json.loads((tmp_path / name / "metrics.json").read_text())
+        m.pop("train_seconds")
+        model = keras.saving.load_model(tmp_path / name / "best.keras", compile=False)
+        out.append(
+            (m, [np.array(v) for layer in batchnorm_layers(model) for v in (layer.moving_mean, layer.moving_variance)])
+        )
+    assert out[0][0] == out[1][0]
+    assert all(np.array_equal(a, b) for a, b in zip(out[0][1], out[1][1]))
