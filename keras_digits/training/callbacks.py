@@ -17,7 +17,7 @@ import numpy as np
 from keras_digits.config import TrainConfig
 from keras_digits.errors import KerasDigitsError
 from keras_digits.evaluation.auc import macro_auc
-from keras_digits.reporting.result_files import COLLAPSE_FILE
+from keras_digits.reporting.result_files import COLLAPSE_FILE, read_collapse
 from keras_digits.training.collapse import ADVICE, chance_level, collapse_signs, mode_check, near_chance_below
 from keras_digits.training.precise_bn import Recalibrator, batchnorm_layers
 from keras_digits.utils.finite import model_is_finite
@@ -256,8 +256,6 @@ class CollapseWatch(keras.callbacks.Callback):
             "epochs": [],
         }
         if self.path.is_file():  # a resumed run keeps what the earlier part saw
-            from keras_digits.reporting.result_files import read_collapse
-
             self.record["epochs"] = (read_collapse(self.path.parent) or {}).get("epochs", [])
 
     def on_epoch_end(self, epoch, logs=None):
