@@ -102,8 +102,9 @@ def fmt(value, spec: str) -> str:
 
 
 def markdown(rows: list[dict], header: dict) -> str:
+    measured = sorted({f"{r.get('machine', header['machine'])}, {r.get('date', header['date'])}" for r in rows})
     lines = [
-        f"{header['machine']}; {header['date']}; each row: the command shown, defaults otherwise.",
+        f"{'; '.join(measured)}; each row: the command shown, defaults otherwise.",
         "",
         "| arch | test acc | epochs | wall | train img/s | precise BN | collapse | command |",
         "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
@@ -166,7 +167,11 @@ def main() -> int:
 
             shutil.rmtree(run_dir)
         print(f"{arch}: training ...", flush=True)
-        row = run_arch(arch, run_dir, extra, out / f"{arch}.log")
+        row = {
+            **run_arch(arch, run_dir, extra, out / f"{arch}.log"),
+            "machine": header["machine"],
+            "date": header["date"],
+        }
         rows.append(row)
         print(
             f"{arch}: test {fmt(row.get('test_accuracy'), '.4f')}, {row.get('epochs', '?')} epochs, "

@@ -36,13 +36,6 @@ def sized_name(dataset: str, size: int | None) -> str:
     return dataset if size in (None, 28) else f"{dataset}_{size}"
 
 
-# Options an architecture needs other defaults for, measured on the digits with the README's command
-# (docs/training.md, "The zoo"): used where the user, a recipe or a config file did not set them.
-# VGG16 has no BatchNorm: from random weights at Adam 1e-3 it never leaves chance (test 0.10), at 1e-4
-# it reaches 0.97 in 6 epochs.
-ARCH_DEFAULTS: dict[str, dict[str, Any]] = {"vgg16": {"lr": 1e-4}}
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs; written resolved to the run's config.json."""
@@ -189,12 +182,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Build from a mapping; unknown keys are a user error. Options the mapping leaves out take the
-        architecture's own default (ARCH_DEFAULTS) where it has one, else TrainConfig's."""
+        """Build from a mapping; unknown keys are a user error."""
         data = known_keys(data)
-        arch = data.get("arch", cls.__dataclass_fields__["arch"].default)
-        if isinstance(arch, str):
-            data = {**ARCH_DEFAULTS.get(arch, {}), **data}
+        if isinstance(data.get("precise_bn"), str):  # a config file may say what the flag says
+            word = data["precise_bn"].strip().lower()
+            if word in ("auto", "off"):
+                data = {**data, "precise_bn": None if word == "auto" else 0}
         try:
             return cls(**data)
         except TypeError as exc:

@@ -116,8 +116,11 @@ def test_detector_fires_on_a_collapse_and_stays_quiet_on_a_healthy_model():
     after = [np.array(v) for layer in batchnorm_layers(model) for v in (layer.moving_mean, layer.moving_variance)]
     assert all(np.array_equal(a, b) for a, b in zip(stats, after))  # the training-mode call changed nothing
     assert modes["agreement"] < 0.5 and modes["training_mode_accuracy"] > 0.8, modes
-    signs = collapse_signs(0.93, 0.11, 0.1, modes)
+    signs = collapse_signs(0.93, 0.11, 0.1, {**modes, "top_share": 1.0})
     assert len(signs) == 2 and "near chance" in signs[0] and "agree on" in signs[1]
+    # near chance counts only for a model that answers one class: a weak model on imbalanced data does not
+    assert collapse_signs(0.87, 0.74, 0.73, {"images": 64, "top_share": 0.8}) == []
+    assert len(collapse_signs(0.87, 0.74, 0.73, {"images": 64, "top_share": 0.95})) == 1
     Recalibrator(model, xtr[:320], 32)()
     healthy = mode_check(model, xte[:64], yte[:64])
     assert healthy["agreement"] > 0.8, healthy
@@ -160,7 +163,7 @@ def test_the_detector_names_a_collapsed_run_in_its_report(tmp_path, bn_arch, cap
     assert record["epochs"][0]["epoch"] == 1 and record["epochs"][0]["signs"]
     assert "Collapse warning" in (run_dir / "report.md").read_text()
     page = run_page(run_dir)
-    assert "Collapse warning" in page and "near chance" in page and "still near chance" in page
+    assert "Collapse warning" in page and "agree on" in page and "still near chance" in page
 
 
 # ---------------------------------------------------------------------------- flags and defaults
@@ -191,6 +194,9 @@ def test_vgg16_freezes_a_loaded_base_and_trains_a_random_one(tmp_path):
 
     random_base = build_model("vgg16", (28, 28, 1), 10)
     assert random_base.get_layer("base").trainable
+    # its convolutions start He-normal (std sqrt(2 / fan_in)), not Glorot-uniform (std sqrt(2 / (fan_in + fan_out)))
+    kernel = np.array(random_base.get_layer("base").get_layer("block3_conv1").kernel)  # 3x3x128 -> 256
+    assert abs(kernel.std() / np.sqrt(2 / (9 * 128)) - 1) < 0.05
     path = tmp_path / "vgg.weights.h5"
     random_base.get_layer("base").save_weights(path)
     loaded = build_model("vgg16", (28, 28, 1), 10, weights=str(path))
@@ -219,6 +225,7 @@ def test_tuning_trials_recalibrate_too(tmp_path, bn_arch, monkeypatch):
     assert calls and trial["score"] > 0.6, (len(calls), trial["score"])
 
 
+@pytest.mark.slow  # ~45 s: two subprocess runs (the recalibration's own determinism is tested above)
 def test_deterministic_runs_with_precise_bn_are_identical(tmp_path):
     """--deterministic: the recalibration's sample, order and sums are fixed, so two runs agree exactly."""
     import os
@@ -250,3 +257,56 @@ def test_deterministic_runs_with_precise_bn_are_identical(tmp_path):
         )
     assert out[0][0] == out[1][0]
     assert all(np.array_equal(a, b) for a, b in zip(out[0][1], out[1][1]))
+
+
+def test_a_history_resumed_under_another_column_set_keeps_its_header(tmp_path):
+    """A run interrupted before precise_bn_seconds existed and resumed after: rows stay under their header."""
+    import csv
+
+    from keras_digits.training.callbacks import HistoryLog
+
+    path = tmp_path / "history.csv"
+    path.write_text("epoch,accuracy,epoch_seconds,loss,val_accuracy\n0,0.5,1.0,1.2,0.4\n")
+    log = HistoryLog(str(path), append=True)
+    log.on_train_begin()
+    log.on_epoch_end(
+        1, {"accuracy": 0.6, "epoch_seconds": 1.1, "loss": 1.0, "precise_bn_seconds": 0.2, "val_accuracy": 0.5}
+    )
+    log.on_train_end()
+    rows = list(csv.DictReader(path.open()))
+    assert list(rows[1]) == ["epoch", "accuracy", "epoch_seconds", "loss", "val_accuracy"]
+    assert rows[1]["val_accuracy"] == "0.5" and rows[1]["loss"] == "1.0"
+
+
+def test_precise_bn_in_a_config_file_takes_the_flags_words():
+    assert TrainConfig.from_dict({"precise_bn": "auto"}).precise_bn is None
+    assert TrainConfig.from_dict({"precise_bn": "off"}).precise_bn == 0
+    with pytest.raises(KerasDigitsError, match="precise_bn"):
+        TrainConfig.from_dict({"precise_bn": "lots"})
+
+
+def test_cpu_isa_names_the_level_and_a_restriction():
+    from keras_digits.runtime.precision import cpu_isa
+
+    assert cpu_isa({"avx2", "fma"}, "") == "AVX2"
+    assert cpu_isa({"avx2", "avx512f"}, "") == "AVX-512"
+    assert cpu_isa({"avx2", "avx512f", "amx_tile", "amx_bf16"}, "") == "AMX"
+    assert cpu_isa({"avx2", "avx512f", "amx_tile"}, "AVX2") == "AVX2 (ONEDNN_MAX_CPU_ISA=AVX2; the CPU has AMX)"
+    assert cpu_isa({"avx2"}, "AVX512_CORE") == "AVX2"  # a cap above the CPU changes nothing
+    assert cpu_isa({"sse4_1"}, "") == "SSE4.1"
+
+
+def test_collapse_section_escapes_what_the_file_holds(tmp_path):
+    from keras_digits.reporting.html import collapse_section
+
+    record = {
+        "chance": 0.1,
+        "near_chance_below": 0.235,
+        "advice": "<script>x</script>",
+        "epochs": [{"epoch": "<b>1</b>", "signs": ["<img src=x>"], "accuracy": 0.9, "val_accuracy": 0.1}],
+    }
+    (tmp_path / "collapse.json").write_text(json.dumps(record))
+    html = collapse_section(tmp_path, {"val": {"accuracy": 0.98}})
+    assert "<script>" not in html and "<img" not in html and "<b>1" not in html
+    assert "above the near-chance level" in html
+    assert "not recorded" in collapse_section(tmp_path, {})

@@ -480,7 +480,7 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
 
 
 def test_precise_bn_under_the_mirrored_strategy(tmp_path):
-    """The recalibration runs in cross-replica context: the mirrored statistics are set on both replicas."""
+    """The recalibration runs in cross-replica context under the mirrored strategy and the run finishes with it."""
     run_dir = tmp_path / "run"
     proc = _run_cli(
         ["keras_digits.train", "--dataset", "digits", "--arch", "simple_cnn", "--max-train-samples", "128"]

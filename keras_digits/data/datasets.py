@@ -19,6 +19,20 @@ from keras_digits.errors import KerasDigitsError
 InputStats = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) per channel, 0..1 scale
 
 
+class SampledImages:
+    """Rows `idx` of `images`, read a slice at a time (`sample[a:b]`), so a memory-mapped split stays on
+    disk; within a slice the rows come in file order (a batch's statistics do not depend on its order)."""
+
+    def __init__(self, images: Any, idx: np.ndarray):
+        self.images, self.idx = images, np.asarray(idx, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        return np.asarray(self.images[np.sort(self.idx[key])])
+
+
 @dataclass
 class Pipelines:
     """What `model.fit` needs from the data layer (and what the model needs: `input_stats`)."""
@@ -34,12 +48,12 @@ class Pipelines:
     val_images: Any = None  # the validation split's images, in `val`'s order
     seed: int = 0
 
-    def calibration_images(self, count: int) -> np.ndarray:
+    def calibration_images(self, count: int) -> SampledImages:
         """A fixed, seeded random sample of `count` training images, unaugmented, in random order (for
-        BatchNorm statistics: batches mix classes as training's do)."""
+        BatchNorm statistics: batches mix classes as training's do), read a slice at a time."""
         n = 0 if self.train_images is None else len(self.train_images)
         idx = np.random.default_rng([self.seed, 7919]).permutation(n)[: max(0, int(count))]
-        return np.asarray(self.train_images[idx]) if len(idx) else np.zeros((0,), np.uint8)
+        return SampledImages(self.train_images, idx)
 
     def check_sample(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """A fixed, seeded random sample of `count` validation images and their labels (the collapse check)."""

@@ -140,6 +140,14 @@ def load_base_weights(base, spec: Any, app_name: str | None = None) -> None:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
+def he_normal_convolutions(model) -> None:
+    """Redraw every Conv2D kernel of `model` He-normal (biases stay zero); seeded by keras.utils.set_random_seed."""
+    init = keras.initializers.HeNormal()
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, layers.Conv2D):
+            layer.kernel.assign(init(tuple(layer.kernel.shape), dtype=layer.kernel.dtype))
+
+
 def build_pretrained_model(
     input_shape,
     num_classes: int,
@@ -152,11 +160,15 @@ def build_pretrained_model(
     freeze_base: bool = False,
     head: Callable[[Any], Any] | None = None,
     name: str,
+    he_init: bool = False,
 ):
     """Raw pixels -> [gray->RGB, resize, preprocess] -> keras.applications base named "base" -> head -> softmax.
 
     preprocess: "caffe" (RGB->BGR, minus ImageNet mean, no scaling) or "tf" (scale to [-1, 1]).
     head: x -> x applied to the base's output before the softmax (default: nothing; the base pools).
+    he_init: when no weights are loaded, draw the base's convolution kernels He-normal (He et al., 2015: the
+    variance that keeps ReLU activations from shrinking layer after layer) instead of keras.applications'
+    Glorot-uniform; for deep ReLU stacks without BatchNorm (VGG16), which do not train from Glorot-uniform.
     """
     path = check_weights_spec(weights, app_name)  # fail fast, before the (slow) base is built
     inputs = model_inputs(input_shape)
@@ -170,6 +182,8 @@ def build_pretrained_model(
     base = base_fn(include_top=False, weights=None, input_shape=(image_size, image_size, 3), name=BASE_NAME)
     if path is not None:
         load_base_weights(base, path, app_name)
+    elif he_init:
+        he_normal_convolutions(base)
     base.trainable = not freeze_base
     x = base(x)
     if head is not None:

@@ -1,4 +1,4 @@
-"""VGG16 (keras.applications) base, frozen by default, + the Keras team's head.
+"""VGG16 (keras.applications) base + the Keras team's head.
 
 ``keras.applications.VGG16(include_top=False)`` named "base" (no pooling) -> Flatten -> Dense 256 ReLU
 -> Dense softmax. Caffe preprocessing (RGB->BGR, minus ImageNet mean) is done by a layer in the model.
@@ -6,7 +6,9 @@ Minimum and default working size 32 px (five 2x2 pools leave a 1x1x512 map; 48 p
 1x1 map at twice the cost). The base is frozen by default only when it loads weights (ImageNet or a
 file: transfer learning, only the head trains); with random weights (``weights=None``, the offline
 default) a frozen base would leave the head to learn from random features (0.82 test on the digits),
-so the whole network trains. ``freeze_base=True`` or ``False`` says it outright.
+so the whole network trains, and its convolutions start He-normal: VGG16 has no BatchNorm, and from
+keras.applications' Glorot-uniform its 13 ReLU layers shrink the signal until Adam at 1e-3 never leaves
+chance (0.10 test on the digits). ``--model-kwargs '{"freeze_base": false}'`` trains a loaded base too.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def vgg16(input_shape, num_classes, *, image_size=32, weights=None, freeze_base=
         freeze_base=freeze_base,
         head=lambda x: apply_vgg_head(x, dense_units, dropout),
         name="vgg16",
+        he_init=True,
     )
 
 

@@ -128,18 +128,16 @@ def collapse_section(run_dir: Path, metrics: dict) -> str:
             continue
         modes = e.get("modes") if isinstance(e.get("modes"), dict) else {}
         rows.append(
-            [esc(x) for x in (e.get("epoch"), fmt(e.get("accuracy")), fmt(e.get("val_accuracy")))]
-            + [esc(fmt(modes.get("agreement"), 2))]
+            [esc(e.get("epoch")), fmt(e.get("accuracy")), fmt(e.get("val_accuracy")), fmt(modes.get("agreement"), 2)]
         )
         signs.append(f"<li>epoch {esc(e.get('epoch'))}: {esc('; '.join(str(x) for x in e.get('signs') or []))}</li>")
-    val = (metrics.get("val") or {}).get("accuracy")
-    kept = (
-        f"The kept model scores {fmt(val)} on validation: the run recovered after these epochs."
-        if isinstance(val, (int, float))
-        and isinstance(record.get("near_chance_below"), (int, float))
-        and val > record["near_chance_below"]
-        else "The kept model is still near chance: do not use it."
-    )
+    val, below = (metrics.get("val") or {}).get("accuracy"), record.get("near_chance_below")
+    if not isinstance(val, (int, float)) or not isinstance(below, (int, float)):
+        kept = "The kept model's validation accuracy is not recorded."
+    elif val > below:
+        kept = f"The kept model scores {val:.4f} on validation, above the near-chance level ({below:.4f})."
+    else:
+        kept = f"The kept model scores {val:.4f} on validation: still near chance ({below:.4f} or less)."
     return (
         '<div class="warn"><h2>Collapse warning</h2>'
         f"<p>The collapse detector fired at {len(rows)} epoch(s): {esc(record.get('advice', ''))}.</p>"

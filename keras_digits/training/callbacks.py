@@ -261,12 +261,15 @@ class CollapseWatch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         modes = None
-        if len(self.images) and batchnorm_layers(self.model, trainable_only=False):
-            modes = mode_check(self.model, self.images, self.labels)
+        if len(self.images):
+            modes = mode_check(self.model, self.images, self.labels, both=bool(batchnorm_layers(self.model, False)))
         signs = collapse_signs(logs.get("accuracy"), logs.get("val_accuracy"), self.chance, modes)
-        if not signs:
-            return
+        before = len(self.record["epochs"])  # a resumed run may replay an epoch the record has
         self.record["epochs"] = [e for e in self.record["epochs"] if e.get("epoch") != epoch + 1]
+        if not signs:
+            if len(self.record["epochs"]) != before:
+                write_json(self.path, self.record)
+            return
         self.record["epochs"].append(
             {
                 "epoch": epoch + 1,
@@ -279,6 +282,20 @@ class CollapseWatch(keras.callbacks.Callback):
         write_json(self.path, self.record)
         if self.verbose:
             print(f"\nwarning: epoch {epoch + 1} looks collapsed: {'; '.join(signs)}: {ADVICE}", flush=True)
+
+
+class HistoryLog(keras.callbacks.CSVLogger):
+    """CSVLogger that, appending to a history.csv, keeps that file's columns: a run resumed by a version
+    that logs another column (precise_bn_seconds) writes its rows under the existing header, with any
+    column it no longer has as NA, instead of shifting every value after the new one."""
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        path = Path(self.filename)
+        if self.append and path.is_file():
+            header = path.read_text().splitlines()[:1]
+            if header and header[0].startswith("epoch" + self.sep):
+                self.keys = header[0].split(self.sep)[1:]
 
 
 class Backup(keras.callbacks.BackupAndRestore):
@@ -386,7 +403,7 @@ def make_callbacks(
         *([TrainingEnded(ended, guard)] if ended is not None else []),  # before BackupAndRestore
         backup_cb,
         checkpoint,
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resuming),
+        HistoryLog(str(run_dir / "history.csv"), append=resuming),
         keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), histogram_freq=0, write_graph=False),
     ]
     if cfg.early_stopping and cfg.patience > 0:

@@ -4,7 +4,9 @@ Two signs, checked after each epoch's validation (and written to the run's colla
 report page shows):
 
 * **near chance**: validation accuracy within 15 % of the way from chance to 1 (chance = the share
-  of the validation split's most common class) while training accuracy is more than half the way;
+  of the validation split's most common class) while training accuracy is more than half the way, and
+  the model gives one class to 90 % or more of a fixed sample of validation images (so a weak but real
+  model on imbalanced data, which mostly answers the majority class, is not called collapsed);
 * **modes disagree**: on a fixed sample of validation images the model's predictions in inference
   mode (BatchNorm's population statistics) and in training mode (the batch's own statistics; the
   population statistics are left untouched) agree on fewer than half, and training mode is at least
@@ -23,6 +25,7 @@ FITTING = 0.5  # ... while training accuracy is more than this fraction of the w
 MODE_AGREEMENT = 0.5  # inference and training mode agree on fewer predictions than this ...
 MODE_GAP = 0.3  # ... and training mode is this much more accurate
 SAMPLE = 64  # validation images the mode check runs on
+ONE_CLASS = 0.9  # near chance counts when the model gives one class to at least this share of them
 
 ADVICE = (
     "the model fits its training batches but not in inference mode. Usual causes: BatchNorm population "
@@ -57,16 +60,27 @@ def mode_predictions(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return inference, training
 
 
-def mode_check(model, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Agreement of inference- and training-mode predictions on `images`, and each mode's accuracy."""
-    inference, training = mode_predictions(model, images)
+def mode_check(model, images: np.ndarray, labels: np.ndarray, both: bool = True) -> dict[str, float]:
+    """On `images`: the share of the most predicted class in inference mode and, with `both` (a model with
+    BatchNorm), the agreement of inference- and training-mode predictions and each mode's accuracy."""
     labels = np.asarray(labels).ravel()
+    if not both:
+        inference = np.asarray(model(images, training=False)).argmax(axis=-1)
+        return {"images": int(len(labels)), "top_share": top_share(inference)}
+    inference, training = mode_predictions(model, images)
     return {
         "images": int(len(labels)),
+        "top_share": top_share(inference),
         "agreement": float(np.mean(inference == training)),
         "inference_accuracy": float(np.mean(inference == labels)),
         "training_mode_accuracy": float(np.mean(training == labels)),
     }
+
+
+def top_share(predictions: np.ndarray) -> float:
+    """The share of the most common value of `predictions` (1.0: one class for every image)."""
+    predictions = np.asarray(predictions).ravel()
+    return float(np.bincount(predictions).max() / predictions.size) if predictions.size else 0.0
 
 
 def near_chance_below(chance: float) -> float:
@@ -86,6 +100,7 @@ def collapse_signs(
         and np.isfinite(val_accuracy)
         and train_accuracy >= chance + FITTING * max(1e-9, 1.0 - chance)
         and val_accuracy <= near_chance_below(chance)
+        and (not modes or modes.get("top_share", 1.0) >= ONE_CLASS)
     ):
         signs.append(
             f"validation accuracy {val_accuracy:.4f} is near chance ({chance:.4f}) while training accuracy "
@@ -93,6 +108,7 @@ def collapse_signs(
         )
     if (
         modes
+        and "agreement" in modes
         and modes["agreement"] < MODE_AGREEMENT
         and modes["training_mode_accuracy"] - modes["inference_accuracy"] >= MODE_GAP
     ):

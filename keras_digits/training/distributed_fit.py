@@ -281,7 +281,9 @@ def distributed_fit(
                     break
             cbl.on_test_begin()  # as fit does before validating: precise BatchNorm statistics
             steps.sync_stats()  # the workers' BatchNorm statistics averaged (recomputed ones too)
-            logs = {**logs, **_validate(steps, pipes.val, labels, select_on)}
+            val_logs = _validate(steps, pipes.val, labels, select_on)
+            cbl.on_test_end(val_logs)
+            logs = {**logs, **val_logs}
             cbl.on_epoch_end(epoch, logs)
             # the chief's early stopping decides (a worker's own history may be older); divergence is seen alike
             model.stop_training = bool(chief_values(strategy, is_chief, [float(model.stop_training)])[0])

@@ -16,7 +16,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from keras_digits.config import (
-    ARCH_DEFAULTS,
     BALANCES,
     NORMALIZES,
     OPTIMIZERS,
@@ -129,9 +128,7 @@ FLAGS: tuple[Flag, ...] = (
     ),
     Flag("epochs", HOW, "maximum epochs", positive_int),
     Flag("batch_size", HOW, "batch size (per replica)", positive_int),
-    Flag(
-        "lr", HOW, "learning rate", positive_float, shown=f"{TrainConfig.lr:g}; vgg16: {ARCH_DEFAULTS['vgg16']['lr']:g}"
-    ),
+    Flag("lr", HOW, "learning rate", positive_float),
     Flag("optimizer", HOW, "optimizer", choices=OPTIMIZERS),
     Flag("momentum", HOW, "SGD momentum", float),
     Flag("weight_decay", HOW, "weight decay", float),
@@ -158,7 +155,8 @@ FLAGS: tuple[Flag, ...] = (
         "precise_bn",
         HOW,
         "BatchNorm population statistics recomputed before each validation over this many training batches "
-        "(precise BN): auto = min(steps per epoch, 640 images) where the moving averages would lag the weights "
+        "(precise BN): auto = min(steps per epoch, ceil(640 / batch size)) batches where the moving averages would "
+        "lag the weights "
         "(BatchNorm momentum^steps per epoch > 0.05), off = never, N = N batches; docs/training.md#precise-batchnorm",
         _batches_or_auto,
         metavar="auto|off|N",

@@ -83,21 +83,21 @@ def plan_precise_bn(setting: int | None, model, steps_per_epoch: int | None, bat
             "of the statistics from before the epoch",
         )
     batches = math.ceil(AUTO_IMAGES / batch_size)
-    if steps:
-        batches = min(batches, steps)
+    if not steps:
+        return PreciseBNPlan(batches, f"{batches} batches (auto): the epoch's length is unknown")
+    batches = max(1, min(batches, steps))
     return PreciseBNPlan(
-        max(1, batches),
-        f"{max(1, batches)} batches (auto): BatchNorm momentum {momentum:g} over "
-        f"{steps or 'an unknown number of'} steps per epoch would keep {stale:.0%} of the statistics "
-        "from before the epoch",
+        batches,
+        f"{batches} batches (auto): BatchNorm momentum {momentum:g} over {steps} steps per epoch would keep "
+        f"{stale:.0%} of the statistics from before the epoch",
     )
 
 
 class Recalibrator:
     """Recompute the trainable BatchNorm layers' population statistics of `model` over `images` (uint8
-    NHWC, as the training pipeline yields them) in batches of `batch_size`."""
+    NHWC, as the training pipeline yields them; anything that slices to arrays) in batches of `batch_size`."""
 
-    def __init__(self, model, images: np.ndarray, batch_size: int):
+    def __init__(self, model, images, batch_size: int):
         self.model, self.images, self.batch_size = model, images, int(batch_size)
         self._fn = None
         self._key: tuple = ()
