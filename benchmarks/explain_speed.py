@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -61,18 +60,9 @@ def child(arch: str, side: int, channels: int, method: str, n: int, opts: dict) 
     }
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> int:
     from keras_digits.explain import METHODS, parse_methods
+    from keras_digits.runtime.precision import cpu_name
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="ARCH:SIDE:CHANNELS (default: %(default)s)")

@@ -36,6 +36,9 @@ def sized_name(dataset: str, size: int | None) -> str:
     return dataset if size in (None, 28) else f"{dataset}_{size}"
 
 
+PRECISE_BN_WORDS: dict[str, int | None] = {"auto": None, "off": 0}  # --precise-bn's words (else a number)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs; written resolved to the run's config.json."""
@@ -186,8 +189,8 @@ class TrainConfig:
         data = known_keys(data)
         if isinstance(data.get("precise_bn"), str):  # a config file may say what the flag says
             word = data["precise_bn"].strip().lower()
-            if word in ("auto", "off"):
-                data = {**data, "precise_bn": None if word == "auto" else 0}
+            if word in PRECISE_BN_WORDS:
+                data = {**data, "precise_bn": PRECISE_BN_WORDS[word]}
         try:
             return cls(**data)
         except TypeError as exc:

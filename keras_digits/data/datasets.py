@@ -48,17 +48,19 @@ class Pipelines:
     val_images: Any = None  # the validation split's images, in `val`'s order
     seed: int = 0
 
+    def _sample(self, images: Any, count: int, stream: int) -> np.ndarray:
+        """`count` random row indices of `images` (all of them if fewer), fixed by the seed and `stream`."""
+        n = 0 if images is None else len(images)
+        return np.random.default_rng([self.seed, stream]).permutation(n)[: max(0, int(count))]
+
     def calibration_images(self, count: int) -> SampledImages:
         """A fixed, seeded random sample of `count` training images, unaugmented, in random order (for
         BatchNorm statistics: batches mix classes as training's do), read a slice at a time."""
-        n = 0 if self.train_images is None else len(self.train_images)
-        idx = np.random.default_rng([self.seed, 7919]).permutation(n)[: max(0, int(count))]
-        return SampledImages(self.train_images, idx)
+        return SampledImages(self.train_images, self._sample(self.train_images, count, 7919))
 
     def check_sample(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """A fixed, seeded random sample of `count` validation images and their labels (the collapse check)."""
-        n = 0 if self.val_images is None else len(self.val_images)
-        idx = np.sort(np.random.default_rng([self.seed, 104729]).permutation(n)[: max(0, int(count))])
+        idx = np.sort(self._sample(self.val_images, count, 104729))
         if not len(idx):
             return np.zeros((0,), np.uint8), np.zeros((0,), np.int64)
         return np.asarray(self.val_images[idx]), np.asarray(self.val_labels)[idx]

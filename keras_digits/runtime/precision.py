@@ -72,6 +72,19 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
+def cpu_name(path: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform module says."""
+    import platform
+
+    try:
+        for line in Path(path).read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 ISA_LEVELS = ("SSE4.1", "AVX2", "AVX-512", "AMX")  # what oneDNN's kernels can use, lowest first
 _ONEDNN_ISA = {"SSE41": 0, "AVX": 0, "AVX2": 1, "AVX2_VNNI": 1, "AVX2_VNNI_2": 1, "AVX512_CORE": 2}
 

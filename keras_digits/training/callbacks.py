@@ -293,9 +293,10 @@ class HistoryLog(keras.callbacks.CSVLogger):
         super().on_train_begin(logs)
         path = Path(self.filename)
         if self.append and path.is_file():
-            header = path.read_text().splitlines()[:1]
-            if header and header[0].startswith("epoch" + self.sep):
-                self.keys = header[0].split(self.sep)[1:]
+            with path.open() as f:
+                header = f.readline().rstrip("\r\n")
+            if header.startswith("epoch" + self.sep):
+                self.keys = header.split(self.sep)[1:]
 
 
 class Backup(keras.callbacks.BackupAndRestore):

@@ -42,35 +42,26 @@ def chance_level(labels) -> float:
     return float(np.bincount(labels).max() / labels.size)
 
 
-def mode_predictions(model, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Class predictions of `model` on `images` in inference mode and in training mode. The training-mode
-    call runs with every BatchNorm momentum at 1, so the population statistics stay as they were."""
-    from keras_digits.training.precise_bn import batchnorm_layers
+def training_mode_predictions(model, images: np.ndarray) -> np.ndarray:
+    """Class predictions of `model` on `images` in training mode (each batch's own statistics), with every
+    BatchNorm momentum at 1 so that the population statistics stay as they were."""
+    from keras_digits.training.precise_bn import batchnorm_layers, momenta_set_to
 
-    inference = np.asarray(model(images, training=False)).argmax(axis=-1)
-    layers = batchnorm_layers(model)
-    momenta = [layer.momentum for layer in layers]
-    try:
-        for layer in layers:
-            layer.momentum = 1.0
-        training = np.asarray(model(images, training=True)).argmax(axis=-1)
-    finally:
-        for layer, m in zip(layers, momenta):
-            layer.momentum = m
-    return inference, training
+    with momenta_set_to(batchnorm_layers(model), 1.0):
+        return np.asarray(model(images, training=True)).argmax(axis=-1)
 
 
 def mode_check(model, images: np.ndarray, labels: np.ndarray, both: bool = True) -> dict[str, float]:
     """On `images`: the share of the most predicted class in inference mode and, with `both` (a model with
     BatchNorm), the agreement of inference- and training-mode predictions and each mode's accuracy."""
     labels = np.asarray(labels).ravel()
+    inference = np.asarray(model(images, training=False)).argmax(axis=-1)
+    out = {"images": int(len(labels)), "top_share": top_share(inference)}
     if not both:
-        inference = np.asarray(model(images, training=False)).argmax(axis=-1)
-        return {"images": int(len(labels)), "top_share": top_share(inference)}
-    inference, training = mode_predictions(model, images)
+        return out
+    training = training_mode_predictions(model, images)
     return {
-        "images": int(len(labels)),
-        "top_share": top_share(inference),
+        **out,
         "agreement": float(np.mean(inference == training)),
         "inference_accuracy": float(np.mean(inference == labels)),
         "training_mode_accuracy": float(np.mean(training == labels)),

@@ -19,6 +19,7 @@ from keras_digits.config import (
     BALANCES,
     NORMALIZES,
     OPTIMIZERS,
+    PRECISE_BN_WORDS,
     PRECISIONS,
     SCHEDULES,
     SELECT_ON,
@@ -28,7 +29,7 @@ from keras_digits.config import (
 )
 from keras_digits.errors import KerasDigitsError
 from keras_digits.runtime.tfconfig import DEFAULT_WORKER_WAIT
-from keras_digits.utils.cli import fraction, positive_float, positive_int
+from keras_digits.utils.cli import fraction, non_negative_int, positive_float, positive_int
 
 WHAT, HOW, RUNTIME, FILES = "what to train", "how to train", "runtime", "files"
 
@@ -70,17 +71,12 @@ class Flag:
 def _batches_or_auto(text: str) -> int | None:
     """--precise-bn: auto (None), off (0) or a number of batches."""
     word = text.strip().lower()
-    if word == "auto":
-        return None
-    if word == "off":
-        return 0
+    if word in PRECISE_BN_WORDS:
+        return PRECISE_BN_WORDS[word]
     try:
-        value = int(word)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto, off or a number of batches, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected auto, off or a number of batches >= 0, got {text!r}")
-    return value
+        return non_negative_int(word)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto, off or a number of batches >= 0, got {text!r}") from None
 
 
 def _names(kind: str) -> str:

@@ -33,7 +33,9 @@ layers whose moving averages would still hold more than 5 % of their value from 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +55,20 @@ def batchnorm_layers(model, trainable_only: bool = True) -> list:
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
     return [layer for layer in found if layer.trainable] if trainable_only else found
+
+
+@contextlib.contextmanager
+def momenta_set_to(layers: list, value: float) -> Iterator[None]:
+    """Every BatchNorm layer of `layers` has momentum `value` inside (Keras reads it when a call runs or is
+    traced): 0 makes a training-mode call store the batch's statistics, 1 leaves the stored ones as they are."""
+    kept = [layer.momentum for layer in layers]
+    try:
+        for layer in layers:
+            layer.momentum = value
+        yield
+    finally:
+        for layer, m in zip(layers, kept):
+            layer.momentum = m
 
 
 @dataclass(frozen=True)
@@ -125,13 +141,10 @@ class Recalibrator:
         if not layers or len(self.images) == 0:
             return 0
         forward = self._forward(layers)
-        momenta = [layer.momentum for layer in layers]
         sums_m = [np.zeros(tuple(layer.moving_mean.shape), np.float64) for layer in layers]
         sums_v = [np.zeros_like(s) for s in sums_m]
         count = 0
-        try:
-            for layer in layers:
-                layer.momentum = 0.0  # read when `forward` is traced: the moving statistic becomes the batch's
+        with momenta_set_to(layers, 0.0):  # read when `forward` is traced: the moving statistic becomes the batch's
             for start in range(0, len(self.images), self.batch_size):
                 batch = self.images[start : start + self.batch_size]
                 if len(batch) < 2:
@@ -141,12 +154,17 @@ class Recalibrator:
                     sums_m[i] += np.asarray(means[i], np.float64)
                     sums_v[i] += np.asarray(variances[i], np.float64)
                 count += 1
-        finally:
-            for layer, m in zip(layers, momenta):
-                layer.momentum = m
         if count == 0:
             return 0
         for layer, sm, sv in zip(layers, sums_m, sums_v):
             layer.moving_mean.assign((sm / count).astype(np.float32))
             layer.moving_variance.assign((sv / count).astype(np.float32))
         return len(layers)
+
+
+def make_recalibrator(plan: PreciseBNPlan, model, pipes, batch_size: int) -> Recalibrator | None:
+    """The recalibration `plan` asks for, over `pipes`' calibration sample (keras_digits.data.datasets.Pipelines),
+    or None when the plan is off."""
+    if not plan.batches:
+        return None
+    return Recalibrator(model, pipes.calibration_images(plan.batches * batch_size), batch_size)

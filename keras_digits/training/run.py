@@ -71,14 +71,12 @@ def watchers(model, cfg: TrainConfig, pipes, role: RunRole) -> dict:
     """make_callbacks' precise BatchNorm recalibration (as --precise-bn resolves for this model and phase)
     and collapse detector."""
     from keras_digits.training.collapse import SAMPLE
-    from keras_digits.training.precise_bn import Recalibrator, plan_precise_bn
+    from keras_digits.training.precise_bn import make_recalibrator, plan_precise_bn
 
     plan = plan_precise_bn(cfg.precise_bn, model, role.steps_per_epoch(pipes, cfg.batch_size), cfg.batch_size)
-    recalibrate = None
-    if plan.batches:
-        if cfg.verbose:
-            print(f"precise BatchNorm before each validation: {plan.reason}")
-        recalibrate = Recalibrator(model, pipes.calibration_images(plan.batches * cfg.batch_size), cfg.batch_size)
+    if plan.batches and cfg.verbose:
+        print(f"precise BatchNorm before each validation: {plan.reason}")
+    recalibrate = make_recalibrator(plan, model, pipes, cfg.batch_size)
     return {"precise_bn": recalibrate, "watch": (*pipes.check_sample(SAMPLE), pipes.val_labels)}
 
 

@@ -83,15 +83,14 @@ class DigitsHyperModel(kt.HyperModel):
 
         from keras_digits.data.datasets import make_datasets
         from keras_digits.training.callbacks import PreciseBatchNorm, schedule_callbacks
-        from keras_digits.training.precise_bn import Recalibrator, plan_precise_bn
+        from keras_digits.training.precise_bn import make_recalibrator, plan_precise_bn
 
         cfg = self.config(hp, epochs=epochs)  # Hyperband passes its own epochs and initial_epoch
         pipes = make_datasets(cfg, self.bundle)
         cbs = list(callbacks or []) + schedule_callbacks(cfg.replace(verbose=0))
         plan = plan_precise_bn(cfg.precise_bn, model, pipes.steps_per_epoch, cfg.batch_size)
-        if plan.batches:  # as in train: the trial's validation sees statistics that fit its weights
-            images = pipes.calibration_images(plan.batches * cfg.batch_size)
-            cbs.append(PreciseBatchNorm(Recalibrator(model, images, cfg.batch_size)))
+        if recalibrate := make_recalibrator(plan, model, pipes, cfg.batch_size):  # as in train: the trial's
+            cbs.append(PreciseBatchNorm(recalibrate))  # validation sees statistics that fit its weights
         if cfg.early_stopping and cfg.patience > 0:
             cbs.append(
                 keras.callbacks.EarlyStopping(
