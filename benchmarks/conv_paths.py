@@ -1,4 +1,4 @@
-"""TensorFlow's convolution against smallconv.Conv2D's matrix-product paths, per ResNet-18 stage.
+"""TensorFlow's convolution against the project Conv2D's matrix-product paths, per ResNet-18 stage.
 
     python benchmarks/conv_paths.py [--batch 64] [--dtype bfloat16|float32] [--repeats 20]
 
@@ -8,8 +8,9 @@ both gradients with `tf.nn.conv2d` (what Keras' Conv2D runs) and with
 `keras_digits.models.smallconv.small_map_conv` (the layer's paths), on this machine, in one run, and
 prints milliseconds and the ratio. Where the layer keeps TensorFlow's forward pass (maps over 4x4,
 strided convolutions) its column says so; where it keeps TensorFlow's kernels altogether the row
-says so. It also prints whether this machine takes the paths under the given policy (bfloat16 on an
-AMX-BF16 CPU without a GPU): elsewhere the table shows what taking them would cost.
+says so. It also prints up to which map size this machine takes the paths under the given policy (7x7 in
+bfloat16 on an AMX-BF16 CPU, 4x4 in float32 on AVX2 kernels, none elsewhere): elsewhere the table
+shows what taking them would cost.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def main(argv=None) -> int:
     flags = precision.cpu_flags()
     print(
         f"CPU bfloat16 feature: {precision.cpu_bf16_feature(flags) or 'none'}; "
-        f"paths taken under a {args.dtype} policy here: {smallconv.matmul_paths_pay(args.dtype)}"
+        f"paths taken under a {args.dtype} policy here: maps up to {smallconv.matmul_max_area(args.dtype)} positions"
     )
     print(f"batch {args.batch}, {args.dtype}, mean of {args.repeats} calls (ms)")
     print(

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
 import sys
 import time
@@ -34,6 +35,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
 
 from keras_digits.utils.cli import quiet_tensorflow
+
+# --isa: the caps TensorFlow's oneDNN and PyTorch (its oneDNN, its own kernels, MKL) read at start-up
+ISA_CAPS = {
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "avx512": {
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+        "ATEN_CPU_CAPABILITY": "avx512",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+    },
+}
+
+
+def cap_isa(isa: str) -> None:
+    """Restrict both frameworks to `isa` ('native': leave them alone); before either is imported."""
+    import os
+
+    os.environ.update(ISA_CAPS.get(isa, {}))
 
 
 def get_data(args):
@@ -48,6 +66,15 @@ def get_data(args):
     x = rng.integers(0, 256, size=(n, *shape), dtype=np.uint8)
     y = rng.integers(0, args.classes, size=n).astype(np.int32)
     return (x, y), (x[:256], y[:256]), args.classes
+
+
+def recipe_defaults(name: str | None) -> dict:
+    """The benchmark flags and TrainConfig fields recipe `name` sets (none without a recipe)."""
+    if not name:
+        return {}
+    from keras_digits.recipes import recipe_config
+
+    return recipe_config(name)
 
 
 def keras_model(args, cfg, shape, classes):
@@ -85,25 +112,42 @@ def fit_seconds(model, *args, **kwargs) -> float:
 
 
 @contextlib.contextmanager
-def small_map_paths_off():
-    """smallconv.Conv2D's matrix-product paths off while a model's step is traced or run; yields whether
-    this machine takes them under the current policy."""
+def conv_paths_off():
+    """The project Conv2D's CPU paths (small maps as matrix products, the bias gradient as a reduction)
+    off while a model's step is traced or run; yields whether this machine takes any of them here."""
     import keras
 
-    from keras_digits.models import smallconv
+    from keras_digits.models import conv, smallconv
 
-    taken = smallconv.matmul_paths_pay
-    smallconv.matmul_paths_pay = lambda dtype: False
+    small, bias = smallconv.matmul_max_area, conv.reduced_bias_grad_pays
+    smallconv.matmul_max_area, conv.reduced_bias_grad_pays = (lambda dtype: 0), (lambda dtype: False)
     try:
-        yield taken(keras.config.dtype_policy().compute_dtype)
+        dtype = keras.config.dtype_policy().compute_dtype
+        yield bool(small(dtype)) or bias(dtype)
     finally:
-        smallconv.matmul_paths_pay = taken
+        smallconv.matmul_max_area, conv.reduced_bias_grad_pays = small, bias
 
 
-def keras_images_per_second(model, ds, batch_size: int, steps: int, warmup: int) -> float:
-    """Images/s of one fit over `steps` batches, after a warm-up fit (tracing) of `warmup` batches."""
-    model.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0)
-    return steps * batch_size / fit_seconds(model, ds, epochs=1, steps_per_epoch=steps, verbose=0)
+def keras_images_per_second(model, ds, batch_size: int, steps: int, warmup: int, spe: int = 1) -> float:
+    """Images/s of `steps` batches timed within one fit after its first `warmup` batches (the first call
+    traces the step then), as the PyTorch peer times its loop after its warm-up steps: `fit`'s own start
+    (iterator, callbacks, the pipeline's first batches) is not in the timed part on either side."""
+    import keras
+
+    skip = max(spe, -(-warmup // spe) * spe)
+    marks: list[tuple[int, float]] = []
+
+    class _Clock(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if not marks and batch + 1 >= skip:
+                marks.append((batch + 1, time.perf_counter()))
+
+        def on_train_end(self, logs=None):
+            marks.append((skip + steps, time.perf_counter()))
+
+    model.fit(ds, epochs=1, steps_per_epoch=skip + steps, callbacks=[_Clock()], verbose=0)
+    (done, start), (total, end) = marks[0], marks[-1]
+    return (total - done) * batch_size / (end - start)
 
 
 def profile_steps(model, ds, steps: int, logdir: str, top: int = 15) -> None:
@@ -127,6 +171,19 @@ def profile_steps(model, ds, steps: int, logdir: str, top: int = 15) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="simple_cnn")
+    p.add_argument(
+        "--recipe",
+        help="time a training recipe's model and step (arch, model options, batch size, optimizer, precision, "
+        "steps per execution); flags given override it",
+    )
+    p.add_argument("--model-kwargs", default="{}", help="model options as JSON, e.g. '{\"dropout\": false}'")
+    p.add_argument(
+        "--isa",
+        choices=("native", *ISA_CAPS),
+        default="native",
+        help="cap both frameworks' vector ISA (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS) "
+        "to see how a CPU without the newer instructions behaves; native: what this CPU has",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dataset", help="a registered dataset (default: synthetic data of --shape)")
     p.add_argument("--data-dir")
@@ -143,18 +200,25 @@ def main() -> int:
         help="Keras policy (keras_digits.runtime.precision); the torch peer autocasts to bfloat16 for bfloat16",
     )
     p.add_argument("--steps-per-execution", type=int, default=1)
+    p.add_argument("--lr", type=float, help="learning rate (default: the recipe's or 1e-3)")
     p.add_argument("--peer", choices=("torch",), help="time a PyTorch re-creation of the model in the same run")
     p.add_argument("--repeats", type=int, default=3, help="alternating timed runs of each side (median reported)")
     p.add_argument("--baseline", action="store_true", help="also time a plain Keras fit on float32 NumPy arrays")
     p.add_argument(
+        "--without-conv-paths",
         "--without-small-map-paths",
         action="store_true",
-        help="also time the same model with smallconv.Conv2D's matrix-product paths off, alternating",
+        help="also time the same model with the project Conv2D's CPU paths (keras_digits/models/conv.py) off, "
+        "alternating",
     )
     p.add_argument("--profile", metavar="DIR", help="trace steps with TensorFlow's profiler; print the top ops")
     p.add_argument("--target-accuracy", type=float, help="train until test accuracy reaches this (MNIST)")
     p.add_argument("--max-epochs", type=int, default=15)
+    first, _ = p.parse_known_args()
+    recipe = recipe_defaults(first.recipe)
+    p.set_defaults(**{k: recipe[k] for k in ("arch", "batch_size", "precision", "steps_per_execution") if k in recipe})
     args = p.parse_args()
+    cap_isa(args.isa)
 
     quiet_tensorflow()
     import keras
@@ -169,7 +233,12 @@ def main() -> int:
     spe = max(1, args.steps_per_execution)
     steps = -(-args.steps // spe) * spe
     warmup = -(-args.warmup // spe) * spe
+    fields = {k: recipe[k] for k in ("optimizer", "lr", "weight_decay", "label_smoothing") if k in recipe}
+    if args.lr is not None:
+        fields["lr"] = args.lr
     cfg = TrainConfig(
+        **fields,
+        model_kwargs={**recipe.get("model_kwargs", {}), **json.loads(args.model_kwargs)},
         arch=args.arch,
         batch_size=args.batch_size,
         image_size=args.image_size,
@@ -180,6 +249,9 @@ def main() -> int:
     model = keras_model(args, cfg, x.shape[1:], classes)
     ds = make_pipeline(x, y, args.batch_size, training=True, seed=0).repeat()
     threads = tf.config.threading.get_intra_op_parallelism_threads() or "all"
+    isa = precision.cpu_isa()
+    tag = f"[{isa.split(' ')[0]}, {resolved.name}]"  # beside every figure
+    print(f"CPU: {precision.cpu_name()}; ISA {isa}")
     print(
         f"arch {args.arch}  input {tuple(x.shape[1:])}  batch {args.batch_size}  params {model.count_params():,}  "
         f"{resolved.describe()}  steps_per_execution {spe}  {threads} threads"
@@ -208,44 +280,60 @@ def main() -> int:
 
             print(
                 f"peer: PyTorch {version}, {torch.get_num_threads()} threads, "
+                f"kernels {torch.backends.cpu.get_cpu_capability()}, "
                 f"{'bfloat16 autocast' if resolved.name == 'bfloat16' else 'float32'}"
             )
     plain = None
-    if args.without_small_map_paths:
+    if args.without_conv_paths:
         plain = keras_model(args, cfg, x.shape[1:], classes)
-        with small_map_paths_off() as taken:
+        with conv_paths_off() as taken:
             plain.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0)
         print(
-            "also timed: the same model without smallconv.Conv2D's paths"
+            "also timed: the same model without the Conv2D paths"
             + ("" if taken else " (this machine does not take them here, so both are the same model)")
         )
-    ours, theirs, without = [], [], []
+    sides = {"keras_digits": lambda first: keras_images_per_second(model, ds, args.batch_size, steps, first or 5, spe)}
+    if plain is not None:
+
+        def without_paths(first):
+            with conv_paths_off():  # any retrace of its step happens with the paths off too
+                return keras_images_per_second(plain, ds, args.batch_size, steps, first or 5, spe)
+
+        sides["without the paths"] = without_paths
+    if peer is not None:
+        sides["PyTorch"] = lambda first: peer.train_images_per_second(
+            args.arch, x, y, classes, args.batch_size, steps, first or 5, resolved.name
+        )
+    # each repeat times every side once, in alternating order (A B C, C B A, ...) so that the machine's
+    # drift within a repeat falls on both sides of a ratio; the first repeat warms each side up
+    runs: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(max(1, args.repeats)):
-        ours.append(keras_images_per_second(model, ds, args.batch_size, steps, warmup if r == 0 else spe))
-        line = f"  repeat {r + 1}: keras_digits {ours[-1]:8.1f} images/s"
-        if plain is not None:
-            with small_map_paths_off():  # any retrace of its step happens with the paths off too
-                without.append(keras_images_per_second(plain, ds, args.batch_size, steps, spe))
-            line += f"   without the paths {without[-1]:8.1f} images/s"
-        if peer is not None:
-            theirs.append(
-                peer.train_images_per_second(
-                    args.arch, x, y, classes, args.batch_size, steps, warmup if r == 0 else 5, resolved.name
-                )
-            )
-            line += f"   PyTorch {theirs[-1]:8.1f} images/s"
-        print(line, flush=True)
+        for name in sides if r % 2 == 0 else reversed(list(sides)):
+            runs[name].append(sides[name](warmup if r == 0 else 0))
+        line = "   ".join(f"{name} {runs[name][-1]:8.1f} images/s" for name in sides)
+        print(f"  repeat {r + 1}: {line}  {tag}", flush=True)
+    ours, theirs, without = runs["keras_digits"], runs.get("PyTorch", []), runs.get("without the paths", [])
     k = statistics.median(ours)
-    print(f"keras_digits pipeline (uint8 tf.data): {k:8.1f} images/s (median of {len(ours)}, {steps} steps each)")
+    print(
+        f"keras_digits pipeline (uint8 tf.data): {k:8.1f} images/s (median of {len(ours)}, {steps} steps each)  {tag}"
+    )
+
+    def paired(a: list[float], b: list[float]) -> str:
+        """Ratio of the medians, and the median of the repeats' own ratios (robust to drift between repeats)."""
+        each = statistics.median(x / y for x, y in zip(a, b, strict=True))
+        return f"{statistics.median(a) / statistics.median(b):.2f}x (per repeat: median {each:.2f}x)"
+
     if theirs:
         t = statistics.median(theirs)
-        print(f"PyTorch peer:                          {t:8.1f} images/s (median of {len(theirs)})")
-        print(f"ratio keras_digits / PyTorch: {k / t:.2f}x")
+        print(f"PyTorch peer:                          {t:8.1f} images/s (median of {len(theirs)})  {tag}")
+        print(f"ratio keras_digits / PyTorch: {paired(ours, theirs)}  {tag}")
     if without:
         w = statistics.median(without)
         print(
-            f"without smallconv.Conv2D's paths:        {w:8.1f} images/s (median of {len(without)}); "
-            f"with / without: {k / w:.2f}x" + (f"; without / PyTorch: {w / t:.2f}x" if theirs else "")
+            f"without the Conv2D paths:              {w:8.1f} images/s (median of {len(without)}); "
+            f"with / without: {paired(ours, without)}"
+            + (f"; without / PyTorch: {paired(without, theirs)}" if theirs else "")
+            + f"  {tag}"
         )
     if args.baseline:
         keras.utils.set_random_seed(0)
@@ -269,7 +357,7 @@ def main() -> int:
             verbose=0,
             shuffle=True,
         )
-        print(f"plain Keras fit (float32 NumPy):       {steps * args.batch_size / secs:8.1f} images/s")
+        print(f"plain Keras fit (float32 NumPy):       {steps * args.batch_size / secs:8.1f} images/s  {tag}")
     if args.profile:
         profile_steps(model, ds, min(steps, 100), args.profile)
     if args.target_accuracy:
@@ -282,13 +370,15 @@ def main() -> int:
         for epoch in range(1, args.max_epochs + 1):
             model.fit(train_ds, epochs=1, verbose=0)
             acc = model.evaluate(test_ds, verbose=0)[1]
-            print(f"  epoch {epoch}: test accuracy {acc:.4f} at {time.perf_counter() - start:6.1f} s", flush=True)
+            took = time.perf_counter() - start
+            print(f"  epoch {epoch}: test accuracy {acc:.4f} at {took:6.1f} s  {tag}", flush=True)
             if acc >= args.target_accuracy:
                 reached = time.perf_counter() - start
                 break
         print(
             f"time to {args.target_accuracy:.4f} test accuracy: "
             + (f"{reached:.1f} s ({epoch} epochs)" if reached else f"not reached in {args.max_epochs} epochs")
+            + f"  {tag}"
         )
     from keras_digits.training.setup import peak_rss_bytes
 

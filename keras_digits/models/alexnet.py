@@ -21,6 +21,7 @@ from keras import layers
 
 from keras_digits.models.batchnorm import fused_bn
 from keras_digits.models.common import adapt_input, model_inputs
+from keras_digits.models.conv import Conv2D
 from keras_digits.models.registry import register_model
 
 ORIGINAL_STEM_FROM = 128  # image_size >= 128 -> 11x11 stride-4 stem; else 5x5 stride-2
@@ -30,9 +31,7 @@ def apply_alex_conv(
     x, filters: int, kernel: int, *, strides: int = 1, padding: str = "same", batch_norm: bool, name: str
 ):
     """Conv -> [BatchNorm] -> ReLU."""
-    x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=not batch_norm, name=f"{name}_conv")(
-        x
-    )
+    x = Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=not batch_norm, name=f"{name}_conv")(x)
     if batch_norm:
         x = fused_bn(name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)

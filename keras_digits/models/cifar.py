@@ -18,6 +18,7 @@ from keras import layers
 
 from keras_digits.models.batchnorm import fused_bn
 from keras_digits.models.common import adapt_input, model_inputs
+from keras_digits.models.conv import Conv2D
 from keras_digits.models.registry import register_model
 from keras_digits.models.resnet import apply_basic_block
 
@@ -25,7 +26,7 @@ from keras_digits.models.resnet import apply_basic_block
 def apply_cifar_block(x, filters: int, *, convs: int, batch_norm: bool, dropout: float, name: str):
     """[Conv 3x3 same -> (BN) -> ReLU] x convs -> MaxPool 2 -> (Dropout)."""
     for i in range(convs):
-        x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv{i + 1}")(x)
+        x = Conv2D(filters, 3, padding="same", name=f"{name}_conv{i + 1}")(x)
         if batch_norm:
             x = fused_bn(name=f"{name}_bn{i + 1}")(x)
         x = layers.ReLU(name=f"{name}_relu{i + 1}")(x)
@@ -72,7 +73,7 @@ def resnet_cifar(input_shape, num_classes, *, image_size=None, width=32, depth=3
     inputs = model_inputs(input_shape)
     x = adapt_input(inputs, image_size=image_size)
     width = int(width)
-    x = layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name="stem_conv")(x)
+    x = Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name="stem_conv")(x)
     x = fused_bn(name="stem_bn")(x)
     x = layers.ReLU(name="stem_relu")(x)
     for s in range(3):

@@ -7,12 +7,13 @@ from keras import layers
 
 from keras_digits.models.batchnorm import fused_bn
 from keras_digits.models.common import adapt_input, model_inputs
+from keras_digits.models.conv import Conv2D
 from keras_digits.models.registry import register_model
 
 
 def apply_conv_block(x, filters: int, *, batch_norm: bool, dropout: float, name: str):
     """Conv2D 3x3 same -> [BatchNorm] -> ReLU -> MaxPool 2 -> [Dropout]."""
-    x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_conv")(x)
+    x = Conv2D(filters, 3, padding="same", name=f"{name}_conv")(x)
     if batch_norm:
         x = fused_bn(name=f"{name}_bn")(x)
     x = layers.ReLU(name=f"{name}_relu")(x)
@@ -27,7 +28,7 @@ def simple_cnn_v1(input_shape, num_classes, *, image_size=None, filters=(32, 64)
     inputs = model_inputs(input_shape)
     x = adapt_input(inputs, image_size=image_size)
     for i, f in enumerate(filters):
-        x = layers.Conv2D(f, 3, padding="same", name=f"block{i + 1}_conv")(x)
+        x = Conv2D(f, 3, padding="same", name=f"block{i + 1}_conv")(x)
         x = layers.LeakyReLU(negative_slope=0.01, name=f"block{i + 1}_lrelu")(x)
         x = layers.MaxPooling2D(2, name=f"block{i + 1}_pool")(x)
     x = layers.Flatten(name="flatten")(x)
@@ -71,7 +72,7 @@ def simple_cnn(
 def keras_cnn(input_shape, num_classes, *, image_size=None, filters=28, dense_units=128, dropout=0.2):
     inputs = model_inputs(input_shape)
     x = adapt_input(inputs, image_size=image_size)
-    x = layers.Conv2D(int(filters), 3, name="conv")(x)
+    x = Conv2D(int(filters), 3, name="conv")(x)
     x = layers.MaxPooling2D(2, name="pool")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(int(dense_units), activation="relu", name="fc")(x)

@@ -1,4 +1,4 @@
-"""Conv2D whose small feature maps are computed as matrix products, for the project's own models.
+"""Small feature maps' convolutions as matrix products, for the project's Conv2D (models/conv.py).
 
 On a CPU, TensorFlow's convolutions (oneDNN) are fast on large feature maps and slow on small ones:
 ResNet-18 at 28 px ends in a 4x4x512 stage, and there one 3x3 512->512 convolution at batch 64 in
@@ -8,24 +8,23 @@ development machine (2 cores, AMX-BF16), against 12-15 ms each as im2col matrix 
 still gains (27 ms against 15 ms); the forward pass and the input gradient do not. Those two
 stages were most of ResNet-18's distance to PyTorch in bfloat16 (docs/speed.md).
 
-The gain is oneDNN's AMX bfloat16 kernels' (and so is the gap). In float32 the matrix products were
-no faster at 4x4 and slower at 7x7; in bfloat16 with AMX switched off (ONEDNN_MAX_CPU_ISA=
-AVX512_CORE_BF16) they were slower for the forward pass and the input gradient; on a GPU they were
-not measured. So the paths are taken only where they were measured to pay: bfloat16 compute on a CPU
-with AMX-BF16 (read from /proc/cpuinfo, not assumed) and no visible GPU.
+That gain is oneDNN's AMX bfloat16 kernels' (and so is the gap). In float32 with AVX-512 the matrix
+products were even at 4x4 (1.03x forward + both gradients) and slower at 7x7 (0.88x); in bfloat16
+with AMX switched off (ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16) they were slower for the forward pass and
+the input gradient. In float32 where oneDNN has only AVX2 (an AVX2 CPU, or ONEDNN_MAX_CPU_ISA=AVX2)
+the 4x4 convolution ran 1.39x faster as products (116 against 84 ms at batch 64), the 7x7 weight
+gradient 0.97x; on a GPU nothing was measured. So each path is taken only where it was measured to
+pay (`matmul_max_area`, from /proc/cpuinfo and oneDNN's ISA cap, not assumed; no visible GPU):
+maps up to 7x7 in bfloat16 on a CPU with AMX-BF16, maps up to 4x4 in float32 on AVX2 kernels.
 
-`Conv2D` here is `keras.layers.Conv2D` (same variables, options and saved config) that, there and on
-the TensorFlow backend, computes a 2D convolution of output maps of at most MATMUL_MAX_AREA positions
-(4x4) as one matrix product of the input's patches with the kernel, and takes the weight gradient
-as a matrix product up to WGRAD_MAX_AREA positions (7x7), for stride-1 convolutions. Strided ones
+The project's `Conv2D` (keras_digits/models/conv.py), there and on the TensorFlow backend, computes
+a 2D convolution of output maps of at most MATMUL_MAX_AREA positions (4x4) as one matrix product of
+the input's patches with the kernel, and takes the weight gradient as a matrix product up to
+WGRAD_MAX_AREA positions (7x7), for stride-1 convolutions. Strided ones
 keep TensorFlow's kernels: with the weight gradient as a product, ResNet-18's 14x14 -> 7x7 stride-2
 3x3 convolution ran at 0.58x and the 7x7 -> 4x4 one broke even. Anything else (another backend,
 groups, dilation, channels_first, larger maps) is Keras' own computation. Results equal Keras'
-Conv2D up to the summation order (tested for values and both gradients). It is registered as
-'keras_digits>Conv2D': a saved model loads after `import keras_digits.models`. It keeps Keras' class
-name on purpose: Keras names a weights file's entries after the layer's class (`conv2d_3/...`), so
-with this name the weights files and BackupAndRestore backups of models built with Keras' Conv2D
-load into these models and back (tested); a new class name broke resuming runs backed up before.
+Conv2D up to the summation order (tested for values and both gradients).
 """
 
 from __future__ import annotations
@@ -33,11 +32,16 @@ from __future__ import annotations
 import functools
 import os
 
-import keras
-from keras import layers
-
 MATMUL_MAX_AREA = 16  # output maps up to 4x4: forward and gradients as matrix products
 WGRAD_MAX_AREA = 49  # up to 7x7: the weight gradient as a matrix product
+
+
+def _onednn_on_cpu_only() -> bool:
+    from keras_digits.runtime import precision
+
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false"):
+        return False  # TensorFlow's own kernels, not oneDNN's: not what was measured
+    return not precision.gpu_capabilities()
 
 
 @functools.cache
@@ -47,14 +51,30 @@ def _amx_cpu_only() -> bool:
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if isa not in ("", "ALL") and "AMX" not in isa:
         return False  # AMX switched off in oneDNN
-    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false"):
-        return False  # TensorFlow's own kernels, not oneDNN's: not what was measured
-    return "amx_bf16" in precision.cpu_flags() and not precision.gpu_capabilities()
+    return "amx_bf16" in precision.cpu_flags() and _onednn_on_cpu_only()
+
+
+@functools.cache
+def _avx2_kernels_only() -> bool:
+    """oneDNN runs AVX2 kernels here: a CPU without AVX-512, or ONEDNN_MAX_CPU_ISA capping it at AVX2."""
+    from keras_digits.runtime import precision
+
+    return precision.cpu_isa().startswith("AVX2") and _onednn_on_cpu_only()
+
+
+def matmul_max_area(compute_dtype: str) -> int:
+    """The largest output map (positions) this machine computes with the matrix-product paths for
+    layers computing in `compute_dtype`; 0: none."""
+    if compute_dtype == "bfloat16" and _amx_cpu_only():
+        return WGRAD_MAX_AREA
+    if compute_dtype == "float32" and _avx2_kernels_only():
+        return MATMUL_MAX_AREA
+    return 0
 
 
 def matmul_paths_pay(compute_dtype: str) -> bool:
-    """Whether this machine takes the matrix-product paths for layers computing in `compute_dtype`."""
-    return compute_dtype == "bfloat16" and _amx_cpu_only()
+    """Whether this machine takes any matrix-product path for layers computing in `compute_dtype`."""
+    return matmul_max_area(compute_dtype) > 0
 
 
 def _same_pads(size: int, k: int, s: int) -> tuple[int, int, int]:
@@ -126,27 +146,3 @@ def small_map_conv(x, kernel, strides, padding):
 
     # a tensor, not the variable: tf.custom_gradient would otherwise want the variables' gradients too
     return conv(x, tf.convert_to_tensor(kernel))
-
-
-@keras.saving.register_keras_serializable(package="keras_digits")
-class Conv2D(layers.Conv2D):
-    """keras.layers.Conv2D with small output maps computed as matrix products (see the module doc)."""
-
-    def _fast(self, inputs) -> bool:
-        if keras.backend.backend() != "tensorflow" or self.data_format != "channels_last" or self.groups != 1:
-            return False
-        if tuple(self.dilation_rate) != (1, 1) or tuple(self.strides) != (1, 1) or len(inputs.shape) != 4:
-            return False  # strided convolutions lost or broke even (benchmarks/conv_paths.py)
-        if not matmul_paths_pay(self.compute_dtype):
-            return False
-        in_h, in_w, channels = inputs.shape[1:]
-        if in_h is None or in_w is None or channels is None:
-            return False
-        kh, kw = self.kernel_size
-        out_h, out_w, _ = _geometry(int(in_h), int(in_w), kh, kw, *self.strides, self.padding)
-        return 0 < out_h * out_w <= WGRAD_MAX_AREA
-
-    def convolution_op(self, inputs, kernel):
-        if not self._fast(inputs):
-            return super().convolution_op(inputs, kernel)
-        return small_map_conv(inputs, kernel, tuple(self.strides), self.padding)
