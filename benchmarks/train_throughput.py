@@ -3,8 +3,10 @@
     python benchmarks/train_throughput.py --arch simple_cnn --dataset mnist --data-dir ../shared/data --peer torch
     python benchmarks/train_throughput.py --arch resnet18 --shape 28,28,3 --classes 9 --batch-size 64 \
         --precision bfloat16 --peer torch                                    # synthetic data, bf16 both sides
-    python benchmarks/train_throughput.py --arch simple_cnn --dataset mnist --data-dir ../shared/data \
-        --profile /tmp/prof                                                   # per-op time table
+    python benchmarks/train_throughput.py --isa avx2 --arch simple_cnn --dataset mnist \
+        --data-dir ../shared/data --peer torch                                # an AVX2 CPU's kernels, both sides
+    python benchmarks/train_throughput.py --recipe fast --dataset mnist --data-dir ../shared/data \
+        --profile /tmp/prof                                                   # the recipe's step, per-op table
     python benchmarks/train_throughput.py --arch simple_cnn --dataset mnist --data-dir ../shared/data \
         --target-accuracy 0.99 --max-epochs 5
 
@@ -12,8 +14,10 @@ Prints steady-state training images/s (after warm-up) of the project's pipeline 
 batches, raw pixels into the model, the model and compile of `keras_digits.train` under --precision
 and --steps-per-execution). With --peer torch, a PyTorch re-creation of the same model
 (benchmarks/torch_peers.py) is timed on the same arrays in the same process, the two alternating
---repeats times, and the ratio of the medians is printed (torch is the optional `bench` extra; without
-it the peer is skipped with a note). --baseline adds a plain Keras `fit` on float32 NumPy arrays (the
+--repeats times (each side timed within its loop after warm-up steps), and the ratio of the medians
+and the median of the per-repeat ratios are printed (torch is the optional `bench` extra; without it
+the peer is skipped with a note). Every figure names the ISA the kernels ran with; --isa caps both
+frameworks to see another CPU's behaviour. --baseline adds a plain Keras `fit` on float32 NumPy arrays (the
 notebooks' way). --profile DIR traces some steps with TensorFlow's profiler (open DIR in TensorBoard's
 Profile tab) and prints the ops that took the most time. Peak RSS is printed at the end. Compare
 figures only within one run: absolute timings on a shared machine are noisy.

@@ -360,6 +360,38 @@ def test_throughput_benchmark_prints_ratio_and_profile(tmp_path):
     assert "peak RSS" in out.stdout
 
 
+def test_throughput_benchmark_caps_the_isa_and_states_it_beside_every_figure():
+    """--isa avx2 caps both frameworks before they load; --recipe times the recipe's model and step."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "train_throughput.py"),
+            "--isa",
+            "avx2",
+            "--recipe",
+            "fast",
+            "--steps",
+            "4",
+            "--warmup",
+            "4",
+            "--repeats",
+            "2",
+            "--without-conv-paths",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("CPU: ") and "ISA AVX2" in line for line in lines), out.stdout
+    head = next(line for line in lines if line.startswith("arch "))
+    assert "simple_cnn" in head and "batch 128" in head and "params 99,402" in head and "steps_per_execution 4" in head
+    figures = [line for line in lines if "images/s" in line]
+    assert len(figures) == 4 and all(line.endswith("[AVX2, float32]") for line in figures), figures
+    assert "with / without:" in out.stdout and "per repeat: median" in out.stdout
+
+
 @pytest.mark.slow
 def test_small_map_benchmarks_run(tmp_path):
     bench = REPO / "benchmarks"
@@ -383,7 +415,7 @@ def test_small_map_benchmarks_run(tmp_path):
             "1",
             "--precision",
             "bfloat16",
-            "--without-small-map-paths",
+            "--without-conv-paths",
         ],
         capture_output=True,
         text=True,
