@@ -62,10 +62,10 @@ def test_trains_inside_a_compiled_model(monkeypatch):
 
 
 def test_only_where_measured_to_pay(monkeypatch):
-    monkeypatch.setattr(conv, "_cpu_only", lambda: True)
+    monkeypatch.setattr(conv, "_x86_onednn_cpu", lambda: True)
     assert conv.reduced_bias_grad_pays("float32")
     assert not conv.reduced_bias_grad_pays("bfloat16") and not conv.reduced_bias_grad_pays("float16")
-    monkeypatch.setattr(conv, "_cpu_only", lambda: False)
+    monkeypatch.setattr(conv, "_x86_onednn_cpu", lambda: False)
     assert not conv.reduced_bias_grad_pays("float32")
     layer = conv.Conv2D(2, 3)
     layer.build((None, 5, 5, 1))
@@ -75,7 +75,7 @@ def test_only_where_measured_to_pay(monkeypatch):
 def test_mixed_policy_keeps_keras_computation(monkeypatch):
     calls = []
     monkeypatch.setattr(conv, "add_bias", lambda *a: calls.append(1))
-    monkeypatch.setattr(conv, "_cpu_only", lambda: True)
+    monkeypatch.setattr(conv, "_x86_onednn_cpu", lambda: True)
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
         layer = conv.Conv2D(2, 3)

@@ -1,4 +1,4 @@
-"""conv.Conv2D's small-map paths (smallconv) equal keras.layers.Conv2D: values, both gradients, config, saving."""
+"""smallconv.Conv2D's small-map paths (smallconv) equal keras.layers.Conv2D: values, both gradients, config, saving."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_digits.models import conv, smallconv
+from keras_digits.models import smallconv
 
 # (input size, kernel, stride, padding): whole-matmul maps (<= 4x4), weight-gradient-only maps
 # (<= 7x7), even kernels (asymmetric SAME padding), VALID, and a map large enough for Keras' own path.
@@ -33,7 +33,7 @@ def paths_on(monkeypatch):
 
 def _pair(size, k, stride, padding, channels=5, filters=6):
     ref = keras.layers.Conv2D(filters, k, strides=stride, padding=padding, use_bias=True)
-    new = conv.Conv2D(filters, k, strides=stride, padding=padding, use_bias=True)
+    new = smallconv.Conv2D(filters, k, strides=stride, padding=padding, use_bias=True)
     ref.build((None, size, size, channels))
     new.build((None, size, size, channels))
     rng = np.random.default_rng(size * 100 + k * 10 + stride)
@@ -90,13 +90,13 @@ def test_strided_function_equals_tf(size, k, stride, padding):
 
 def test_paths_taken_by_map_size(paths_on):
     x4 = keras.KerasTensor((None, 4, 4, 8))
-    assert conv.Conv2D(4, 3, padding="same")._fast(x4)
-    assert conv.Conv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, 7, 7, 8)))
-    assert not conv.Conv2D(4, 3, strides=2, padding="same")._fast(keras.KerasTensor((None, 7, 7, 8)))
-    assert not conv.Conv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, 14, 14, 8)))
-    assert not conv.Conv2D(4, 3, padding="same", dilation_rate=2)._fast(x4)
-    assert not conv.Conv2D(4, 3, padding="same", groups=2)._fast(x4)
-    assert not conv.Conv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, None, None, 8)))
+    assert smallconv.Conv2D(4, 3, padding="same")._fast(x4)
+    assert smallconv.Conv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, 7, 7, 8)))
+    assert not smallconv.Conv2D(4, 3, strides=2, padding="same")._fast(keras.KerasTensor((None, 7, 7, 8)))
+    assert not smallconv.Conv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, 14, 14, 8)))
+    assert not smallconv.Conv2D(4, 3, padding="same", dilation_rate=2)._fast(x4)
+    assert not smallconv.Conv2D(4, 3, padding="same", groups=2)._fast(x4)
+    assert not smallconv.Conv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, None, None, 8)))
 
 
 def test_matmul_path_used_under_a_mixed_policy(monkeypatch, paths_on):
@@ -107,7 +107,7 @@ def test_matmul_path_used_under_a_mixed_policy(monkeypatch, paths_on):
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
         ref_b = keras.layers.Conv2D(6, 3, padding="same")
-        new_b = conv.Conv2D(6, 3, padding="same")
+        new_b = smallconv.Conv2D(6, 3, padding="same")
         for layer in (ref_b, new_b):
             layer.build((None, 4, 4, 5))
             layer.set_weights(new.get_weights())
@@ -123,16 +123,16 @@ def test_only_where_measured_to_pay(monkeypatch):
     monkeypatch.setattr(smallconv, "_amx_cpu_only", lambda: True)
     monkeypatch.setattr(smallconv, "_avx2_kernels_only", lambda: False)
     assert smallconv.matmul_max_area("bfloat16") == smallconv.WGRAD_MAX_AREA
-    assert not smallconv.matmul_paths_pay("float32") and not smallconv.matmul_paths_pay("float16")
+    assert not smallconv.matmul_max_area("float32") and not smallconv.matmul_max_area("float16")
     monkeypatch.setattr(smallconv, "_amx_cpu_only", lambda: False)
-    assert not smallconv.matmul_paths_pay("bfloat16")
+    assert not smallconv.matmul_max_area("bfloat16")
     monkeypatch.setattr(smallconv, "_avx2_kernels_only", lambda: True)  # float32, 4x4 maps only
     assert smallconv.matmul_max_area("float32") == smallconv.MATMUL_MAX_AREA
-    assert not smallconv.matmul_paths_pay("bfloat16") and not smallconv.matmul_paths_pay("float16")
-    assert conv.Conv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, 4, 4, 8)))
-    assert not conv.Conv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, 7, 7, 8)))
+    assert not smallconv.matmul_max_area("bfloat16") and not smallconv.matmul_max_area("float16")
+    assert smallconv.Conv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, 4, 4, 8)))
+    assert not smallconv.Conv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, 7, 7, 8)))
     monkeypatch.setattr(smallconv, "_avx2_kernels_only", lambda: False)
-    assert not conv.Conv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, 4, 4, 8)))
+    assert not smallconv.Conv2D(4, 3, padding="same")._fast(keras.KerasTensor((None, 4, 4, 8)))
 
 
 def test_amx_read_from_the_cpu(monkeypatch):
@@ -175,11 +175,11 @@ def test_avx2_kernels_read_from_the_cpu_and_the_cap(monkeypatch):
 
 def test_saved_and_loaded(tmp_path):
     inputs = keras.Input((4, 4, 3))
-    model = keras.Model(inputs, conv.Conv2D(2, 3, padding="same", name="c")(inputs))
+    model = keras.Model(inputs, smallconv.Conv2D(2, 3, padding="same", name="c")(inputs))
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.models.load_model(path, compile=False)
-    assert type(loaded.get_layer("c")) is conv.Conv2D
+    assert type(loaded.get_layer("c")) is smallconv.Conv2D
     x = np.random.default_rng(4).normal(size=(2, 4, 4, 3)).astype("float32")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
 
@@ -201,12 +201,13 @@ def test_resnet18_gradients_unchanged(monkeypatch):
     calls = []
     real = smallconv.small_map_conv
     monkeypatch.setattr(smallconv, "small_map_conv", lambda *a: calls.append(a[0].shape) or real(*a))
+    monkeypatch.setattr(smallconv, "matmul_max_area", lambda dtype: 0)
     _, plain = _resnet_grads(x, y)
-    assert not calls  # float32: Keras' own convolutions
+    assert not calls  # the paths off: Keras' own convolutions
     monkeypatch.setattr(smallconv, "matmul_max_area", lambda dtype: smallconv.WGRAD_MAX_AREA)
     model, fast = _resnet_grads(x, y)
     assert sorted({tuple(s[1:3]) for s in calls}) == [(4, 4), (7, 7)]  # the stride-1 convs of stages 3 and 4
-    assert any(isinstance(layer, conv.Conv2D) for layer in model.layers)
+    assert any(isinstance(layer, smallconv.Conv2D) for layer in model.layers)
     for a, b in zip(fast, plain):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
@@ -231,6 +232,7 @@ def test_mixed_bfloat16_gradients_close(monkeypatch):
     y = tf.constant([0, 1, 2, 3])
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
+        monkeypatch.setattr(smallconv, "matmul_max_area", lambda dtype: 0)
         _, plain = _resnet_grads(x, y)
         monkeypatch.setattr(smallconv, "matmul_max_area", lambda dtype: smallconv.WGRAD_MAX_AREA)
         _, fast = _resnet_grads(x, y)
@@ -251,7 +253,7 @@ def test_weights_files_shared_with_keras_conv2d(tmp_path):
         h = conv(4, 3, padding="same", name="a")(inputs)
         return keras.Model(inputs, conv(2, 1, name="b")(h))
 
-    old, new = build(keras.layers.Conv2D), build(conv.Conv2D)
+    old, new = build(keras.layers.Conv2D), build(smallconv.Conv2D)
     old.save_weights(tmp_path / "old.weights.h5")
     new.load_weights(tmp_path / "old.weights.h5")
     for a, b in zip(new.get_weights(), old.get_weights()):

@@ -35,6 +35,18 @@ def test_auto_precision_follows_the_hardware():
         resolve("int8", Hardware())
 
 
+def test_auto_ignores_amx_that_onednn_is_told_not_to_use(monkeypatch):
+    from keras_digits.runtime import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}))
+    monkeypatch.setattr(precision, "gpu_capabilities", lambda: ())
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert precision.detect().cpu_bf16 == "AMX-BF16" and precision.resolve("auto").name == "bfloat16"
+    for cap, feature in (("AVX2", "AVX512-BF16"), ("AVX512_CORE_BF16", "AVX512-BF16")):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert precision.detect().cpu_bf16 == feature and precision.resolve("auto").name == "float32", cap
+
+
 def test_cpu_flags_are_read_not_assumed(tmp_path):
     from keras_digits.runtime.precision import cpu_bf16_feature, cpu_flags
 
@@ -362,6 +374,10 @@ def test_throughput_benchmark_prints_ratio_and_profile(tmp_path):
 
 def test_throughput_benchmark_caps_the_isa_and_states_it_beside_every_figure():
     """--isa avx2 caps both frameworks before they load; --recipe times the recipe's model and step."""
+    from keras_digits.runtime import precision
+
+    if "avx2" not in precision.cpu_flags():
+        pytest.skip("this CPU has no AVX2")
     out = subprocess.run(
         [
             sys.executable,

@@ -1,45 +1,54 @@
-"""The project's Conv2D: keras.layers.Conv2D with two CPU paths that were measured to pay.
+"""Conv2D with the bias gradient as a plain reduction, for the project's own models.
 
-1. **The bias gradient as a plain reduction** (float32 on a CPU). TensorFlow's oneDNN graph pass fuses
-   a convolution's weight gradient with its bias gradient (`_MklNativeConv2DBackpropFilterWithBias`),
-   and in TensorFlow 2.21 that fused kernel was the slowest op of `simple_cnn`'s step: block 2's weight
-   gradient took 17 ms per step at batch 128 against about 10 ms for the same weight gradient alone
-   (AVX2 via ONEDNN_MAX_CPU_ISA; TensorFlow profiler). Here the bias is added with `tf.nn.bias_add`
-   (the forward pass still fuses with the convolution) under a gradient that sums dy over batch and
-   positions, so the weight gradient runs unfused. `simple_cnn`'s whole training step ran 1.09x
-   faster at batch 32 and 128 with AVX2 and 1.18x with AVX-512, in float32 (alternating timed fits in
-   one process). Taken for float32 compute on the TensorFlow backend with no visible GPU (read, not
-   assumed); bfloat16 and float16 (not measured on AMX or GPUs) keep Keras' computation.
-2. **Small feature maps as matrix products** (bfloat16 on AMX; float32 on AVX2): models/smallconv.py.
+TensorFlow's oneDNN graph pass fuses a convolution's weight gradient with its bias gradient
+(`_MklNativeConv2DBackpropFilterWithBias`), and in TensorFlow 2.21 that fused kernel was the slowest
+op of `simple_cnn`'s step in float32: block 2's fused weight gradient took 17 ms per step at batch
+128 against about 10 ms for the same weight gradient alone (AVX2 via ONEDNN_MAX_CPU_ISA; TensorFlow
+profiler). Here the bias is added with `tf.nn.bias_add` (the forward pass still fuses with the
+convolution) under a gradient that sums dy over batch and positions, so the weight gradient runs
+unfused. `simple_cnn`'s training step at batch 32 ran 1.03-1.07x faster with AVX2 kernels and 1.10x
+with AVX-512 (benchmarks/train_throughput.py --without-conv-paths: alternating fits in one run).
 
-Same variables, options and saved config as Keras' layer; results equal it up to the summation order
-(tests/test_conv.py, tests/test_smallconv.py). It is registered as 'keras_digits>Conv2D': a saved
-model loads after `import keras_digits.models`. It keeps Keras' class name on purpose: Keras names a
-weights file's entries after the layer's class (`conv2d_3/...`), so with this name the weights files
-and BackupAndRestore backups of models built with Keras' Conv2D load into these models and back
-(tested); a new class name broke resuming runs backed up before.
+Taken only where that was measured: float32 compute on the TensorFlow backend, channels_last, with
+oneDNN on an x86 CPU with AVX2 or better and no visible GPU (read, not assumed). bfloat16 and float16
+(not measured on AMX or GPUs), TF_ENABLE_ONEDNN_OPTS=0 and other CPUs keep Keras' computation.
+
+`Conv2D` has Keras' variables, options and saved config; results equal Keras' layer up to the
+summation order (tests/test_conv.py). It keeps Keras' class name on purpose: Keras names a weights
+file's entries after the layer's class (`conv2d_3/...`), so weights files and BackupAndRestore backups
+of models built with Keras' Conv2D load into these models and back. It is registered as
+'keras_digits>ReducedBiasConv2D' (a saved model loads after `import keras_digits.models`); the
+ResNets' subclass with the small-map paths is models/smallconv.py's 'keras_digits>Conv2D'.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import keras
 from keras import layers
 
-from keras_digits.models import smallconv
+
+def onednn_on_cpu_only() -> bool:
+    """TensorFlow runs oneDNN's kernels here (not switched off) and no GPU is visible."""
+    from keras_digits.runtime import precision
+
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false"):
+        return False  # TensorFlow's own kernels, not oneDNN's: not what was measured
+    return not precision.gpu_capabilities()
 
 
 @functools.cache
-def _cpu_only() -> bool:
+def _x86_onednn_cpu() -> bool:
     from keras_digits.runtime import precision
 
-    return not precision.gpu_capabilities()
+    return not precision.cpu_isa().startswith("SSE") and onednn_on_cpu_only()
 
 
 def reduced_bias_grad_pays(compute_dtype: str) -> bool:
     """Whether layers computing in `compute_dtype` add their bias with the plain-reduction gradient."""
-    return compute_dtype == "float32" and _cpu_only()
+    return compute_dtype == "float32" and _x86_onednn_cpu()
 
 
 def add_bias(outputs, bias):
@@ -59,25 +68,9 @@ def add_bias(outputs, bias):
     return _add(outputs, tf.cast(tf.convert_to_tensor(bias), outputs.dtype))
 
 
-@keras.saving.register_keras_serializable(package="keras_digits")
+@keras.saving.register_keras_serializable(package="keras_digits", name="ReducedBiasConv2D")
 class Conv2D(layers.Conv2D):
-    """keras.layers.Conv2D with the CPU paths in the module doc."""
-
-    def _fast(self, inputs) -> bool:
-        """Whether this convolution's output maps are small enough for the matrix-product paths here."""
-        if keras.backend.backend() != "tensorflow" or self.data_format != "channels_last" or self.groups != 1:
-            return False
-        if tuple(self.dilation_rate) != (1, 1) or tuple(self.strides) != (1, 1) or len(inputs.shape) != 4:
-            return False  # strided convolutions lost or broke even (benchmarks/conv_paths.py)
-        area = smallconv.matmul_max_area(self.compute_dtype)
-        if not area:
-            return False
-        in_h, in_w, channels = inputs.shape[1:]
-        if in_h is None or in_w is None or channels is None:
-            return False
-        kh, kw = self.kernel_size
-        out_h, out_w, _ = smallconv._geometry(int(in_h), int(in_w), kh, kw, *self.strides, self.padding)
-        return 0 < out_h * out_w <= area
+    """keras.layers.Conv2D with the bias gradient as a plain reduction where it paid (module doc)."""
 
     def _reduced_bias(self) -> bool:
         return (
@@ -86,11 +79,6 @@ class Conv2D(layers.Conv2D):
             and self.data_format == "channels_last"
             and reduced_bias_grad_pays(self.compute_dtype)
         )
-
-    def convolution_op(self, inputs, kernel):
-        if not self._fast(inputs):
-            return super().convolution_op(inputs, kernel)
-        return smallconv.small_map_conv(inputs, kernel, tuple(self.strides), self.padding)
 
     def call(self, inputs):
         if not self._reduced_bias():

@@ -20,7 +20,7 @@ import functools
 import keras
 from keras import layers
 
-from keras_digits.models import conv
+from keras_digits.models import smallconv
 from keras_digits.models.batchnorm import fused_bn
 from keras_digits.models.common import adapt_input, model_inputs
 from keras_digits.models.pretrained import build_pretrained_model
@@ -33,16 +33,18 @@ def apply_basic_block(x, filters: int, *, stride: int = 1, name: str):
     """Two 3x3 conv + BN (+ ReLU) with an identity or 1x1-conv projection shortcut, then ReLU."""
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = conv.Conv2D(
+        shortcut = smallconv.Conv2D(
             filters, 1, strides=stride, use_bias=False, kernel_initializer="he_normal", name=f"{name}_proj_conv"
         )(x)
         shortcut = fused_bn(name=f"{name}_proj_bn")(shortcut)
-    y = conv.Conv2D(
+    y = smallconv.Conv2D(
         filters, 3, strides=stride, padding="same", use_bias=False, kernel_initializer="he_normal", name=f"{name}_conv1"
     )(x)
     y = fused_bn(name=f"{name}_bn1")(y)
     y = layers.ReLU(name=f"{name}_relu1")(y)
-    y = conv.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name=f"{name}_conv2")(y)
+    y = smallconv.Conv2D(
+        filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name=f"{name}_conv2"
+    )(y)
     y = fused_bn(name=f"{name}_bn2")(y)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
     return layers.ReLU(name=f"{name}_out")(y)
@@ -51,9 +53,11 @@ def apply_basic_block(x, filters: int, *, stride: int = 1, name: str):
 def apply_stem(x, filters: int, *, small: bool):
     """Small-image stem (3x3/1, no pool) or ImageNet stem (7x7/2 + maxpool 3x3/2)."""
     if small:
-        x = conv.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name="stem_conv")(x)
+        x = smallconv.Conv2D(
+            filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal", name="stem_conv"
+        )(x)
     else:
-        x = conv.Conv2D(
+        x = smallconv.Conv2D(
             filters, 7, strides=2, padding="same", use_bias=False, kernel_initializer="he_normal", name="stem_conv"
         )(x)
     x = fused_bn(name="stem_bn")(x)

@@ -1,4 +1,4 @@
-"""Small feature maps' convolutions as matrix products, for the project's Conv2D (models/conv.py).
+"""Conv2D whose small feature maps are computed as matrix products, for the project's ResNets.
 
 On a CPU, TensorFlow's convolutions (oneDNN) are fast on large feature maps and slow on small ones:
 ResNet-18 at 28 px ends in a 4x4x512 stage, and there one 3x3 512->512 convolution at batch 64 in
@@ -17,14 +17,19 @@ gradient 0.97x; on a GPU nothing was measured. So each path is taken only where 
 pay (`matmul_max_area`, from /proc/cpuinfo and oneDNN's ISA cap, not assumed; no visible GPU):
 maps up to 7x7 in bfloat16 on a CPU with AMX-BF16, maps up to 4x4 in float32 on AVX2 kernels.
 
-The project's `Conv2D` (keras_digits/models/conv.py), there and on the TensorFlow backend, computes
+`Conv2D` here is models/conv.py's Conv2D (Keras' layer with the same variables, options and saved
+config; its bias gradient as a plain reduction in float32) that, there and on the TensorFlow backend, computes
 a 2D convolution of output maps of at most MATMUL_MAX_AREA positions (4x4) as one matrix product of
 the input's patches with the kernel, and takes the weight gradient as a matrix product up to
 WGRAD_MAX_AREA positions (7x7), for stride-1 convolutions. Strided ones
 keep TensorFlow's kernels: with the weight gradient as a product, ResNet-18's 14x14 -> 7x7 stride-2
 3x3 convolution ran at 0.58x and the 7x7 -> 4x4 one broke even. Anything else (another backend,
 groups, dilation, channels_first, larger maps) is Keras' own computation. Results equal Keras'
-Conv2D up to the summation order (tested for values and both gradients).
+Conv2D up to the summation order (tested for values and both gradients). It is registered as
+'keras_digits>Conv2D': a saved model loads after `import keras_digits.models`. It keeps Keras' class
+name on purpose: Keras names a weights file's entries after the layer's class (`conv2d_3/...`), so
+with this name the weights files and BackupAndRestore backups of models built with Keras' Conv2D
+load into these models and back (tested); a new class name broke resuming runs backed up before.
 """
 
 from __future__ import annotations
@@ -32,16 +37,12 @@ from __future__ import annotations
 import functools
 import os
 
+import keras
+
+from keras_digits.models import conv
+
 MATMUL_MAX_AREA = 16  # output maps up to 4x4: forward and gradients as matrix products
 WGRAD_MAX_AREA = 49  # up to 7x7: the weight gradient as a matrix product
-
-
-def _onednn_on_cpu_only() -> bool:
-    from keras_digits.runtime import precision
-
-    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false"):
-        return False  # TensorFlow's own kernels, not oneDNN's: not what was measured
-    return not precision.gpu_capabilities()
 
 
 @functools.cache
@@ -51,7 +52,7 @@ def _amx_cpu_only() -> bool:
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     if isa not in ("", "ALL") and "AMX" not in isa:
         return False  # AMX switched off in oneDNN
-    return "amx_bf16" in precision.cpu_flags() and _onednn_on_cpu_only()
+    return "amx_bf16" in precision.cpu_flags() and conv.onednn_on_cpu_only()
 
 
 @functools.cache
@@ -59,7 +60,7 @@ def _avx2_kernels_only() -> bool:
     """oneDNN runs AVX2 kernels here: a CPU without AVX-512, or ONEDNN_MAX_CPU_ISA capping it at AVX2."""
     from keras_digits.runtime import precision
 
-    return precision.cpu_isa().startswith("AVX2") and _onednn_on_cpu_only()
+    return precision.cpu_isa().startswith("AVX2") and conv.onednn_on_cpu_only()
 
 
 def matmul_max_area(compute_dtype: str) -> int:
@@ -70,11 +71,6 @@ def matmul_max_area(compute_dtype: str) -> int:
     if compute_dtype == "float32" and _avx2_kernels_only():
         return MATMUL_MAX_AREA
     return 0
-
-
-def matmul_paths_pay(compute_dtype: str) -> bool:
-    """Whether this machine takes any matrix-product path for layers computing in `compute_dtype`."""
-    return matmul_max_area(compute_dtype) > 0
 
 
 def _same_pads(size: int, k: int, s: int) -> tuple[int, int, int]:
@@ -146,3 +142,28 @@ def small_map_conv(x, kernel, strides, padding):
 
     # a tensor, not the variable: tf.custom_gradient would otherwise want the variables' gradients too
     return conv(x, tf.convert_to_tensor(kernel))
+
+
+@keras.saving.register_keras_serializable(package="keras_digits")
+class Conv2D(conv.Conv2D):
+    """models/conv.py's Conv2D with small output maps computed as matrix products (see the module doc)."""
+
+    def _fast(self, inputs) -> bool:
+        if keras.backend.backend() != "tensorflow" or self.data_format != "channels_last" or self.groups != 1:
+            return False
+        if tuple(self.dilation_rate) != (1, 1) or tuple(self.strides) != (1, 1) or len(inputs.shape) != 4:
+            return False  # strided convolutions were not measured to pay enough to take (benchmarks/conv_paths.py)
+        area = matmul_max_area(self.compute_dtype)
+        if not area:
+            return False
+        in_h, in_w, channels = inputs.shape[1:]
+        if in_h is None or in_w is None or channels is None:
+            return False
+        kh, kw = self.kernel_size
+        out_h, out_w, _ = _geometry(int(in_h), int(in_w), kh, kw, *self.strides, self.padding)
+        return 0 < out_h * out_w <= area
+
+    def convolution_op(self, inputs, kernel):
+        if not self._fast(inputs):
+            return super().convolution_op(inputs, kernel)
+        return small_map_conv(inputs, kernel, tuple(self.strides), self.padding)

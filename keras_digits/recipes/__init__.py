@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 RECIPES = {
     "reports": "the course reports' setting and today's defaults: Adam 1e-3, batch 32, 15 epochs, float32",
     "fast": "the quickest honest route to >= 99.0 % MNIST test accuracy on a CPU (simple_cnn at 16/32/64 "
-    "filters, 3 epochs, batch 128, one-cycle schedule, bfloat16 where the CPU has AMX)",
+    "filters, 3 epochs, batch 128, one-cycle schedule; bfloat16 where the CPU has AMX, float32 elsewhere)",
     "best": "the highest single-model MNIST accuracy in about half an hour on 2 cores (simple_cnn at "
     "64/128/256 filters, augmentation, label smoothing, one-cycle schedule)",
     "medmnist": "the MedMNIST v2 benchmark's recipe: ResNet-18, Adam 1e-3, batch 128, 100 epochs, lr x0.1 at "

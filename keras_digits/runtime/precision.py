@@ -126,8 +126,11 @@ def gpu_capabilities() -> tuple[tuple[int, int], ...]:
 
 
 def detect() -> Hardware:
-    """This machine's Hardware."""
-    return Hardware(cpu_bf16=cpu_bf16_feature(cpu_flags()), gpu_capabilities=gpu_capabilities())
+    """This machine's Hardware; AMX does not count where ONEDNN_MAX_CPU_ISA switches it off in oneDNN."""
+    flags = cpu_flags()
+    if not cpu_isa(flags).startswith("AMX"):
+        flags = flags - {"amx_bf16", "amx_tile"}
+    return Hardware(cpu_bf16=cpu_bf16_feature(flags), gpu_capabilities=gpu_capabilities())
 
 
 def resolve(requested: str, hardware: Hardware | None = None) -> Resolved:
