@@ -212,8 +212,8 @@ def main() -> int:
         "--without-conv-paths",
         "--without-small-map-paths",
         action="store_true",
-        help="also time the same model with the project Conv2D's CPU paths (keras_digits/models/conv.py) off, "
-        "alternating",
+        help="also time the same model with the project Conv2D's CPU paths off (the bias gradient, "
+        "keras_digits/models/conv.py; small maps as products, keras_digits/models/smallconv.py), alternating",
     )
     p.add_argument("--profile", metavar="DIR", help="trace steps with TensorFlow's profiler; print the top ops")
     p.add_argument("--target-accuracy", type=float, help="train until test accuracy reaches this (MNIST)")

@@ -159,7 +159,7 @@ def warning(resolved: Resolved, hardware: Hardware | None = None) -> str | None:
         return "note: float16 on a CPU is emulated and much slower than float32; it is meant for GPUs"
     if resolved.name == "bfloat16" and hw.cpu_bf16 != "AMX-BF16":
         return (
-            f"note: this CPU has no AMX-BF16 ({hw.describe()}): TensorFlow's bfloat16 convolutions are "
+            f"note: no AMX-BF16 in use here ({hw.describe()}): TensorFlow's bfloat16 convolutions are "
             "usually slower than float32 ones here"
         )
     return None
