@@ -294,6 +294,9 @@ def test_cpu_isa_names_the_level_and_a_restriction():
     assert cpu_isa({"avx2", "avx512f", "amx_tile"}, "AVX2") == "AVX2 (ONEDNN_MAX_CPU_ISA=AVX2; the CPU has AMX)"
     assert cpu_isa({"avx2"}, "AVX512_CORE") == "AVX2"  # a cap above the CPU changes nothing
     assert cpu_isa({"sse4_1"}, "") == "SSE4.1"
+    amx = {"avx2", "avx512f", "amx_tile", "amx_bf16"}
+    assert cpu_isa(amx, "AVX10_1_512_AMX") == cpu_isa(amx, "AVX512_CORE_AMX_FP16") == "AMX"
+    assert cpu_isa(amx, "AVX10_1_512").startswith("AVX-512 (")  # an AVX-512 cap that names no AMX
 
 
 def test_collapse_section_escapes_what_the_file_holds(tmp_path):

@@ -35,7 +35,6 @@ load into these models and back (tested); a new class name broke resuming runs b
 from __future__ import annotations
 
 import functools
-import os
 
 import keras
 
@@ -49,10 +48,7 @@ WGRAD_MAX_AREA = 49  # up to 7x7: the weight gradient as a matrix product
 def _amx_cpu_only() -> bool:
     from keras_digits.runtime import precision
 
-    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    if isa not in ("", "ALL") and "AMX" not in isa:
-        return False  # AMX switched off in oneDNN
-    return "amx_bf16" in precision.cpu_flags() and conv.onednn_on_cpu_only()
+    return precision.cpu_isa().startswith("AMX") and conv.onednn_on_cpu_only()  # AMX not switched off
 
 
 @functools.cache

@@ -98,10 +98,10 @@ def cpu_isa(flags: frozenset[str] | set[str] | None = None, onednn_max: str | No
     level = 3 if {"amx_tile", "amx_bf16"} & set(flags) else 2 if "avx512f" in flags else 1 if "avx2" in flags else 0
     cap = (onednn_max if onednn_max is not None else os.environ.get("ONEDNN_MAX_CPU_ISA", "")).strip().upper()
     if cap and cap != "ALL":
-        limit = (
-            3 if cap.startswith("AVX512_CORE_AMX") else _ONEDNN_ISA.get(cap, 2 if cap.startswith("AVX512") else None)
-        )
-        if limit is not None and limit < level:
+        # oneDNN's AMX caps (AVX512_CORE_AMX*, AVX10_1_512_AMX*) name AMX; its other AVX-512 ones start
+        # AVX512 or AVX10; any other cap names no AMX and is read as AVX-512 at most
+        limit = 3 if "AMX" in cap else _ONEDNN_ISA.get(cap, 2)
+        if limit < level:
             return f"{ISA_LEVELS[limit]} (ONEDNN_MAX_CPU_ISA={cap}; the CPU has {ISA_LEVELS[level]})"
     return ISA_LEVELS[level]
 
