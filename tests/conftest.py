@@ -50,6 +50,31 @@ def make_images(n: int, shape: tuple[int, ...], num_classes: int, seed: int = 0)
     return x, y.astype(np.uint8)
 
 
+def conv_twins(cls, filters: int, kernel: int, input_shape: tuple, seed: int, **kwargs):
+    """keras.layers.Conv2D and `cls` with the same options, built on `input_shape`, holding the same
+    random weights (drawn with `seed`)."""
+    import keras
+
+    ref, new = keras.layers.Conv2D(filters, kernel, **kwargs), cls(filters, kernel, **kwargs)
+    for layer in (ref, new):
+        layer.build(input_shape)
+    rng = np.random.default_rng(seed)
+    new.set_weights([rng.normal(size=w.shape).astype("float32") for w in ref.get_weights()])
+    ref.set_weights(new.get_weights())
+    return ref, new
+
+
+def value_and_grads(layer, x, dy) -> list[np.ndarray]:
+    """layer(x), then the gradients of sum(layer(x) * dy) for x and for the layer's trainable weights."""
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * dy)
+    return [v.numpy() for v in (y, *tape.gradient(loss, [x, *layer.trainable_weights]))]
+
+
 @pytest.fixture
 def mnist_like_dir(tmp_path) -> Path:
     """A small mnist.npz in Keras layout."""

@@ -6,26 +6,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import conv_twins, value_and_grads
 
 from keras_digits.models import conv
 
 
 def _pair(filters=6, k=3, channels=4, size=9, **kwargs):
-    ref = keras.layers.Conv2D(filters, k, padding="same", **kwargs)
-    new = conv.Conv2D(filters, k, padding="same", **kwargs)
-    for layer in (ref, new):
-        layer.build((None, size, size, channels))
-    rng = np.random.default_rng(filters * 10 + k)
-    new.set_weights([rng.normal(size=w.shape).astype("float32") for w in ref.get_weights()])
-    ref.set_weights(new.get_weights())
-    return ref, new
-
-
-def _value_and_grads(layer, x, dy):
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        loss = tf.reduce_sum(layer(x) * dy)
-    return [v.numpy() for v in (layer(x), *tape.gradient(loss, [x, *layer.trainable_weights]))]
+    return conv_twins(conv.Conv2D, filters, k, (None, size, size, channels), filters * 10 + k, padding="same", **kwargs)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"activation": "relu"}, {"strides": 2}, {"use_bias": False}])
@@ -37,7 +24,7 @@ def test_equals_keras_conv(kwargs, monkeypatch):
     ref, new = _pair(**kwargs)
     x = tf.constant(np.random.default_rng(1).normal(size=(3, 9, 9, 4)).astype("float32"))
     dy = tf.constant(np.random.default_rng(2).normal(size=ref(x).shape).astype("float32"))
-    want, got = _value_and_grads(ref, x, dy), _value_and_grads(new, x, dy)
+    want, got = value_and_grads(ref, x, dy), value_and_grads(new, x, dy)
     assert bool(calls) == kwargs.get("use_bias", True)
     assert len(got) == len(want) == (4 if kwargs.get("use_bias", True) else 3)
     for g, w in zip(got, want, strict=True):

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import conv_twins, value_and_grads
 
 from keras_digits.models import smallconv
 
@@ -32,23 +33,10 @@ def paths_on(monkeypatch):
 
 
 def _pair(size, k, stride, padding, channels=5, filters=6):
-    ref = keras.layers.Conv2D(filters, k, strides=stride, padding=padding, use_bias=True)
-    new = smallconv.Conv2D(filters, k, strides=stride, padding=padding, use_bias=True)
-    ref.build((None, size, size, channels))
-    new.build((None, size, size, channels))
-    rng = np.random.default_rng(size * 100 + k * 10 + stride)
-    new.set_weights([rng.normal(size=w.shape).astype("float32") for w in ref.get_weights()])
-    ref.set_weights(new.get_weights())
-    return ref, new
-
-
-def _value_and_grads(layer, x, dy):
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = layer(x)
-        loss = tf.reduce_sum(y * dy)
-    dx, dk, db = tape.gradient(loss, [x, layer.kernel, layer.bias])
-    return [v.numpy() for v in (y, dx, dk, db)]
+    seed = size * 100 + k * 10 + stride
+    return conv_twins(
+        smallconv.Conv2D, filters, k, (None, size, size, channels), seed, strides=stride, padding=padding, use_bias=True
+    )
 
 
 @pytest.mark.parametrize("size,k,stride,padding", CASES)
@@ -60,8 +48,8 @@ def test_equals_keras_conv(size, k, stride, padding, paths_on):
     y_shape = ref.compute_output_shape(x.shape)
     dy = tf.constant(np.random.default_rng(2).normal(size=(3,) + tuple(y_shape[1:])).astype("float32"))
     for got, want, what in zip(
-        _value_and_grads(new, x, dy),
-        _value_and_grads(ref, x, dy),
+        value_and_grads(new, x, dy),
+        value_and_grads(ref, x, dy),
         ("output", "input gradient", "kernel gradient", "bias gradient"),
     ):
         assert got.shape == want.shape, what

@@ -15,6 +15,13 @@ from keras_digits.config import TrainConfig, comparable, load_config_file
 from keras_digits.errors import KerasDigitsError
 
 
+def run_benchmark(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """benchmarks/SCRIPT with ARGS in a fresh interpreter, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
 # ---------------------------------------------------------------------------- precision
 def test_auto_precision_follows_the_hardware():
     from keras_digits.runtime.precision import Hardware, resolve
@@ -345,26 +352,20 @@ def test_torch_peers_match_the_keras_models():
 @pytest.mark.slow
 def test_throughput_benchmark_prints_ratio_and_profile(tmp_path):
     pytest.importorskip("torch")
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "train_throughput.py"),
-            "--steps",
-            "6",
-            "--warmup",
-            "2",
-            "--repeats",
-            "1",
-            "--peer",
-            "torch",
-            "--profile",
-            str(tmp_path / "prof"),
-            "--steps-per-execution",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    out = run_benchmark(
+        "train_throughput.py",
+        "--steps",
+        "6",
+        "--warmup",
+        "2",
+        "--repeats",
+        "1",
+        "--peer",
+        "torch",
+        "--profile",
+        str(tmp_path / "prof"),
+        "--steps-per-execution",
+        "2",
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ratio keras_digits / PyTorch" in out.stdout
@@ -378,25 +379,19 @@ def test_throughput_benchmark_caps_the_isa_and_states_it_beside_every_figure():
 
     if "avx2" not in precision.cpu_flags():
         pytest.skip("this CPU has no AVX2")
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "train_throughput.py"),
-            "--isa",
-            "avx2",
-            "--recipe",
-            "fast",
-            "--steps",
-            "4",
-            "--warmup",
-            "4",
-            "--repeats",
-            "2",
-            "--without-conv-paths",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    out = run_benchmark(
+        "train_throughput.py",
+        "--isa",
+        "avx2",
+        "--recipe",
+        "fast",
+        "--steps",
+        "4",
+        "--warmup",
+        "4",
+        "--repeats",
+        "2",
+        "--without-conv-paths",
     )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
@@ -410,41 +405,29 @@ def test_throughput_benchmark_caps_the_isa_and_states_it_beside_every_figure():
 
 @pytest.mark.slow
 def test_small_map_benchmarks_run(tmp_path):
-    bench = REPO / "benchmarks"
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(bench / "train_throughput.py"),
-            "--arch",
-            "resnet18",
-            "--shape",
-            "28,28,3",
-            "--classes",
-            "3",
-            "--batch-size",
-            "4",
-            "--steps",
-            "2",
-            "--warmup",
-            "1",
-            "--repeats",
-            "1",
-            "--precision",
-            "bfloat16",
-            "--without-conv-paths",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    out = run_benchmark(
+        "train_throughput.py",
+        "--arch",
+        "resnet18",
+        "--shape",
+        "28,28,3",
+        "--classes",
+        "3",
+        "--batch-size",
+        "4",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--repeats",
+        "1",
+        "--precision",
+        "bfloat16",
+        "--without-conv-paths",
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "with / without:" in out.stdout
-    out = subprocess.run(
-        [sys.executable, str(bench / "conv_paths.py"), "--batch", "2", "--repeats", "1"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    out = run_benchmark("conv_paths.py", "--batch", "2", "--repeats", "1")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "4x4x512" in out.stdout and "TensorFlow's kernels" in out.stdout
 
@@ -562,33 +545,14 @@ def test_epoch_overhead_benchmark_compares_both_settings(mnist_like_dir):
         off = make_datasets(cfg, bundle)
         assert on.train.options().autotune.enabled is True and on.val.options().autotune.enabled is True
         assert off.train.options().autotune.enabled is False
-    bad = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "epoch_overhead.py"), "--epochs", "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = run_benchmark("epoch_overhead.py", "--epochs", "1", timeout=120)
     assert bad.returncode == 2 and "at least 2" in bad.stderr
 
 
 @pytest.mark.slow
 def test_epoch_overhead_benchmark_runs(mnist_like_dir):
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "epoch_overhead.py"),
-            "--data-dir",
-            str(mnist_like_dir),
-            "--epochs",
-            "2",
-            "--recipe",
-            "fast",
-            "--repeats",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    out = run_benchmark(
+        "epoch_overhead.py", "--data-dir", str(mnist_like_dir), "--epochs", "2", "--recipe", "fast", "--repeats", "2"
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("as shipped") == 3 and out.stdout.count("autotune on") == 3
