@@ -112,7 +112,7 @@ def build_tiny_export(base: Path) -> dict[str, Path]:
     x_te, y_te = make_images(100, (28, 28), 10, seed=2)
     np.savez_compressed(paths["data"] / "mnist.npz", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
     from keras_digits.config import TrainConfig
-    from keras_digits.serving.export import export_run
+    from keras_digits.serving.export_run import export_run
     from keras_digits.training.run import train_and_evaluate
 
     with pytest.MonkeyPatch.context() as mp:

@@ -172,11 +172,11 @@ def test_cli_refuses_existing_version_then_overwrites(tiny, tmp_path, capsys):
 
 
 def test_default_out_is_saved_models_slash_run_name(tiny, tmp_path, monkeypatch):
-    from keras_digits.serving.export import export_run
+    from keras_digits.serving.export_run import export_run
 
     run = tmp_path / "my-run"
     run.mkdir()
-    for name in ("config.json", "dataset.json", "best.keras", "metrics.json"):
+    for name in ("config.json", "dataset.json", "best.keras", "metrics.json", "examples-test.npz"):
         shutil.copy(tiny["run"] / name, run / name)
     monkeypatch.chdir(tmp_path)
     assert export_run("my-run") == Path("saved_models") / "my-run" / "1"

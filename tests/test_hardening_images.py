@@ -230,7 +230,7 @@ def test_predict_says_a_fully_transparent_file_is_blank(tiny, tmp_path, capsys):
 # ---------------------------------------------------------------------------- 9. predict --preprocess none
 @pytest.fixture(scope="module")
 def digit_export(tiny, tmp_path_factory) -> Path:
-    from keras_digits.serving.export import export_run
+    from keras_digits.serving.export_run import export_run
 
     return export_run(tiny["run"], tmp_path_factory.mktemp("digit_export") / "digit", 1, preprocess="digit")
 

@@ -102,7 +102,7 @@ def font_export(tmp_path_factory):
     """A simple_cnn_v1 run on font digits of the MNIST kind (saved as mnist.npz), exported twice:
     plain, and with the normalisation inside its signature."""
     from keras_digits.config import TrainConfig
-    from keras_digits.serving.export import export_run
+    from keras_digits.serving.export_run import export_run
     from keras_digits.training.run import train_and_evaluate
 
     base = tmp_path_factory.mktemp("font")

@@ -1,27 +1,15 @@
-"""A finished run as a TensorFlow SavedModel in TF Serving's layout, raw uint8 images in."""
+"""A Keras model as a TensorFlow SavedModel in TF Serving's layout, raw uint8 images of any size in."""
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from keras_digits.errors import KerasDigitsError
 from keras_digits.utils.finite import describe_nonfinite, nonfinite_variables
-from keras_digits.utils.io import (
-    atomic_dir,
-    check_output_dir,
-    clean_stale_temps,
-    current_umask,
-    write_json,
-    write_text,
-)
-from keras_digits.utils.lock import hold
-
-SAVED_MODELS_DIR = Path("saved_models")
-
+from keras_digits.utils.io import atomic_dir, current_umask, write_json, write_text
 
 SERVING_SIGNATURE = "serving_default"
 
@@ -74,6 +62,64 @@ def _serving_fns(model, label_names: Sequence[str], preprocess: str = "none"):
     return (serve, uint8_spec), (serve_float, float_spec)
 
 
+def check_exportable(model, label_names: Sequence[str]) -> list[str]:
+    """The label names as strings, after checking they fit the model and a labels file, and that the
+    weights are finite."""
+    num_classes = int(model.outputs[0].shape[-1])
+    label_names = [str(n) for n in label_names]
+    if len(label_names) != num_classes:
+        raise KerasDigitsError(f"{len(label_names)} label names for a model with {num_classes} outputs")
+    broken = [n for n in label_names if any(c in n for c in "\n\r")]
+    if broken:
+        raise KerasDigitsError(f"label name {broken[0]!r} holds a line break; assets/labels.txt needs one name a line")
+    bad = nonfinite_variables(model.weights)
+    if bad:
+        raise KerasDigitsError(f"the model holds non-finite values in {describe_nonfinite(bad)}; not exported")
+    return label_names
+
+
+def export_config(config: dict[str, Any] | None, preprocess: str) -> dict[str, Any]:
+    """The run config an export carries, with "preprocess": "digit" when the export normalises digits."""
+    if preprocess not in ("none", "digit"):
+        raise KerasDigitsError(f"--preprocess must be none or digit, got {preprocess!r}")
+    return {**(config or {}), **({"preprocess": "digit"} if preprocess == "digit" else {})}
+
+
+def write_saved_model(model, folder: Path, label_names: Sequence[str], config: dict[str, Any], preprocess: str) -> None:
+    """The SavedModel (both signatures, label names and config as variables) into `folder`, which may
+    exist; assets are `write_assets`' job."""
+    import keras
+    import tensorflow as tf
+
+    (serve, uint8_spec), (serve_float, float_spec) = _serving_fns(model, label_names, preprocess)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[uint8_spec])
+    archive.add_endpoint(FLOAT_SIGNATURE, serve_float, input_signature=[float_spec])
+    archive.add_variable_collection(
+        "label_names", [tf.Variable(tf.constant(list(label_names), tf.string), trainable=False, name="label_names")]
+    )
+    archive.add_variable_collection(
+        "config_json", [tf.Variable(json.dumps(config, sort_keys=True), trainable=False, name="config_json")]
+    )
+    try:
+        archive.write_out(str(folder), verbose=False)
+    except Exception as exc:  # TF raises many types; the message names the cause
+        raise KerasDigitsError(f"SavedModel export failed: {type(exc).__name__}: {exc}") from None
+
+
+def write_assets(
+    folder: Path, label_names: Sequence[str], config: dict[str, Any], dataset: dict[str, Any] | None
+) -> None:
+    """assets/labels.txt (one name a line, class-id order), assets/config.json, assets/dataset.json."""
+    assets = folder / "assets"
+    assets.mkdir(exist_ok=True)
+    write_text(assets / "labels.txt", "".join(f"{n}\n" for n in label_names))
+    write_json(assets / "config.json", config)
+    if dataset is not None:
+        write_json(assets / "dataset.json", dataset)
+
+
 def export_model(
     model,
     export_dir: str | Path,
@@ -86,90 +132,22 @@ def export_model(
     """Write `model` as a SavedModel version folder `export_dir` (atomically); returns its path.
     preprocess="digit" puts the MNIST-style digit normalisation inside serving_default and records
     "preprocess": "digit" in the exported config (so predict does not apply it again)."""
-    import keras
-    import tensorflow as tf
-
     export_dir = Path(export_dir)
-    num_classes = int(model.outputs[0].shape[-1])
-    label_names = [str(n) for n in label_names]
-    if len(label_names) != num_classes:
-        raise KerasDigitsError(f"{len(label_names)} label names for a model with {num_classes} outputs")
-    broken = [n for n in label_names if any(c in n for c in "\n\r")]
-    if broken:
-        raise KerasDigitsError(f"label name {broken[0]!r} holds a line break; assets/labels.txt needs one name a line")
-    bad = nonfinite_variables(model.weights)
-    if bad:
-        raise KerasDigitsError(f"the model holds non-finite values in {describe_nonfinite(bad)}; not exported")
+    label_names = check_exportable(model, label_names)
     if export_dir.exists() and not overwrite:
         raise KerasDigitsError(f"{export_dir} already exists; pass --overwrite or another --version")
-    if preprocess not in ("none", "digit"):
-        raise KerasDigitsError(f"--preprocess must be none or digit, got {preprocess!r}")
-    config = {**(config or {}), **({"preprocess": "digit"} if preprocess == "digit" else {})}
-    (serve, uint8_spec), (serve_float, float_spec) = _serving_fns(model, label_names, preprocess)
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(SERVING_SIGNATURE, serve, input_signature=[uint8_spec])
-    archive.add_endpoint(FLOAT_SIGNATURE, serve_float, input_signature=[float_spec])
-    archive.add_variable_collection(
-        "label_names", [tf.Variable(tf.constant(label_names, tf.string), trainable=False, name="label_names")]
-    )
-    archive.add_variable_collection(
-        "config_json", [tf.Variable(json.dumps(config, sort_keys=True), trainable=False, name="config_json")]
-    )
+    config = export_config(config, preprocess)
     with atomic_dir(export_dir) as tmp:
-        try:
-            archive.write_out(str(tmp), verbose=False)
-        except Exception as exc:  # TF raises many types; the message names the cause
-            raise KerasDigitsError(f"SavedModel export failed: {type(exc).__name__}: {exc}") from None
-        assets = tmp / "assets"
-        assets.mkdir(exist_ok=True)
-        write_text(assets / "labels.txt", "".join(f"{n}\n" for n in label_names))
-        write_json(assets / "config.json", config)
-        if dataset is not None:
-            write_json(assets / "dataset.json", dataset)
-        _usual_permissions(tmp)
+        write_saved_model(model, tmp, label_names, config, preprocess)
+        write_assets(tmp, label_names, config, dataset)
+        usual_permissions(tmp)
     return export_dir
 
 
-def _usual_permissions(root: Path) -> None:
+def usual_permissions(root: Path) -> None:
     """Temporary files and folders are private (0600/0700); give the export the umask's usual modes,
     so a model server running as another user can read it."""
     umask = current_umask()
     root.chmod(0o777 & ~umask)
     for path in root.rglob("*"):
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
-def export_run(
-    run_dir: str | Path,
-    out: str | Path | None = None,
-    version: int = 1,
-    overwrite: bool = False,
-    preprocess: str = "none",
-) -> Path:
-    """Export a finished run's best.keras to `out/<version>` (default saved_models/<run name>/<version>)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise KerasDigitsError(f"run directory not found: {run_dir}")
-    if version <= 0:
-        raise KerasDigitsError(f"--version must be a positive integer, got {version}")
-    out = Path(out) if out is not None else SAVED_MODELS_DIR / run_dir.resolve().name
-    version_dir = check_output_dir(out / str(version), "export folder")
-    if version_dir.exists() and not overwrite:  # checked before the (slow) model load
-        raise KerasDigitsError(f"{version_dir} already exists; pass --overwrite or another --version")
-    from keras_digits.evaluation.records import dataset_record, model_label_names
-
-    dataset = dataset_record(run_dir) or None
-    from keras_digits.evaluation.runs import load_run
-
-    config, model = load_run(run_dir)
-    num_classes = int(model.outputs[0].shape[-1])
-    label_names = model_label_names(dataset or {}, num_classes)
-    if dataset is None:
-        print(f"note: {run_dir} has no dataset.json; labels are the class ids 0..{num_classes - 1}", file=sys.stderr)
-    with hold(version_dir, "export folder"):
-        clean_stale_temps(out, version_dir.name)  # left by an export that was killed
-        return export_model(
-            model, version_dir, label_names, config=config, dataset=dataset, overwrite=overwrite, preprocess=preprocess
-        )

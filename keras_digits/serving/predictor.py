@@ -1,4 +1,5 @@
-"""Predicting image files with an exported SavedModel: loading, batching by size, CSV rows."""
+"""Predicting image files with an exported model (SavedModel, ONNX, LiteRT, .keras): loading, batching by
+size, CSV rows."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 from keras_digits.data.adapt import wants_digit
 from keras_digits.data.folder import list_images, read_image
 from keras_digits.errors import KerasDigitsError
+from keras_digits.serving.model_files import assets_dir, resolve_model, resolve_saved_model
 
 CSV_COLUMNS = ("file", "label", "class_id", "confidence", "top_k")
 
@@ -62,50 +64,61 @@ def resolve_model_dir(path: str | os.PathLike) -> Path:
         raise KerasDigitsError(f"model not found: {path}")
     if not path.is_dir():
         raise KerasDigitsError(f"model must be a SavedModel folder, got a file: {path}")
-    if (path / "saved_model.pb").is_file():
-        return path
-    versions = [p for p in path.iterdir() if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()]
-    if versions:
-        return max(versions, key=lambda p: int(p.name))
-    raise KerasDigitsError(f"{path} is not a SavedModel folder (no saved_model.pb, no numbered version inside)")
+    return resolve_saved_model(path)
 
 
 def check_preprocess(model: str | os.PathLike, preprocess: str) -> None:
-    """Refuse --preprocess none for a model exported with --preprocess digit: its signature normalises anyway."""
-    model_dir = resolve_model_dir(model)
-    if preprocess == "none" and read_export_config(model_dir).get("preprocess") == "digit":
+    """Refuse --preprocess none for a SavedModel exported with --preprocess digit: its signature normalises
+    anyway (the file formats cannot carry the normalisation, so for them none is the caller's choice)."""
+    fmt, path = resolve_model(model)
+    if fmt != "saved_model":
+        return
+    if preprocess == "none" and read_export_config(path).get("preprocess") == "digit":
         raise KerasDigitsError(
-            f"--preprocess none: {model_dir} was exported with --preprocess digit, so its signature "
+            f"--preprocess none: {path} was exported with --preprocess digit, so its signature "
             "digit-normalises every image and cannot skip it; use --preprocess auto, or export the "
             "run again without --preprocess digit"
         )
 
 
-def read_export_config(model_dir: Path) -> dict:
-    """The run config an export carries (assets/config.json); {} when absent or unreadable."""
+def read_export_config(model: Path, fmt: str = "saved_model") -> dict:
+    """The run config an export carries (assets/config.json, inside a SavedModel folder or beside a model
+    file); {} when absent or unreadable."""
     from keras_digits.utils.io import read_json_object
 
-    return read_json_object(model_dir / "assets" / "config.json", lenient=True)
+    return read_json_object(assets_dir(fmt, model) / "config.json", lenient=True)
 
 
 class Predictor:
-    """A loaded SavedModel's serving signature, fed lists of uint8 images of any sizes.
+    """A loaded SavedModel's serving signature, or a .onnx / .tflite / .keras model file run by its own
+    runtime (keras_digits.serving.model_files), fed lists of uint8 images of any sizes.
 
     `preprocess` (auto|digit|none, see keras_digits.data.adapt) decides whether images are digit-normalised
     (keras_digits.data.digit_norm, the same TF function export can put in the signature) first;
     `self.preprocess` is what is applied, `self.inkless` counts images without ink (only grey-scaled and
     resized), `self.notes` holds (file, note) for images read in a way worth saying (fully transparent).
-    For a model whose signature normalises (exported with --preprocess digit) nothing more is applied; the
-    commands refuse an explicit --preprocess none for it (`check_preprocess`)."""
+    For a SavedModel whose signature normalises (exported with --preprocess digit) nothing more is applied;
+    the commands refuse an explicit --preprocess none for it (`check_preprocess`). A model file exported
+    with --preprocess digit cannot normalise itself: `auto` applies the normalisation here.
+    `self.model_dir` is the SavedModel folder or the model file; `self.format` its format."""
 
     def __init__(self, model_dir: str | os.PathLike, preprocess: str = "auto"):
-        self.model_dir = resolve_model_dir(model_dir)
-        self.config = read_export_config(self.model_dir)
-        self.in_graph = self.config.get("preprocess") == "digit"  # the signature normalises already
-        digit = wants_digit(preprocess, str(self.config.get("dataset", "")))
+        self.format, self.model_dir = resolve_model(model_dir)
+        self.config = read_export_config(self.model_dir, self.format)
+        exported_digit = self.config.get("preprocess") == "digit"
+        self.in_graph = exported_digit and self.format == "saved_model"  # the signature normalises already
+        digit = wants_digit(preprocess, str(self.config.get("dataset", ""))) or (
+            preprocess == "auto" and exported_digit
+        )
         self.preprocess = "digit" if digit and not self.in_graph else "none"
         self.inkless = 0
         self.notes: list[tuple[Path, str]] = []
+        if self.format != "saved_model":
+            from keras_digits.serving.model_files import FileModel
+
+            self._fn = FileModel(self.format, self.model_dir)
+            self.num_classes = self._fn.num_classes
+            return
         import tensorflow as tf
 
         try:
@@ -155,16 +168,19 @@ class Predictor:
             normalised, has_ink = normalize_batch(batch)
             inkless = int((~has_ink.numpy()).sum())
             batch = tf.cast(normalised, tf.uint8)
-        out = self._fn(**{self._input_name: batch})
+        if self.format == "saved_model":
+            out = self._fn(**{self._input_name: batch})
+            labels = [b.decode("utf-8", "replace") for b in out["label"].numpy()]
+            probs, ids = out["probabilities"].numpy(), out["class_id"].numpy()
+        else:
+            probs, ids, labels = self._fn(batch)
         self.inkless += inkless  # counted once the batch went through (a failed batch is retried image by image)
-        labels = [b.decode("utf-8", "replace") for b in out["label"].numpy()]
-        probs = out["probabilities"].numpy()
         if not np.isfinite(probs).all():
             raise NonFiniteOutput(
                 f"{self.model_dir} returned non-finite probabilities: the model is broken "
                 "(a diverged training?); nothing predicted"
             )
-        return probs, out["class_id"].numpy().astype(int), labels
+        return probs, np.asarray(ids).astype(int), labels
 
     def predict_images(self, images: Sequence[np.ndarray], batch_size: int = 64):
         """Results for images of any sizes, in input order; same-shape images share batches.
