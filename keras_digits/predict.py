@@ -1,11 +1,15 @@
-"""Predict image files with an exported SavedModel; CSV out.
+"""Predict image files with an exported model (SavedModel, ONNX, LiteRT or .keras); CSV out.
 
     python -m keras_digits.predict --model saved_models/NAME/1 PATH... [--out FILE.csv] [--top-k 3] [--batch-size 64]
 
 PATH is an image file or a folder (searched recursively; files with the extensions of
 keras_digits.data.folder.IMAGE_EXTENSIONS: PNG, JPEG, BMP, GIF, TIFF, WebP; hidden files ignored).
 --model may also name the model folder above the versions (saved_models/NAME): its highest
-numbered version is used, as TF Serving does.
+numbered version is used, as TF Serving does; or a model file from `export --format`: model.onnx,
+model.tflite (or a quantized model_int8.tflite), model.keras (or a run's own best.keras), with the
+labels from the assets/ folder beside it. Such files take images at the model's input shape, so
+the images are first fitted to it here with the function the SavedModel runs in its graph (and
+digit-normalised where the export asked for it): every format gives the same labels.
 
 Output CSV (stdout, or --out written atomically), one row per image in the order found (arguments
 in order, each folder's files sorted by path), columns:
@@ -25,7 +29,7 @@ signature converts channels and resizes. With --preprocess digit
 already does it in its signature) each image is first digit-normalised the way MNIST was built
 (keras_digits.data.digit_norm); --preprocess none is refused for a model exported with
 --preprocess digit (its signature always normalises). Images of the same size are batched together.
-Only TensorFlow (and Pillow) is needed: keras is never imported here.
+For a SavedModel only TensorFlow (and Pillow) is needed: keras is never imported then.
 
 Exit codes: 0 all images predicted; 1 some files were not images or could not be decoded (each is
 named on stderr, the rest are still predicted); 2 usage errors (missing model or path, bad option).
@@ -56,7 +60,8 @@ from keras_digits.utils.io import atomic_path, check_output_file
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m keras_digits.predict",
-        description="Predict image files or folders with an exported SavedModel; writes CSV "
+        description="Predict image files or folders with an exported model (SavedModel folder, .onnx, .tflite "
+        "or .keras file); writes CSV "
         "(file,label,class_id,confidence,top_k) to stdout or --out.",
         epilog='top_k holds the K best classes as CLASS_ID:PROBABILITY joined by ";", e.g. '
         '"3:0.9100;8:0.0500;5:0.0200". Exit code 1 when some files could not be read '
@@ -66,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         required=True,
-        help="SavedModel folder (saved_models/NAME/VERSION, or saved_models/NAME for its latest version)",
+        help="SavedModel folder (saved_models/NAME/VERSION, or saved_models/NAME for its latest version), or a "
+        "model file from export --format: model.onnx, model.tflite, model_int8.tflite, model.keras",
     )
     p.add_argument("--out", help="CSV file to write (atomically; default stdout)")
     p.add_argument("--top-k", type=positive_int, default=3, help="classes listed in the top_k column (default 3)")

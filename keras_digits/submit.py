@@ -1,4 +1,4 @@
-"""Contest submission CSV from a folder of test images and an exported SavedModel.
+"""Contest submission CSV from a folder of test images and an exported model (SavedModel, .onnx, .tflite, .keras).
 
     python -m keras_digits.submit --model saved_models/NAME/1 --images DIR [--format ids] [--out submission.csv]
                                   [--id-width 5] [--label name|id]
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m keras_digits.submit",
         description="Write a contest submission CSV (one row per image, sorted by id) from a folder of "
-        "images and an exported SavedModel.",
+        "images and an exported model (SavedModel folder, or a .onnx, .tflite or .keras file).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="formats:\n"
         "  ids     header id,label; id = file stem, zero-padded to --id-width digits when numeric\n"
@@ -49,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         "label = predicted label name (default) or class index (--label id).\n"
         "Any undecodable image: named on stderr, nothing written, exit 1.",
     )
-    p.add_argument("--model", required=True, help="SavedModel folder (saved_models/NAME/VERSION or saved_models/NAME)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="SavedModel folder (saved_models/NAME/VERSION or saved_models/NAME), or a model file from export "
+        "--format (model.onnx, model.tflite, model.keras)",
+    )
     p.add_argument("--images", required=True, help="folder of test images (searched recursively)")
     p.add_argument("--format", choices=sorted(FORMATS), default="ids", help="submission format (default ids)")
     p.add_argument("--out", default="submission.csv", help="CSV to write (default submission.csv)")

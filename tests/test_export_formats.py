@@ -336,3 +336,75 @@ def test_bad_options_are_one_line(tiny, tmp_path, capsys, argv, message):
     code, _, err = run_main(export.main, ["--run", tiny["run"], "--out", tmp_path / "x", *argv], capsys)
     assert code == 2 and message in one_error_line(err)
     assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------- the guide's examples
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "export-and-serving.md"
+
+
+def _guide_blocks(language: str) -> list[str]:
+    import re
+
+    return re.findall(rf"```{language}\n(.*?)```", GUIDE.read_text(), flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def guide_folder(all_formats, tiny, tmp_path_factory):
+    """A working folder laid out as the guide's examples expect: saved_models/mnist_cnn/1, a run, digit.png."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("guide")
+    shutil.copytree(all_formats[0], root / "saved_models" / "mnist_cnn" / "1")
+    shutil.copytree(tiny["run"], root / "runs" / "mnist-simple_cnn-s42")
+    x, _ = tiny_test_split(tiny)
+    Image.fromarray(x[0, ..., 0]).save(root / "digit.png")
+    return root
+
+
+def test_the_guide_has_an_example_per_runtime():
+    blocks = _guide_blocks("python")
+    for needle in ("tf.saved_model.load", "onnxruntime", "ai_edge_litert", "keras.saving.load_model", "best.keras"):
+        assert any(needle in block for block in blocks), needle
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_the_guides_python_examples_run_as_written(guide_folder, tiny, index):
+    blocks = _guide_blocks("python")
+    assert len(blocks) == 5
+    done = subprocess.run(
+        [sys.executable, "-c", blocks[index]], cwd=guide_folder, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = done.stdout.strip().splitlines()[-1].split()
+    if "best.keras" not in blocks[index]:
+        _, y = tiny_test_split(tiny)
+        assert printed[0] == str(y[0]) and 0.0 < float(printed[1]) <= 1.0  # the label of digit.png, a probability
+
+
+def test_the_guides_tf_serving_request_feeds_the_signature(guide_folder):
+    import tensorflow as tf
+
+    bash = next(block for block in _guide_blocks("bash") if "tensorflow/serving" in block)
+    line = next(line for line in bash.splitlines() if line.startswith("python -c"))
+    subprocess.run(line, shell=True, cwd=guide_folder, check=True, timeout=300)
+    body = json.loads((guide_folder / "request.json").read_text())
+    serve = tf.saved_model.load(str(guide_folder / "saved_models" / "mnist_cnn" / "1")).signatures[
+        body["signature_name"]
+    ]
+    images = np.asarray(body["inputs"]["images"], dtype=np.uint8)
+    assert images.shape == (1, 28, 28, 1)
+    assert serve(images=tf.constant(images))["probabilities"].shape == (1, 10)
+
+
+def test_a_run_without_stored_examples_is_one_line_naming_the_fix(tiny, tmp_path, capsys):
+    from keras_digits import export
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "dataset.json", "best.keras", "metrics.json"):
+        shutil.copy(tiny["run"] / name, run / name)
+    code, _, err = run_main(export.main, ["--run", run, "--out", tmp_path / "x", "--format", "onnx"], capsys)
+    assert code == 2
+    line = one_error_line(err)
+    assert "no stored examples" in line and f"keras_digits.evaluate --run {run} --split test" in line
+    assert not (tmp_path / "x").exists()

@@ -47,7 +47,7 @@ def stored_examples(run_dir: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, 
             return images.astype(np.uint8), f"the run's {len(images)} stored {split} examples"
     raise KerasDigitsError(
         f"{run_dir} holds no stored examples (examples-test.npz) to check the exports on; "
-        "score the run again: python -m keras_digits.evaluate --run " + str(run_dir)
+        f"score the run again to write them: python -m keras_digits.evaluate --run {run_dir} --split test"
     )
 
 

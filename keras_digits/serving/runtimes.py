@@ -74,7 +74,10 @@ class SavedModelRuntime:
         import tensorflow as tf
 
         if threads:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+            except RuntimeError:  # TensorFlow already started: its thread pools are fixed
+                pass
         self._tf = tf
         self._loaded = tf.saved_model.load(path)
         self._fn = self._loaded.signatures["serving_default"]
