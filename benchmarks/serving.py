@@ -8,13 +8,14 @@ written in every format to a temporary folder, with a dynamic-range and an int8 
 calibrated on random images: fine for timing, not for accuracy). With --model, the formats found in
 that version folder (saved_model.pb, model.onnx, model*.tflite, model.keras) are timed.
 
-Each format runs through keras_digits.serving.runtimes, the code predict uses and the export's
-fresh-process check runs: TensorFlow's `serving_default` signature, an onnxruntime session, the LiteRT
-interpreter, Keras' predict_on_batch. All get the same uint8 images at the model's input shape. Every
+Each format runs through keras_digits.serving.runtimes, the code the export's fresh-process check runs
+(and predict, for model files): TensorFlow's `serving_default` signature, an onnxruntime session, the
+LiteRT interpreter, Keras' predict_on_batch. All get the same uint8 images at the model's input shape. Every
 repeat times every format once per batch size for about --seconds, in an order rotated between
 repeats (this machine's speed drifts); the table shows the median images/s over the repeats and its
-ratio to the SavedModel's, with the CPU's name and ISA. --threads sets every runtime's intra-op threads
-(default: each runtime's own choice). ONEDNN_MAX_CPU_ISA caps TensorFlow's oneDNN only: onnxruntime
+ratio to the SavedModel's, with the CPU's name and ISA. --threads sets the intra-op threads of
+TensorFlow (so the SavedModel and Keras), onnxruntime and LiteRT (default: each runtime's own choice;
+LiteRT's interpreter is given all logical cores). ONEDNN_MAX_CPU_ISA caps TensorFlow's oneDNN only: onnxruntime
 (MLAS) and LiteRT (XNNPACK) choose their own kernels. Figures, not a test: nothing is asserted.
 """
 
@@ -113,7 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     if not batches or min(batches) < 1 or args.repeats < 1 or args.seconds <= 0:
         p.error("--batches, --repeats and --seconds must be positive")
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from keras_digits.utils.cli import quiet_tensorflow
+
+    quiet_tensorflow()  # TensorFlow's start-up chatter (no CUDA driver, ...) off stderr
+    if args.threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)  # before TensorFlow starts
     from keras_digits.runtime.precision import cpu_isa, cpu_name
     from keras_digits.serving.runtimes import open_runtime
 
@@ -131,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"no model files in {version}")
         sizes = {label: size_of(path) for label, _, path in models}
         runtimes = {label: open_runtime(kind, str(path), args.threads) for label, kind, path in models}
-        shape = next(r.input_shape for r in runtimes.values() if r.input_shape)
+        shape = next((r.input_shape for r in runtimes.values() if r.input_shape), None)
+        if shape is None:
+            p.error(f"cannot tell the input shape of the models in {version} (a SavedModel without serve_float?)")
         rng = np.random.default_rng(0)
         inputs = {b: rng.integers(0, 256, (b, *shape), dtype=np.uint8) for b in batches}
         for runtime in runtimes.values():

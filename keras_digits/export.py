@@ -37,12 +37,13 @@ the LiteRT converter cannot carry that resize or the digit normalisation): `pred
 for them. assets/export.json records per format what the caller must apply.
 
 Every format is then loaded by its own runtime (TensorFlow, onnxruntime, the LiteRT interpreter, plain
-Keras) in a fresh Python process that cannot import keras_digits, on the run's stored test examples: the
-probabilities must match the Keras model's within --tolerance (quantized LiteRT: the test accuracy may
-drop by at most --max-accuracy-drop, measured on the run's whole test split). The folder appears
-atomically, only when every check passed (exit code 1 otherwise, nothing written); an existing version
-is never replaced without --overwrite. ONNX and LiteRT need the export extra: pip install
-'keras_digits[export]'.
+Keras) in a fresh Python process that cannot import keras_digits, on the run's stored test examples
+(examples-test.npz, when the run has them) and 64 seeded random images: the probabilities must match
+the Keras model's within --tolerance (quantized LiteRT: the test accuracy may drop by at most
+--max-accuracy-drop, measured on the run's whole test split). The folder appears atomically, only
+when every check passed (exit code 1 otherwise, nothing written); an existing version is never
+replaced without --overwrite. ONNX and LiteRT need the export extra: pip install -e '.[export]'
+(in the keras_digits checkout; .[dev] includes it).
 """
 
 from __future__ import annotations

@@ -163,7 +163,12 @@ def test_usage_errors_one_line_exit_2(tiny, tmp_path, capsys, case):
 
 
 def test_model_folder_resolves_latest_version(tmp_path):
-    from keras_digits.serving.predictor import resolve_model_dir
+    from keras_digits.serving.model_files import resolve_model
+
+    def resolve_model_dir(path):
+        fmt, found = resolve_model(path)
+        assert fmt == "saved_model"
+        return found
 
     for v in ("1", "2", "10", "tmp"):
         (tmp_path / "m" / v).mkdir(parents=True)

@@ -18,8 +18,8 @@ PREPROCESS_HELP = (
     "digit: MNIST-style digit normalisation (grey, light ink on dark, ink box scaled to 20 px, "
     "centre of mass centred in 28x28) before the model; none: the image as it is; auto (default): "
     "digit for models trained on MNIST-style centred digits (mnist), none otherwise; never applied "
-    "twice to a model exported with --preprocess digit, and none is refused for such a model (its "
-    "signature always normalises)"
+    "twice to a model exported with --preprocess digit, and none is refused for such a SavedModel "
+    "(its signature always normalises; for its .onnx/.tflite/.keras files auto applies it, none skips it)"
 )
 
 

@@ -114,17 +114,18 @@ def stock_twin(model):
             f"cannot rebuild {model.name} from stock Keras layers: {type(exc).__name__}: {exc}"
         ) from None
     _copy_weights(model, twin)
-    foreign = [f"{l.name} ({type(l).__name__})" for l in _all_layers(twin) if not is_stock(l)]
+    foreign = [f"{l.name} ({type(l).__name__})" for l in all_layers(twin) if not is_stock(l)]
     if foreign:
         raise KerasDigitsError(f"the stock twin still holds non-Keras layers: {', '.join(foreign)}")
     return twin
 
 
-def _all_layers(model):
+def all_layers(model):
+    """Every layer of a model, nested models' layers in their place."""
     import keras
 
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
+            yield from all_layers(layer)
         else:
             yield layer

@@ -89,18 +89,18 @@ def write_onnx(twin, path: Path, opset: int = DEFAULT_OPSET, metadata: dict[str,
                 str(raw), format="onnx", input_signature=_spec(twin), opset_version=opset, verbose=False
             )
         proto = onnx.load(str(raw))
-    except Exception as exc:  # tf2onnx raises many types for an op it cannot convert
+        _rename_output(proto, OUTPUT_NAME)
+        del proto.metadata_props[:]
+        for key, value in (metadata or {}).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        proto.producer_name = "keras_digits"
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(path))
+    except Exception as exc:  # tf2onnx and onnx raise many types for an op they cannot convert or check
         raise KerasDigitsError(f"ONNX export failed: {type(exc).__name__}: {str(exc).strip()[:300]}") from None
     finally:
         raw.unlink(missing_ok=True)
-    _rename_output(proto, OUTPUT_NAME)
-    del proto.metadata_props[:]
-    for key, value in (metadata or {}).items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name = "keras_digits"
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(path))
     opsets = {o.domain or "ai.onnx": int(o.version) for o in proto.opset_import}
     return {
         "file": path.name,
@@ -155,7 +155,7 @@ def write_litert(
         "quantization": quantize or "none",
         "operators": "TFLite builtins only (no Flex delegate needed)",
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": [None, *input_shape(twin)]},
-        "output": {"name": "output_0", "dtype": "float32"},
+        "output": {"index": 0, "dtype": "float32"},
     }
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,35 +26,43 @@ import numpy as np
 
 from keras_digits.errors import KerasDigitsError
 from keras_digits.serving import formats as fmts
-from keras_digits.serving.proof import DEFAULT_MAX_DROP, DEFAULT_TOLERANCE
+from keras_digits.serving.convert import DEFAULT_OPSET
+from keras_digits.serving.proof import DEFAULT_MAX_DROP, DEFAULT_TOLERANCE, ProofFailed
 
 SAVED_MODELS_DIR = Path("saved_models")
-EXAMPLE_SPLITS = ("test", "val")  # whose stored examples (examples-SPLIT.npz) the float formats are checked on
 DEFAULT_CALIBRATION = 256
 
 
-def stored_examples(run_dir: Path, shape: tuple[int, ...]) -> tuple[np.ndarray, str]:
-    """The run's stored example images (examples-test.npz, else examples-val.npz) and what they are."""
-    for split in EXAMPLE_SPLITS:
-        path = run_dir / f"examples-{split}.npz"
-        if not path.is_file():
-            continue
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                images = np.asarray(data["images"]) if "images" in data.files else np.zeros((0,))
-        except (OSError, ValueError) as exc:
-            raise KerasDigitsError(f"cannot read {path}: {exc}") from None
-        if images.ndim == 4 and tuple(images.shape[1:]) == tuple(shape) and len(images):
-            return images.astype(np.uint8), f"the run's {len(images)} stored {split} examples"
-    raise KerasDigitsError(
-        f"{run_dir} holds no stored examples (examples-test.npz) to check the exports on; "
-        f"score the run again to write them: python -m keras_digits.evaluate --run {run_dir} --split test"
-    )
+@dataclass
+class ExportJob:
+    """Everything one export writes and checks."""
+
+    model: Any  # the run's Keras model, as trained (the SavedModel's source)
+    twin: Any  # its stock-Keras float32 twin (the other formats' source), None for a SavedModel alone
+    twin_check: dict[str, Any]  # how the twin compares with the run's model on the check images
+    formats: list[str]
+    label_names: list[str]
+    config: dict[str, Any]  # the run config the export carries (with "preprocess": "digit" when asked)
+    dataset: dict[str, Any] | None
+    preprocess: str
+    images: np.ndarray  # the check images (uint8, model shape)
+    images_what: str
+    bundle: Any  # the run's data, for quantized formats (None otherwise)
+    quantize: str | None
+    opset: int
+    tolerance: float
+    max_drop: float
+    calibration: int
+    seed: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.model.inputs[0].shape[1:])  # type: ignore[return-value]
 
 
 def _labelled_test(config: dict, model, record: dict, data_dir: str | None):
-    """The run's own test split and training images, for quantized formats; errors when the data found
-    is not the run's."""
+    """The run's data (its own test split and training images), for quantized formats; an error when the
+    data found is not the run's."""
     from keras_digits.config import TrainConfig
     from keras_digits.data import load_for
     from keras_digits.evaluation.runs import check_compatible, same_data
@@ -88,31 +97,14 @@ def predict_keras(model, images: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, int(model.outputs[0].shape[-1])), np.float32)
 
 
-def _saved_model_reference(model, images: np.ndarray, preprocess: str) -> np.ndarray:
-    """What the SavedModel's serving_default should give for model-shaped uint8 images."""
-    if preprocess != "digit":
-        return predict_keras(model, images)
+def _saved_model_reference(job: ExportJob) -> np.ndarray:
+    """What the SavedModel's serving_default should give for the check images."""
+    if job.preprocess != "digit":
+        return predict_keras(job.model, job.images)
     from keras_digits.data.adapt import fit_array
 
-    fitted, _ = fit_array(images, tuple(int(d) for d in model.inputs[0].shape[1:]), digit=True)
-    return predict_keras(model, fitted)
-
-
-def _input_notes(fmt: str, shape: tuple[int, ...], preprocess: str) -> dict[str, Any]:
-    h, w, c = shape
-    if fmt == "saved_model":
-        return {
-            "fits_images_itself": True,
-            "digit_normalisation": "in the graph" if preprocess == "digit" else "none",
-        }
-    caller = [
-        f"fit images to {h}x{w}x{c} uint8: channels (RGB to grey with ITU-R 601 weights, grey to RGB by "
-        "repetition, alpha dropped) and an antialiased bilinear resize rounded to the uint8 grid "
-        "(keras_digits.data.adapt.fit_to_model)"
-    ]
-    if preprocess == "digit":
-        caller.insert(0, "the MNIST-style digit normalisation (keras_digits.data.digit_norm), first")
-    return {"fits_images_itself": False, "caller_applies": caller}
+    fitted, _ = fit_array(job.images, job.shape, digit=True)
+    return predict_keras(job.model, fitted)
 
 
 def export_run(
@@ -131,9 +123,8 @@ def export_run(
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """Export a finished run's best.keras in `formats` to `out/<version>` (default saved_models/<run
-    name>/<version>), each checked in a fresh process (the record: assets/export.json); returns the folder."""
-    from keras_digits.serving.convert import DEFAULT_OPSET
-
+    name>/<version>), each checked in a fresh process (the record: assets/export.json); returns the folder.
+    `log` gets one line per checked format (default: stderr); notes go to stderr."""
     say = log or (lambda line: print(line, file=sys.stderr))
     run_dir = Path(run_dir)
     formats = list(formats)
@@ -149,48 +140,75 @@ def export_run(
     from keras_digits.evaluation.records import dataset_record, model_label_names
     from keras_digits.evaluation.runs import load_run
     from keras_digits.serving.export import check_exportable, export_config
+    from keras_digits.serving.proof import check_images
 
     record = dataset_record(run_dir)
     config, model = load_run(run_dir)
     num_classes = int(model.outputs[0].shape[-1])
     label_names = check_exportable(model, model_label_names(record, num_classes))
     if not record:
-        say(f"note: {run_dir} has no dataset.json; labels are the class ids 0..{num_classes - 1}")
-    exported_config = export_config(config, preprocess)
-    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-    examples, examples_what = stored_examples(run_dir, shape)
-    bundle = _labelled_test(config, model, record, data_dir) if quantize else None
-    twin = None
-    if any(f != "saved_model" for f in formats):
-        from keras_digits.models.portable import stock_twin
-
-        twin = stock_twin(model)
+        _note(f"{run_dir} has no dataset.json; labels are the class ids 0..{num_classes - 1}")
+    seed = int(config.get("seed", 0) or 0)
+    images, images_what = check_images(run_dir, tuple(int(d) for d in model.inputs[0].shape[1:]), seed)
+    twin, twin_check = _twin(model, images, tolerance) if any(f != "saved_model" for f in formats) else (None, {})
+    job = ExportJob(
+        model=model,
+        twin=twin,
+        twin_check=twin_check,
+        formats=formats,
+        label_names=label_names,
+        config=export_config(config, preprocess),
+        dataset=record or None,
+        preprocess=preprocess,
+        images=images,
+        images_what=images_what,
+        bundle=_labelled_test(config, model, record, data_dir) if quantize else None,
+        quantize=quantize,
+        opset=opset or DEFAULT_OPSET,
+        tolerance=tolerance,
+        max_drop=max_drop,
+        calibration=calibration,
+        seed=seed,
+    )
+    if "saved_model" not in formats:
+        _note(f"{version_dir} will hold no SavedModel: TF Serving, which loads the highest version, cannot serve it")
     from keras_digits.utils.io import clean_stale_temps
     from keras_digits.utils.lock import hold
 
     with hold(version_dir, "export folder"):
         clean_stale_temps(out, version_dir.name)  # left by an export that was killed
-        _write_and_prove(
-            version_dir,
-            model,
-            twin,
-            formats,
-            label_names,
-            exported_config,
-            record or None,
-            preprocess,
-            examples,
-            examples_what,
-            bundle,
-            quantize,
-            opset or DEFAULT_OPSET,
-            tolerance,
-            max_drop,
-            calibration,
-            int(config.get("seed", 0) or 0),
-            say,
-        )
+        _write_and_prove(version_dir, job, say)
     return version_dir
+
+
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr)
+
+
+def _twin(model, images: np.ndarray, tolerance: float):
+    """The stock-Keras float32 twin, checked against the run's model on the check images first: equal within
+    `tolerance` for a float32 model; for a mixed-precision one the difference is said."""
+    from keras_digits.models.portable import all_layers, stock_twin
+
+    twin = stock_twin(model)
+    ref, got = predict_keras(model, images), predict_keras(twin, images)
+    diff = float(np.abs(ref - got).max()) if len(images) else 0.0
+    mixed = sorted({getattr(layer.dtype_policy, "name", "float32") for layer in all_layers(model)} - {"float32"})
+    policy = mixed[0] if mixed else "float32"
+    check = {"max_abs_diff_to_run_model": diff, "run_model_dtype_policy": policy}
+    if policy == "float32" and diff > tolerance:
+        raise ProofFailed(
+            f"the stock-Keras twin differs from the run's model by {diff:.3g} (tolerance {tolerance:g}); "
+            "nothing written"
+        )
+    if policy != "float32":
+        same = float((ref.argmax(-1) == got.argmax(-1)).mean()) if len(images) else 1.0
+        _note(
+            f"the run's model computes in {policy}; ONNX, LiteRT and .keras are float32 (max |diff| "
+            f"{diff:.2g}, same class on {100 * same:.1f}% of the check images), the SavedModel keeps {policy}"
+        )
+        check["same_class_fraction"] = same
+    return twin, check
 
 
 def _check_options(run_dir, version, formats, quantize, tolerance, max_drop, calibration) -> None:
@@ -213,123 +231,83 @@ def _check_options(run_dir, version, formats, quantize, tolerance, max_drop, cal
         raise KerasDigitsError(f"--calibration-images must be at least 1, got {calibration}")
 
 
-def _write_and_prove(
-    version_dir: Path,
-    model,
-    twin,
-    formats: list[str],
-    label_names: list[str],
-    config: dict,
-    dataset: dict | None,
-    preprocess: str,
-    examples: np.ndarray,
-    examples_what: str,
-    bundle,
-    quantize: str | None,
-    opset: int,
-    tolerance: float,
-    max_drop: float,
-    calibration: int,
-    seed: int,
-    say: Callable[[str], None],
-) -> dict[str, Any]:
+def _write(tmp: Path, job: ExportJob) -> dict[str, dict[str, Any]]:
+    """Every requested file into `tmp`; their records (what each holds), in FORMATS order."""
     from keras_digits.serving import convert
-    from keras_digits.serving.export import usual_permissions, write_assets, write_saved_model
+    from keras_digits.serving.export import write_assets, write_saved_model
+
+    records: dict[str, dict[str, Any]] = {}
+    if "saved_model" in job.formats:
+        write_saved_model(job.model, tmp, job.label_names, job.config, job.preprocess)
+        records["saved_model"] = {"path": ".", "signatures": ["serving_default", "serve_float"]}
+    write_assets(tmp, job.label_names, job.config, job.dataset)
+    if "onnx" in job.formats:
+        meta = convert.onnx_metadata(job.label_names, job.config)
+        records["onnx"] = convert.write_onnx(job.twin, tmp / fmts.FILES["onnx"], job.opset, meta)
+    if "litert" in job.formats:
+        records["litert"] = convert.write_litert(job.twin, tmp / fmts.FILES["litert"])
+        if job.quantize:
+            train_images = job.bundle.train[0]
+            count = min(job.calibration, len(train_images))
+            source = _calibration(train_images, count, job.seed)
+            name = f"litert_{job.quantize}"
+            records[name] = convert.write_litert(
+                job.twin, tmp / fmts.quantized_file(job.quantize), job.quantize, source
+            )
+            if job.quantize == "int8":
+                records[name]["calibration"] = {"images": count, "from": "train"}
+    if "keras" in job.formats:
+        records["keras"] = convert.write_keras(job.twin, tmp / fmts.FILES["keras"])
+    return records
+
+
+def _prove(tmp: Path, name: str, rec: dict[str, Any], job: ExportJob, twin_reference) -> None:
+    """Run one written format in a fresh process and add its check to `rec` (ProofFailed when it fails)."""
+    from keras_digits.serving.export_record import input_notes, size_of
     from keras_digits.serving.proof import accuracy_change, compare, run_fresh
+
+    kind = "litert" if name.startswith("litert") else name
+    path = tmp if name == "saved_model" else tmp / rec["file"]
+    rec.update(input_notes(kind, job.shape, job.preprocess))
+    rec["bytes"] = size_of(path)
+    reference = _saved_model_reference(job) if name == "saved_model" else twin_reference
+    probs, report = run_fresh(kind, path, job.images)
+    rec["runtime"] = f"{report.get('runtime', kind)} {report.get('version', '?')}"
+    rec["fresh_process"] = {
+        "keras_digits_importable": False,
+        "tensorflow_imported": bool(report.get("tensorflow_imported")),
+    }
+    if not name.startswith("litert_"):
+        rec["check"] = compare(name, probs, reference, job.tolerance, job.images_what)
+        return
+    rec["check_images_max_abs_diff"] = float(np.abs(probs - reference).max()) if len(job.images) else 0.0
+    x_test, y_test = job.bundle.test
+    y_test = np.asarray(y_test).reshape(-1)
+    keras_acc = float((predict_keras(job.twin, x_test).argmax(-1) == y_test).mean())
+    test_probs, _ = run_fresh(kind, path, x_test)
+    rec["check"] = accuracy_change(name, test_probs, y_test, keras_acc, job.max_drop)
+
+
+def _write_and_prove(version_dir: Path, job: ExportJob, say: Callable[[str], None]) -> None:
+    from keras_digits.serving.export import usual_permissions
+    from keras_digits.serving.export_record import describe
     from keras_digits.utils.io import atomic_dir, write_json
 
-    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-    records: dict[str, Any] = {}
-    twin_reference = predict_keras(twin, examples) if twin is not None else None
+    twin_reference = predict_keras(job.twin, job.images) if job.twin is not None else None
     with atomic_dir(version_dir) as tmp:
-        if "saved_model" in formats:
-            write_saved_model(model, tmp, label_names, config, preprocess)
-            records["saved_model"] = {"path": ".", "signatures": ["serving_default", "serve_float"]}
-        write_assets(tmp, label_names, config, dataset)
-        if "onnx" in formats:
-            records["onnx"] = convert.write_onnx(
-                twin, tmp / fmts.FILES["onnx"], opset, convert.onnx_metadata(label_names, config)
-            )
-        if "litert" in formats:
-            records["litert"] = convert.write_litert(twin, tmp / fmts.FILES["litert"])
-            if quantize:
-                train_images = bundle.train[0]
-                source = _calibration(train_images, min(calibration, len(train_images)), seed)
-                name = f"litert_{quantize}"
-                records[name] = convert.write_litert(twin, tmp / fmts.quantized_file(quantize), quantize, source)
-                if quantize == "int8":
-                    records[name]["calibration"] = {"images": min(calibration, len(train_images)), "from": "train"}
-        if "keras" in formats:
-            records["keras"] = convert.write_keras(twin, tmp / fmts.FILES["keras"])
-
-        if twin is not None:
-            run_probs = predict_keras(model, examples)
-            twin_diff = float(np.abs(run_probs - twin_reference).max()) if len(examples) else 0.0
-            policy = getattr(model.dtype_policy, "name", "float32")
-            if policy == "float32" and twin_diff > tolerance:
-                raise KerasDigitsError(
-                    f"the stock-Keras twin differs from the run's model by {twin_diff:.3g} (tolerance {tolerance:g})"
-                )
+        records = _write(tmp, job)
         for name, rec in records.items():
-            kind = "litert" if name.startswith("litert") else name
-            path = tmp if name == "saved_model" else tmp / rec["file"]
-            rec.update(_input_notes(kind, shape, preprocess))
-            rec["bytes"] = _size(path)
-            quantized = name.startswith("litert_")
-            reference = _saved_model_reference(model, examples, preprocess) if name == "saved_model" else twin_reference
-            probs, report = run_fresh(kind, path, examples)
-            rec["runtime"] = f"{report.get('runtime', kind)} {report.get('version', '?')}"
-            rec["fresh_process"] = {
-                "keras_digits_importable": False,
-                "tensorflow_imported": bool(report.get("tensorflow_imported")),
-            }
-            if quantized:
-                diff = float(np.abs(probs - reference).max()) if len(examples) else 0.0
-                rec["examples_max_abs_diff"] = diff
-                x_test, y_test = bundle.test
-                keras_acc = float((predict_keras(twin, x_test).argmax(-1) == np.asarray(y_test)).mean())
-                test_probs, _ = run_fresh(kind, path, x_test)
-                rec["check"] = accuracy_change(name, test_probs, np.asarray(y_test), keras_acc, max_drop)
-            else:
-                rec["check"] = compare(name, probs, reference, tolerance, examples_what)
+            _prove(tmp, name, rec, job, twin_reference)
             say(describe(name, rec))
-        export = {
-            "run_config": {k: config.get(k) for k in ("arch", "dataset", "precision", "preprocess") if k in config},
-            "label_names": label_names,
+        export: dict[str, Any] = {
+            "run_config": {
+                k: job.config.get(k) for k in ("arch", "dataset", "precision", "preprocess") if k in job.config
+            },
+            "label_names": job.label_names,
+            "checked_on": job.images_what,
             "formats": records,
         }
-        if twin is not None:
-            export["stock_twin"] = {
-                "max_abs_diff_to_run_model": twin_diff,
-                "run_model_dtype_policy": policy,
-                "on": examples_what,
-            }
+        if job.twin is not None:
+            export["stock_twin"] = {**job.twin_check, "on": job.images_what}
         write_json(tmp / "assets" / "export.json", export)
         usual_permissions(tmp)
-    return export
-
-
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in (path / "variables").rglob("*") if p.is_file()) + sum(
-        p.stat().st_size for p in path.glob("*.pb")
-    )
-
-
-def describe(name: str, rec: dict[str, Any]) -> str:
-    """One line about an exported format and its check."""
-    check = rec.get("check", {})
-    where = rec.get("file", "saved_model.pb + variables/")
-    size = f"{rec.get('bytes', 0) / 2**20:.2f} MiB"
-    if "keras_accuracy" in check:
-        result = (
-            f"test accuracy {check['keras_accuracy']:.4f} -> {check['accuracy']:.4f} "
-            f"({100 * check['change']:+.2f} points on {check['images']} images)"
-        )
-    else:
-        result = (
-            f"max |diff| {check.get('max_abs_diff', float('nan')):.1e} <= {check.get('tolerance', 0):g} "
-            f"on {check.get('images', 0)} examples"
-        )
-    return f"{name:<14} {where:<26} {size:>10}  {rec.get('runtime', '')}, fresh process: {result}  ok"

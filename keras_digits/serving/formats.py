@@ -16,7 +16,7 @@ SUFFIXES = {".onnx": "onnx", ".tflite": "litert", ".keras": "keras"}
 
 QUANTIZE = ("dynamic", "int8")
 
-EXTRA = "pip install 'keras_digits[export]'"
+EXTRA = "pip install -e '.[export]' in the keras_digits checkout"
 
 # format -> (module, PyPI name) pairs it needs beyond TensorFlow and Keras: to write it, and to run its check
 NEEDS = {

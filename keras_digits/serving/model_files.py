@@ -47,14 +47,24 @@ def assets_dir(fmt: str, path: Path) -> Path:
     return (path if fmt == "saved_model" else path.parent) / "assets"
 
 
+def config_path(fmt: str, path: Path) -> Path:
+    """The run config travelling with a model: assets/config.json, or for a run's own best.keras (no
+    assets) the run directory's config.json."""
+    exported = assets_dir(fmt, path) / "config.json"
+    if fmt != "saved_model" and not exported.is_file() and (path.parent / "config.json").is_file():
+        return path.parent / "config.json"
+    return exported
+
+
 def read_labels(assets: Path) -> list[str] | None:
     path = assets / "labels.txt"
     if not path.is_file():
         return None
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
+    return text[:-1].split("\n") if text.endswith("\n") else text.split("\n")  # names may hold other separators
 
 
 class FileModel:
@@ -69,14 +79,17 @@ class FileModel:
             import keras_digits.models  # noqa: F401  (a run's own best.keras holds this package's layers)
         try:
             self.runtime = open_runtime(fmt, path)
+            shape = tuple(self.runtime.input_shape or ())
+            if len(shape) != 3 or any(d is None or d <= 0 for d in shape):
+                raise ValueError(f"the model's input must be a fixed (height, width, channels), got {shape}")
+            self.input_shape: tuple[int, int, int] = tuple(int(d) for d in shape)  # type: ignore[assignment]
+            probe = np.asarray(self.runtime.run(np.zeros((1, *self.input_shape), np.uint8)))  # a uint8 graph?
+            if probe.ndim != 2:
+                raise ValueError(f"expected probabilities (batch, classes), got shape {probe.shape}")
         except Exception as exc:  # every runtime raises its own types for a broken or foreign file
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise KerasDigitsError(f"cannot load {path} with {fmt}'s runtime: {type(exc).__name__}: {text}") from None
-        shape = tuple(self.runtime.input_shape or ())
-        if len(shape) != 3 or any(d is None or d <= 0 for d in shape):
-            raise KerasDigitsError(f"{path}: the model's input must be a fixed (height, width, channels), got {shape}")
-        self.input_shape: tuple[int, int, int] = tuple(int(d) for d in shape)  # type: ignore[assignment]
-        self.num_classes = int(self.runtime.run(np.zeros((1, *self.input_shape), np.uint8)).shape[-1])
+            raise KerasDigitsError(f"cannot use {path} with {fmt}'s runtime: {type(exc).__name__}: {text}") from None
+        self.num_classes = int(probe.shape[-1])
         self.label_names = self._labels(fmt, path)
         import tensorflow as tf
 

@@ -17,7 +17,7 @@ import numpy as np
 from keras_digits.data.adapt import wants_digit
 from keras_digits.data.folder import list_images, read_image
 from keras_digits.errors import KerasDigitsError
-from keras_digits.serving.model_files import assets_dir, resolve_model, resolve_saved_model
+from keras_digits.serving.model_files import config_path, resolve_model
 
 CSV_COLUMNS = ("file", "label", "class_id", "confidence", "top_k")
 
@@ -57,16 +57,6 @@ class Prediction:
         return [(int(i), float(self.probabilities[i])) for i in order]
 
 
-def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """A SavedModel folder: `path` itself, or its highest numbered version subfolder."""
-    path = Path(path)
-    if not path.exists():
-        raise KerasDigitsError(f"model not found: {path}")
-    if not path.is_dir():
-        raise KerasDigitsError(f"model must be a SavedModel folder, got a file: {path}")
-    return resolve_saved_model(path)
-
-
 def check_preprocess(model: str | os.PathLike, preprocess: str) -> None:
     """Refuse --preprocess none for a SavedModel exported with --preprocess digit: its signature normalises
     anyway (the file formats cannot carry the normalisation, so for them none is the caller's choice)."""
@@ -83,10 +73,10 @@ def check_preprocess(model: str | os.PathLike, preprocess: str) -> None:
 
 def read_export_config(model: Path, fmt: str = "saved_model") -> dict:
     """The run config an export carries (assets/config.json, inside a SavedModel folder or beside a model
-    file); {} when absent or unreadable."""
+    file; a run's best.keras: the run's config.json); {} when absent or unreadable."""
     from keras_digits.utils.io import read_json_object
 
-    return read_json_object(assets_dir(fmt, model) / "config.json", lenient=True)
+    return read_json_object(config_path(fmt, model), lenient=True)
 
 
 class Predictor:

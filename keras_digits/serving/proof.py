@@ -20,6 +20,8 @@ import numpy as np
 
 from keras_digits.errors import KerasDigitsError
 
+EXAMPLE_SPLITS = ("test", "val")  # whose stored examples (examples-SPLIT.npz) the float formats are checked on
+RANDOM_IMAGES = 64  # seeded random images added to them: away from 0 and 1, probabilities show differences
 DEFAULT_TOLERANCE = 1e-4  # largest |difference| of a probability accepted for a float32 format
 DEFAULT_MAX_DROP = 0.01  # largest accuracy loss (a fraction: 1 point) accepted for a quantized format
 TIMEOUT_S = 3600
@@ -29,6 +31,33 @@ class ProofFailed(KerasDigitsError):
     """An exported file gave other results than the Keras model (exit code 1)."""
 
     exit_code = 1
+
+
+def check_images(run_dir: Path, shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, str]:
+    """The images the float formats are checked on, and what they are: the run's stored examples
+    (examples-test.npz, else examples-val.npz; the confident mistakes and correct images its page shows)
+    and RANDOM_IMAGES seeded random uint8 images (a trained model's probabilities on its own examples sit
+    near 0 and 1, where a wrong conversion hardly shows; on noise they do not)."""
+    import zipfile
+
+    parts, what = [], []
+    for split in EXAMPLE_SPLITS:
+        path = Path(run_dir) / f"examples-{split}.npz"
+        if not path.is_file():
+            continue
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                images = np.asarray(data["images"]) if "images" in data.files else np.zeros((0,))
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise KerasDigitsError(f"cannot read {path}: {exc}") from None
+        if images.ndim == 4 and tuple(images.shape[1:]) == tuple(shape) and len(images):
+            parts.append(images.astype(np.uint8))
+            what.append(f"the run's {len(images)} stored {split} examples")
+            break
+    rng = np.random.default_rng([seed, 2718])
+    parts.append(rng.integers(0, 256, (RANDOM_IMAGES, *shape), dtype=np.uint8))
+    what.append(f"{RANDOM_IMAGES} seeded random images")
+    return np.concatenate(parts), " and ".join(what)
 
 
 def runtime_source() -> str:
