@@ -403,7 +403,8 @@ def interrupt_when(command: list[str], after_module: str, delay: float) -> tuple
     [
         (["keras_digits.export", "--run", "nowhere"], "keras_digits", 0.0),  # just after the package (handler set)
         (["keras_digits.export", "--run", "nowhere"], "numpy", 0.0),
-        (["keras_digits.export", "--run", "nowhere"], "keras_digits.utils.lock", 0.3),  # run_cli importing TensorFlow
+        # run_cli importing TensorFlow
+        (["keras_digits.export", "--run", "nowhere"], "keras_digits.serving.export_run", 0.3),
         (["keras_digits.train", "--dataset", "digits"], "keras_digits.training.flags", 0.0),
         (["keras_digits.explain", "--help"], "keras_digits", 0.0),  # a package's __main__
     ],
