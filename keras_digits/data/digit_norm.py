@@ -32,6 +32,8 @@ in pixel-index coordinates (sd 0.29).
 
 from __future__ import annotations
 
+from typing import Any
+
 FIELD = 28
 BOX = 20
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # PIL's convert("L") (ITU-R 601-2 luma)
@@ -71,12 +73,12 @@ def _quantile_range(mass, lo: float, hi: float):
     return first, tf.maximum(last, first)
 
 
-def normalize_digit(image, field: int = FIELD, box: int = BOX):
-    """One image (H, W, C) of any size, 0..255 (any dtype) -> (float32 (field, field, 1) on the 0..255 uint8
-    grid, has_ink bool). See the module docstring; without ink the image is only grey-scaled and resized."""
+def _ink(image):
+    """Steps 1-3: (grey float32 (H, W), ink above the background (H, W), the ink's peak, has_ink, inverted)."""
     import tensorflow as tf
 
     x = _grey(tf.cast(image, tf.float32))[..., 0]
+    grey = x
     h, w = tf.shape(x)[0], tf.shape(x)[1]
     b = tf.maximum(1, tf.minimum(h, w) // 10)
     border = tf.concat(
@@ -96,35 +98,75 @@ def normalize_digit(image, field: int = FIELD, box: int = BOX):
     count = tf.size(inked)
     has_ink = count >= tf.maximum(MIN_INK_PIXELS, tf.cast(tf.cast(tf.size(ink), tf.float32) * 0.0005, tf.int32))
     peak = tf.cond(count > 0, lambda: _percentile(inked, 0.99), lambda: tf.constant(MIN_INK))
+    return grey, ink, peak, has_ink, invert
 
-    def plain():
-        out = tf.image.resize(_grey(tf.cast(image, tf.float32)), [field, field], method="bilinear", antialias=True)
-        return tf.clip_by_value(tf.round(out), 0.0, 255.0)
 
-    def normalised():
-        stretched = tf.minimum(ink * (255.0 / tf.maximum(peak, 1e-6)), 255.0)
-        strong = tf.where(stretched >= INK_LEVEL * 255.0, stretched, 0.0)
-        r0, r1 = _quantile_range(tf.reduce_sum(strong, axis=1), *MASS_QUANTILES)
-        c0, c1 = _quantile_range(tf.reduce_sum(strong, axis=0), *MASS_QUANTILES)
-        crop = stretched[r0 : r1 + 1, c0 : c1 + 1]
-        ch, cw = tf.cast(r1 - r0 + 1, tf.float32), tf.cast(c1 - c0 + 1, tf.float32)
-        scale = float(box) / tf.maximum(ch, cw)
-        nh = tf.clip_by_value(tf.cast(tf.round(ch * scale), tf.int32), 1, box)
-        nw = tf.clip_by_value(tf.cast(tf.round(cw * scale), tf.int32), 1, box)
-        glyph = tf.image.resize(crop[..., None], tf.stack([nh, nw]), method="bilinear", antialias=True)[..., 0]
-        glyph = tf.clip_by_value(glyph, 0.0, 255.0)
-        mass = tf.maximum(tf.reduce_sum(glyph), 1e-6)
-        cy = tf.reduce_sum(glyph * tf.cast(tf.range(nh), tf.float32)[:, None]) / mass
-        cx = tf.reduce_sum(glyph * tf.cast(tf.range(nw), tf.float32)[None, :]) / mass
-        # the integer shift that brings the centre of mass nearest (field/2, field/2), as MNIST's own images
-        # have it (their centre of mass spreads by 0.29 px around (14.0, 14.0)): no resampling blur
-        top = tf.clip_by_value(tf.cast(tf.round(field / 2 - cy), tf.int32), 0, field - nh)
-        left = tf.clip_by_value(tf.cast(tf.round(field / 2 - cx), tf.int32), 0, field - nw)
-        placed = tf.pad(glyph, [[top, field - nh - top], [left, field - nw - left]])
-        return tf.clip_by_value(tf.round(placed), 0.0, 255.0)[..., None]
+def _shape_ink(ink, peak, field: int, box: int):
+    """Steps 3-6 on inked images: (stretched ink, its ink box, the box scaled to `box` px, the field with the
+    box placed by its centre of mass), all float32 2-D."""
+    import tensorflow as tf
 
-    out = tf.cond(has_ink, normalised, plain)
+    stretched = tf.minimum(ink * (255.0 / tf.maximum(peak, 1e-6)), 255.0)
+    strong = tf.where(stretched >= INK_LEVEL * 255.0, stretched, 0.0)
+    r0, r1 = _quantile_range(tf.reduce_sum(strong, axis=1), *MASS_QUANTILES)
+    c0, c1 = _quantile_range(tf.reduce_sum(strong, axis=0), *MASS_QUANTILES)
+    crop = stretched[r0 : r1 + 1, c0 : c1 + 1]
+    ch, cw = tf.cast(r1 - r0 + 1, tf.float32), tf.cast(c1 - c0 + 1, tf.float32)
+    scale = float(box) / tf.maximum(ch, cw)
+    nh = tf.clip_by_value(tf.cast(tf.round(ch * scale), tf.int32), 1, box)
+    nw = tf.clip_by_value(tf.cast(tf.round(cw * scale), tf.int32), 1, box)
+    glyph = tf.image.resize(crop[..., None], tf.stack([nh, nw]), method="bilinear", antialias=True)[..., 0]
+    glyph = tf.clip_by_value(glyph, 0.0, 255.0)
+    mass = tf.maximum(tf.reduce_sum(glyph), 1e-6)
+    cy = tf.reduce_sum(glyph * tf.cast(tf.range(nh), tf.float32)[:, None]) / mass
+    cx = tf.reduce_sum(glyph * tf.cast(tf.range(nw), tf.float32)[None, :]) / mass
+    # the integer shift that brings the centre of mass nearest (field/2, field/2), as MNIST's own images
+    # have it (their centre of mass spreads by 0.29 px around (14.0, 14.0)): no resampling blur
+    top = tf.clip_by_value(tf.cast(tf.round(field / 2 - cy), tf.int32), 0, field - nh)
+    left = tf.clip_by_value(tf.cast(tf.round(field / 2 - cx), tf.int32), 0, field - nw)
+    placed = tf.pad(glyph, [[top, field - nh - top], [left, field - nw - left]])
+    return stretched, crop, glyph, tf.clip_by_value(tf.round(placed), 0.0, 255.0)
+
+
+def _plain(image, field: int):
+    import tensorflow as tf
+
+    out = tf.image.resize(_grey(tf.cast(image, tf.float32)), [field, field], method="bilinear", antialias=True)
+    return tf.clip_by_value(tf.round(out), 0.0, 255.0)
+
+
+def normalize_digit(image, field: int = FIELD, box: int = BOX):
+    """One image (H, W, C) of any size, 0..255 (any dtype) -> (float32 (field, field, 1) on the 0..255 uint8
+    grid, has_ink bool). See the module docstring; without ink the image is only grey-scaled and resized."""
+    import tensorflow as tf
+
+    _, ink, peak, has_ink, _ = _ink(image)
+    out = tf.cond(has_ink, lambda: _shape_ink(ink, peak, field, box)[-1][..., None], lambda: _plain(image, field))
     return tf.ensure_shape(out, [field, field, 1]), has_ink
+
+
+def digit_steps(image, field: int = FIELD, box: int = BOX) -> tuple[list[tuple[str, Any]], bool]:
+    """The normalisation of one image step by step, for showing (eager): ([(caption, uint8 2-D image)], has_ink).
+    Steps: grey; polarity and background (light ink on black, stretched); the ink box; scaled to `box` px;
+    placed by its centre of mass in the field. Without ink: grey, then the plain resize."""
+    import numpy as np
+
+    def u8(t) -> np.ndarray:
+        return np.clip(np.rint(np.asarray(t)), 0, 255).astype(np.uint8)
+
+    grey, ink, peak, has_ink, invert = _ink(image)
+    steps = [("grey", u8(grey))]
+    if not bool(has_ink):
+        return [*steps, (f"no ink: resized to {field}x{field}", u8(_plain(image, field)[..., 0]))], False
+    stretched, crop, glyph, placed = _shape_ink(ink, peak, field, box)
+    polarity = "inverted (dark ink on light)" if bool(invert) else "light ink on dark"
+    return [
+        *steps,
+        (f"polarity: {polarity}, background removed", u8(stretched)),
+        ("ink box", u8(crop)),
+        (f"scaled to {box} px", u8(glyph)),
+        (f"centre of mass centred in {field}x{field}", u8(placed)),
+    ], True
 
 
 def normalize_digits(images, field: int = FIELD, box: int = BOX):

@@ -8,7 +8,7 @@ runtime in a fresh process before the folder appears.
         model_dynamic.tflite         LiteRT, dynamic-range quantized (--quantize dynamic)
         model_int8.tflite            LiteRT, int8 (--quantize int8; calibrated on training images)
         model.keras                  stock-Keras twin (keras.saving.load_model, no keras_digits)
-        assets/labels.txt, config.json, dataset.json
+        assets/labels.txt, config.json, dataset.json, examples-test.npz (the run's stored examples)
         assets/export.json           what each file takes and gives, and its check
 
 The folder is written beside its final place and renamed onto it only when every check passed.
@@ -54,6 +54,7 @@ class ExportJob:
     max_drop: float
     calibration: int
     seed: int
+    examples_file: Path | None = None  # the run's stored test examples, copied into assets/ (the demo shows them)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -169,6 +170,7 @@ def export_run(
         max_drop=max_drop,
         calibration=calibration,
         seed=seed,
+        examples_file=run_dir / "examples-test.npz" if (run_dir / "examples-test.npz").is_file() else None,
     )
     if "saved_model" not in formats:
         _note(f"{version_dir} will hold no SavedModel: TF Serving, which loads the highest version, cannot serve it")
@@ -241,6 +243,10 @@ def _write(tmp: Path, job: ExportJob) -> dict[str, dict[str, Any]]:
         write_saved_model(job.model, tmp, job.label_names, job.config, job.preprocess)
         records["saved_model"] = {"path": ".", "signatures": ["serving_default", "serve_float"]}
     write_assets(tmp, job.label_names, job.config, job.dataset)
+    if job.examples_file is not None:
+        import shutil
+
+        shutil.copyfile(job.examples_file, tmp / "assets" / "examples-test.npz")
     if "onnx" in job.formats:
         meta = convert.onnx_metadata(job.label_names, job.config)
         records["onnx"] = convert.write_onnx(job.twin, tmp / fmts.FILES["onnx"], job.opset, meta)
