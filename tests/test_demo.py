@@ -299,5 +299,8 @@ def test_draw_and_upload_in_chromium(served, tiny, tmp_path):
         page.wait_for_function(f"document.querySelector('{status}').innerText.includes('⚠')", timeout=60000)
         assert "junk.png is not an image" in page.inner_text(status)
         assert proc.poll() is None
+        # an example from the run's test split, one click away
+        page.locator("#examples img").first.click()
+        page.wait_for_function(f"document.querySelector('{status}').innerText.includes('Prediction')", timeout=60000)
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         browser.close()

@@ -40,9 +40,10 @@ LAYERS = (
     ("serving",),
     ("studies",),
     ("explain", "tune"),
+    ("app",),
 )
 VOCABULARY = {"config", "errors"}
-COMMANDS = {"train", "evaluate", "report", "export", "predict", "submit", "ensemble", "sweep", "experiment"}
+COMMANDS = {"train", "evaluate", "report", "export", "predict", "submit", "ensemble", "sweep", "experiment", "demo"}
 
 
 def _package_modules() -> dict[str, Path]:

@@ -72,6 +72,14 @@ class DemoModel:
         self.source = str(source)
         self.explainer = Explainer(model)
 
+    @property
+    def name(self) -> str:
+        """A short name for the page: the run's folder, or NAME/VERSION of an export's model.keras."""
+        path = Path(self.source)
+        if path.name == "model.keras" and path.parent.name.isdigit():
+            return f"{path.parent.parent.name}/{path.parent.name}"
+        return path.name
+
     # ------------------------------------------------------------------ what the model sees
     @property
     def digit_style(self) -> tuple[int, int, int | None] | None:

@@ -104,7 +104,7 @@ def build(demo: DemoModel, examples_dir: Path, top_k: int = 3):
 
     with gr.Blocks(title="keras_digits demo", analytics_enabled=False) as page:
         gr.Markdown(
-            f"## keras_digits demo\nModel {plain(Path(demo.source).name)}, trained on "
+            f"## keras_digits demo\nModel {plain(demo.name)}, trained on "
             f"**{plain(demo.dataset or 'unknown data')}**, input {'x'.join(map(str, demo.shape))}, "
             f"{demo.num_classes} classes. "
             + ("Pick the brush and draw a digit, or drop a photo of one." if digits else "Upload an image.")
@@ -160,8 +160,10 @@ def build(demo: DemoModel, examples_dir: Path, top_k: int = 3):
         controls = [preprocess, method, contrast]
         upload.change(from_upload, [upload, *controls], outputs, trigger_mode="always_last")
 
-        def from_example(preprocess, method, contrast, evt: gr.SelectData):
+        def from_example(preprocess, method, contrast, evt):
             return from_upload(str(shown[evt.index][0]), preprocess, method, contrast)
+
+        from_example.__annotations__ = {"evt": gr.SelectData}  # a class, not a string: Gradio passes the event
 
         gallery.select(from_example, controls, outputs)
         if digits:
