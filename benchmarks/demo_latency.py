@@ -7,8 +7,8 @@ normalisation's steps, the prediction, the explanation and the overlay picture) 
 digits (strokes on a transparent 280x280 canvas, as the sketchpad sends them), after one untimed warm-up
 per method (the first call traces TensorFlow functions). Prints the median and 90th percentile of the
 whole answer and of its prediction and explanation parts, per method, with the CPU's name and ISA.
-Gradio's own round trip (browser -> server -> browser) comes on top; the browser test shows it is small
-next to these. Figures, not a test: nothing is asserted.
+Gradio's own round trip (browser -> server -> browser) comes on top and is not timed here. Figures,
+not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -59,11 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--run", help="a finished run directory")
     p.add_argument("--model", help="or an export folder holding model.keras")
-    p.add_argument("--repeats", type=int, default=20, help="answers timed per method (default 20)")
+    p.add_argument("--repeats", type=int, default=20, help="answers timed per method (default 20, at least 1)")
     p.add_argument("--methods", default="gradcam,saliency,ig,occlusion", help="methods, comma-separated")
     args = p.parse_args(argv)
     if not args.run and not args.model:
         p.error("name --run or --model")
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
 
     from keras_digits.utils.cli import quiet_tensorflow
 

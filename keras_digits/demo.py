@@ -27,6 +27,13 @@ from keras_digits.errors import KerasDigitsError
 from keras_digits.utils.cli import positive_int, run_cli
 
 
+def _port(text: str) -> int:
+    value = positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1-65535, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m keras_digits.demo",
@@ -38,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", help="an export folder holding model.keras (export --format keras or all), or a .keras file"
     )
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=positive_int, default=7860, help="port (default 7860)")
+    p.add_argument("--port", type=_port, default=7860, help="port, 1-65535 (default 7860)")
     p.add_argument("--top-k", type=positive_int, default=3, help="classes listed with their probabilities (default 3)")
     return p
 
@@ -52,20 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "the demo needs gradio, not installed: pip install -e '.[demo]' in the keras_digits checkout"
         )
     from keras_digits.app.engine import load
-    from keras_digits.app.page import build, launch
+    from keras_digits.app.page import serve
 
     demo = load(args.run, args.model)
     with tempfile.TemporaryDirectory(prefix="keras_digits-demo-") as tmp:
-        page = build(demo, Path(tmp), args.top_k)
-        try:
-            url = launch(page, args.host, args.port, Path(tmp))
-        except OSError as exc:
-            raise KerasDigitsError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
-        print(f"demo of {demo.source} at {url} (Ctrl-C stops it)", flush=True)
-        try:
-            page.block_thread()
-        finally:
-            page.close()
+        serve(demo, Path(tmp), args.host, args.port, args.top_k)  # until Ctrl-C (run_cli: interrupted, 130)
     return 0
 
 

@@ -138,9 +138,28 @@ def test_examples_come_first_as_mistakes(mnist_demo, tmp_path):
     assert 0 < len(files) <= 9 and all(p.is_file() for p, _ in files)
     ex = mnist_demo.examples
     wrong = int((ex["probs"].argmax(-1) != ex["y"]).sum())
-    assert sum("(mistake)" in c for _, c in files) == min(wrong, 3)
+    assert sum("✗" in c for _, c in files) == min(wrong, 3)
     if wrong:
-        assert "(mistake)" in files[0][1]
+        assert "✗" in files[0][1]
+    right = [c for _, c in files if "✗" not in c]
+    assert len(set(right)) == min(len(right), mnist_demo.num_classes)  # correct ones from different classes
+
+
+def test_an_example_fed_as_stored_gives_the_stored_prediction(mnist_demo):
+    ex = mnist_demo.examples
+    for i in range(min(5, len(ex["images"]))):
+        answer = mnist_demo.answer(ex["images"][i], "none", "saliency")
+        assert answer.class_id == int(ex["probs"][i].argmax())
+
+
+def test_a_model_without_a_feature_map_has_no_gradcam_but_still_answers():
+    from keras_digits.app.engine import DemoModel
+    from keras_digits.models import build_model
+
+    dense = DemoModel(build_model("dense", (28, 28, 1), 10), [str(i) for i in range(10)], "mnist")
+    assert "gradcam" not in dense.methods() and "saliency" in dense.methods()
+    answer = dense.answer(np.random.default_rng(1).integers(0, 256, (28, 28, 1), dtype=np.uint8), "none", "gradcam")
+    assert answer.overlay is None and answer.label in dense.label_names and "no Grad-CAM map" in answer.notes[0]
 
 
 def test_an_export_folder_with_model_keras_loads_with_its_examples(tiny, tmp_path, capsys):
@@ -158,6 +177,7 @@ def test_label_names_are_shown_as_text():
     from keras_digits.app.page import plain
 
     assert plain("<b>cat</b> *x*") == "\\<b\\>cat\\</b\\> \\*x\\*"
+    assert plain("$$x$$ a&amp;\n===") == "\\$\\$x\\$\\$ a\\&amp; \\=\\=\\="
 
 
 def test_the_page_turns_errors_into_a_status_line(mnist_demo, monkeypatch):
@@ -200,6 +220,26 @@ def test_the_command_needs_a_model(capsys):
 
     code, _, err = run_main(demo.main, [], capsys)
     assert code == 2 and "--run RUN or --model" in one_error_line(err)
+
+
+def test_a_port_out_of_range_is_a_usage_error(capsys):
+    from keras_digits import demo
+
+    with pytest.raises(SystemExit) as exit_info:
+        demo.build_parser().parse_args(["--run", "x", "--port", "70000"])
+    assert exit_info.value.code == 2 and "1-65535" in capsys.readouterr().err
+
+
+def test_a_busy_port_is_one_line(mnist_demo, tmp_path):
+    from keras_digits.app.page import build, launch
+    from keras_digits.errors import KerasDigitsError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(KerasDigitsError, match=f"cannot serve on 127.0.0.1:{port}.*--port"):
+            launch(build(mnist_demo, tmp_path), "127.0.0.1", port, tmp_path)
 
 
 def test_a_folder_without_model_keras_says_how_to_get_one(tiny, capsys):

@@ -45,7 +45,7 @@ class Answer:
     class_id: int
     probabilities: dict[str, float]  # label -> probability, every class
     steps: list[tuple[np.ndarray, str]]  # (image, caption): the input as the model sees it, step by step
-    overlay: np.ndarray  # uint8 (VIEW, VIEW, 3): the explanation over the model's input
+    overlay: np.ndarray | None  # uint8 (VIEW, VIEW, 3): the explanation over the model's input (None: failed)
     explained: str  # what the overlay shows
     predict_ms: float
     explain_ms: float
@@ -57,12 +57,18 @@ class DemoModel:
     digit style), example images, and an explainer."""
 
     def __init__(self, model, label_names: Sequence[str], dataset: str = "", examples: dict | None = None, source=""):
+        import tensorflow as tf
+
+        from keras_digits.data.adapt import fit_to_model
         from keras_digits.explain.core import Explainer
 
         self.model = model
-        self.shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-        if len(self.shape) != 3 or self.shape[-1] not in (1, 3):
-            raise KerasDigitsError(f"the demo needs an image model (H, W, 1 or 3); {source} takes {self.shape}")
+        dims = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else ()
+        if len(dims) != 3 or any(d is None for d in dims) or dims[-1] not in (1, 3):
+            raise KerasDigitsError(
+                f"the demo needs an image model of a fixed (H, W, 1 or 3) input; {source} takes {dims}"
+            )
+        self.shape = tuple(int(d) for d in dims)
         self.num_classes = int(model.outputs[0].shape[-1])
         self.label_names = [str(n) for n in label_names]
         if len(self.label_names) != self.num_classes:
@@ -71,6 +77,7 @@ class DemoModel:
         self.examples = examples or {}
         self.source = str(source)
         self.explainer = Explainer(model)
+        self._fit = tf.function(lambda x: fit_to_model(x, self.shape), reduce_retracing=True)
 
     @property
     def name(self) -> str:
@@ -90,14 +97,16 @@ class DemoModel:
         final = style[2] or style[0]
         return style if self.shape[:2] == (final, final) else None
 
+    def methods(self) -> list[str]:
+        """The explanation methods this model allows (Grad-CAM needs a convolutional feature map)."""
+        return [m for m in METHODS if m != "gradcam" or self.explainer.layer is not None]
+
     def preprocess_choices(self) -> list[str]:
         """The --preprocess choices the page offers: digit ones only where the model has a digit style."""
         return list(PREPROCESS) if self.digit_style else ["none"]
 
     def prepare(self, image: np.ndarray, preprocess: str = "auto") -> tuple[np.ndarray, list, list[str]]:
         """uint8 (H, W, C) -> (uint8 model input (h, w, c), [(image, caption)] steps, notes)."""
-        from keras_digits.data.adapt import fit_array
-
         if preprocess not in PREPROCESS:
             raise InputProblem(f"preprocess must be one of {', '.join(PREPROCESS)}")
         image = np.asarray(image, np.uint8)
@@ -122,8 +131,8 @@ class DemoModel:
                 steps.append((x, f"upsampled to {upsample}x{upsample}, as the training digits were"))
             x = x[..., None]
         else:
-            x, _ = fit_array(image[None], self.shape)
-            x = x[0]
+            fitted = np.asarray(self._fit(image[None].astype(np.float32)))[0]
+            x = np.clip(np.rint(fitted), 0, 255).astype(np.uint8)
             if x.shape != image.shape:
                 steps.append((x, f"fitted to {self.shape[1]}x{self.shape[0]}x{self.shape[2]}"))
             if float(x.std()) < 1.0:
@@ -167,16 +176,20 @@ class DemoModel:
             notes.append("the contrast class is the predicted class: showing the plain explanation")
             c = -1
         start = time.perf_counter()
-        heat = self.explain(x, method, top, c)
+        picture = None
+        try:
+            picture = overlay(x, self.explain(x, method, top, c))
+        except KerasDigitsError as exc:  # e.g. Grad-CAM on a model without a feature map: the prediction stands
+            notes.append(f"no {METHODS.get(method, method)} map: {exc}")
         explain_ms = 1000 * (time.perf_counter() - start)
-        name = METHODS[method]
+        name = METHODS.get(method, method)
         why = f"why {self.label_names[top]!r}" + (f" and not {self.label_names[c]!r}" if c >= 0 else "")
         return Answer(
             label=self.label_names[top],
             class_id=top,
             probabilities={n: float(p) for n, p in zip(self.label_names, probs)},
             steps=[(view(im), caption) for im, caption in steps],
-            overlay=overlay(x, heat),
+            overlay=picture,
             explained=f"{name}: {why}",
             predict_ms=predict_ms,
             explain_ms=explain_ms,
@@ -224,8 +237,12 @@ def read_upload(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if path.stat().st_size > MAX_UPLOAD_BYTES:
         raise InputProblem(f"the file is larger than {MAX_UPLOAD_BYTES // 2**20} MiB")
+    from keras_digits.data.folder import ImageTooLarge
+
     try:
         return read_image(path, None)
+    except ImageTooLarge as exc:
+        raise InputProblem(str(exc)) from None
     except Exception as exc:  # Pillow raises many types for a file that is not an image
         raise InputProblem(f"{path.name} is not an image this demo can read ({type(exc).__name__})") from None
 
@@ -258,6 +275,8 @@ def load(run: str | None = None, model: str | None = None) -> DemoModel:
         raise KerasDigitsError("name a model: --run RUN or --model saved_models/NAME")
     record: dict = {}
     examples_file = None
+    if model and not run and Path(model).is_file() and (Path(model).parent / "config.json").is_file():
+        run, model = str(Path(model).parent), None  # a run's own best.keras: the run, with its labels and examples
     if run:
         from keras_digits.evaluation.runs import load_run
 
@@ -266,6 +285,7 @@ def load(run: str | None = None, model: str | None = None) -> DemoModel:
         dataset = str(config.get("dataset", ""))
         examples_file = Path(run) / "examples-test.npz"
         source = run
+    run_classes = int(keras_model.outputs[0].shape[-1]) if run else None
     if model:
         path = _keras_file(Path(model))
         import keras
@@ -276,6 +296,13 @@ def load(run: str | None = None, model: str | None = None) -> DemoModel:
             keras_model = keras.saving.load_model(path, compile=False)
         except Exception as exc:  # Keras raises many types for a broken or foreign file
             raise KerasDigitsError(f"cannot load {path}: {type(exc).__name__}: {str(exc)[:200]}") from None
+        from keras_digits.utils.finite import describe_nonfinite, nonfinite_variables
+
+        bad = nonfinite_variables(keras_model.weights)
+        if bad:
+            raise KerasDigitsError(f"{path} holds non-finite values in {describe_nonfinite(bad)}: a diverged model")
+        if run_classes is not None and run_classes != int(keras_model.outputs[0].shape[-1]):
+            raise KerasDigitsError(f"{path} has {int(keras_model.outputs[0].shape[-1])} classes, the run {run_classes}")
         assets = path.parent / "assets"
         if not run:
             record = read_json_object(assets / "dataset.json", lenient=True)
@@ -283,7 +310,13 @@ def load(run: str | None = None, model: str | None = None) -> DemoModel:
             examples_file = assets / "examples-test.npz"
         source = str(path)
     names = record.get("label_names") or range(int(keras_model.outputs[0].shape[-1]))
-    return DemoModel(keras_model, [str(n) for n in names], dataset, _examples(examples_file), source)
+    demo = DemoModel(keras_model, [str(n) for n in names], dataset, _examples(examples_file), source)
+    ex = demo.examples
+    if ex and (
+        tuple(ex["images"].shape[1:]) != demo.shape or int(np.max(ex.get("y", [0]), initial=0)) >= demo.num_classes
+    ):
+        demo.examples = {}  # examples of another model's data: not shown
+    return demo
 
 
 def _keras_file(path: Path) -> Path:
@@ -313,7 +346,7 @@ def _examples(path: Path | None) -> dict:
         with np.load(path, allow_pickle=False) as data:
             out = {k: np.asarray(data[k]) for k in ("images", "y", "probs") if k in data.files}
             mistakes = int(data["mistakes"]) if "mistakes" in data.files else 0
-    except (OSError, ValueError):
+    except Exception:  # a truncated or foreign file (BadZipFile, EOFError, zlib.error, ...): no examples
         return {}
     return {**out, "mistakes": mistakes} if "images" in out else {}
 
@@ -330,16 +363,22 @@ def example_files(demo: DemoModel, folder: Path, most: int = 12) -> list[tuple[P
     probs = ex.get("probs")
     wrong = [i for i in range(len(images)) if probs is not None and y is not None and probs[i].argmax() != y[i]]
     right = [i for i in range(len(images)) if i not in wrong]
+    if y is not None:  # the correct ones class by class, round robin (they are stored grouped by class)
+        by_class: dict[int, list[int]] = {}
+        for i in right:
+            by_class.setdefault(int(y[i]), []).append(i)
+        queues = [by_class[k] for k in sorted(by_class)]
+        right = [q[j] for j in range(max((len(q) for q in queues), default=0)) for q in queues if j < len(q)]
     order = wrong[: most // 3] + right[: most - min(len(wrong), most // 3)]
     out = []
     for i in order:
         path = folder / f"example-{i:03d}.png"
         a = images[i][..., 0] if images[i].shape[-1] == 1 else images[i]
         Image.fromarray(a.astype(np.uint8)).save(path)
-        caption = f"true {demo.label_names[int(y[i])]}" if y is not None else f"example {i}"
+        caption = f"{demo.label_names[int(y[i])]}" if y is not None else f"example {i}"
         if probs is not None:
             pred = int(np.argmax(probs[i]))
             if y is not None and pred != int(y[i]):
-                caption += f", model says {demo.label_names[pred]} (mistake)"
+                caption += f" → {demo.label_names[pred]} ✗"
         out.append((path, caption))
     return out

@@ -17,19 +17,26 @@ from keras_digits.app.engine import METHODS, Answer, DemoModel, InputProblem, ex
 
 FONTS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
 MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
-MARKDOWN_SPECIAL = "\\`*_{}[]()<>#+-.!|~"
+MARKDOWN_SPECIAL = "\\`*_{}[]()<>#+-.!|~$&="
 
 
 def plain(text: str) -> str:
     """Text shown as itself in Markdown (label names are data, not markup)."""
-    return "".join(f"\\{ch}" if ch in MARKDOWN_SPECIAL else ch for ch in str(text))
+    flat = " ".join(str(text).splitlines())  # a line break in a name would start a heading or a list
+    return "".join(f"\\{ch}" if ch in MARKDOWN_SPECIAL else ch for ch in flat)
 
 
-def offline_environment() -> None:
-    """Before gradio is imported: no analytics, no version check, no telemetry."""
+def offline_environment(temp_dir: Path | None = None) -> None:
+    """Before gradio is imported: no analytics, no version check, no telemetry; Gradio's own checks of the
+    local server never go through a proxy; uploads land in `temp_dir` (removed when the demo stops)."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    for key in ("NO_PROXY", "no_proxy"):
+        kept = [h for h in os.environ.get(key, "").split(",") if h.strip()]
+        os.environ[key] = ",".join(dict.fromkeys([*kept, "127.0.0.1", "localhost", "::1", "0.0.0.0"]))
+    if temp_dir is not None:
+        os.environ["GRADIO_TEMP_DIR"] = str(temp_dir / "uploads")
 
 
 def theme():
@@ -70,14 +77,13 @@ def _upload_box(gr, label: str):
         label=f"{label} (PNG, JPEG, BMP, GIF, TIFF, WebP; up to 20 MB)",
         file_count="single",
         type="filepath",
-        file_types=["image"],
         elem_id="upload",
     )
 
 
 def build(demo: DemoModel, examples_dir: Path, top_k: int = 3):
     """The gradio.Blocks page for `demo` (examples written into `examples_dir`)."""
-    offline_environment()
+    offline_environment(examples_dir)
     import gradio as gr
 
     choices = demo.preprocess_choices()
@@ -89,6 +95,8 @@ def build(demo: DemoModel, examples_dir: Path, top_k: int = 3):
             image = read_sketch(value)
         except InputProblem as exc:
             return None, f"⚠ {plain(str(exc))}", None, None, None
+        except Exception as exc:  # an odd canvas value, a full disk: a line, not Gradio's bare "Error"
+            return None, f"⚠ cannot read the drawing: {plain(type(exc).__name__)}", None, None, None
         return respond(demo, image, preprocess, method, contrast)
 
     def from_upload(path, preprocess, method, contrast):
@@ -104,10 +112,11 @@ def build(demo: DemoModel, examples_dir: Path, top_k: int = 3):
 
     with gr.Blocks(title="keras_digits demo", analytics_enabled=False) as page:
         gr.Markdown(
-            f"## keras_digits demo\nModel {plain(demo.name)}, trained on "
+            latex_delimiters=[],
+            value=f"## keras_digits demo\nModel {plain(demo.name)}, trained on "
             f"**{plain(demo.dataset or 'unknown data')}**, input {'x'.join(map(str, demo.shape))}, "
             f"{demo.num_classes} classes. "
-            + ("Pick the brush and draw a digit, or drop a photo of one." if digits else "Upload an image.")
+            + ("Pick the brush and draw a digit, or drop a photo of one." if digits else "Upload an image."),
         )
         with gr.Row():
             with gr.Column(scale=1):
@@ -127,17 +136,23 @@ def build(demo: DemoModel, examples_dir: Path, top_k: int = 3):
                 if digits:
                     with gr.Tab("Upload", id="upload-tab"):
                         upload = _upload_box(gr, "Photo or scan")
-                preprocess = gr.Radio(choices, value=choices[0], label="--preprocess", elem_id="preprocess")
+                preprocess = gr.Radio(
+                    choices,
+                    value=choices[0],
+                    label="Digit normalisation (auto: the model's digit style; none: only resized)",
+                    elem_id="preprocess",
+                )
+                methods = demo.methods()
                 method = gr.Dropdown(
-                    [(name, key) for key, name in METHODS.items()], value="gradcam", label="Explanation method"
+                    [(METHODS[key], key) for key in methods], value=methods[0], label="Explanation method"
                 )
                 contrast = gr.Dropdown(
                     ["none", *demo.label_names], value="none", label="Why this class and not… (contrast class)"
                 )
                 gallery = gr.Gallery(
                     [(str(p), c) for p, c in shown],
-                    label="Examples from the run's test split, its most confident mistakes first (click one)",
-                    columns=6,
+                    label="The run's test examples: its most confident mistakes (true → said ✗) first; click one",
+                    columns=4,
                     height="auto",
                     object_fit="contain",
                     allow_preview=False,
@@ -145,7 +160,7 @@ def build(demo: DemoModel, examples_dir: Path, top_k: int = 3):
                     elem_id="examples",
                 )
             with gr.Column(scale=1):
-                status = gr.Markdown("Draw a digit or upload an image.", elem_id="status")
+                status = gr.Markdown("Draw a digit or upload an image.", elem_id="status", latex_delimiters=[])
                 label = gr.Label(num_top_classes=min(top_k, demo.num_classes), label="Top classes", elem_id="label")
                 overlay = gr.Image(label="Explanation", type="numpy", interactive=False, elem_id="overlay")
                 steps = gr.Gallery(
@@ -158,40 +173,73 @@ def build(demo: DemoModel, examples_dir: Path, top_k: int = 3):
         state = gr.State(None)
         outputs = [state, status, label, overlay, steps]
         controls = [preprocess, method, contrast]
-        upload.change(from_upload, [upload, *controls], outputs, trigger_mode="always_last")
+        one = {"concurrency_id": "model", "concurrency_limit": 1}  # one answer at a time: the model is shared
+        upload.change(from_upload, [upload, *controls], outputs, trigger_mode="always_last", **one)
 
         def from_example(preprocess, method, contrast, evt):
-            return from_upload(str(shown[evt.index][0]), preprocess, method, contrast)
+            """A stored example is already the model's input: fed as it is (no normalisation again)."""
+            index = evt.index if isinstance(evt.index, int) else -1
+            if not 0 <= index < len(shown):
+                return None, "⚠ no such example", None, None, None
+            try:
+                image = read_upload(shown[index][0])
+            except InputProblem as exc:
+                return None, f"⚠ {plain(str(exc))}", None, None, None
+            return respond(demo, image, "none", method, contrast)
 
         from_example.__annotations__ = {"evt": gr.SelectData}  # a class, not a string: Gradio passes the event
 
-        gallery.select(from_example, controls, outputs)
+        gallery.select(from_example, controls, outputs, **one)
         if digits:
-            draw.click(from_sketch, [sketch, *controls], outputs)
+            draw.click(from_sketch, [sketch, *controls], outputs, **one)
         for control in controls:
             control.change(
                 lambda image, *args: respond(demo, image, *args),
                 [state, *controls],
                 outputs,
                 trigger_mode="always_last",
+                **one,
             )
     return page
 
 
 def launch(page, host: str, port: int, examples_dir: Path) -> Any:
     """Serve the page on host:port in a background thread (no share link, no browser opened); returns the
-    app's local URL (page.block_thread() then waits, page.close() stops it)."""
-    page.launch(
-        server_name=host,
-        server_port=port,
-        share=False,
-        inbrowser=False,
-        show_error=False,
-        quiet=True,
-        ssr_mode=False,
-        max_file_size="20mb",
-        allowed_paths=[str(examples_dir)],
-        prevent_thread_lock=True,
-        theme=theme(),
-    )
+    app's local URL (page.close() stops it). A port in use or not allowed is one KerasDigitsError."""
+    from keras_digits.errors import KerasDigitsError
+
+    try:
+        page.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            inbrowser=False,
+            show_error=False,
+            quiet=True,
+            ssr_mode=False,
+            max_file_size="25mb",  # above the engine's 20 MB, so the page says it rather than Gradio's pop-up
+            allowed_paths=[str(examples_dir)],
+            prevent_thread_lock=True,
+            theme=theme(),
+        )
+    except Exception as exc:  # Gradio raises OSError, OverflowError, ValueError or its own for a bad address
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise KerasDigitsError(
+            f"cannot serve on {host}:{port} ({first.split('. You can')[0]}); choose another --port or --host"
+        ) from None
     return page.local_url
+
+
+def serve(demo: DemoModel, folder: Path, host: str, port: int, top_k: int = 3) -> None:
+    """Build and serve the page until Ctrl-C (KeyboardInterrupt goes on to the caller); `folder` holds the
+    example files and Gradio's uploads."""
+    import time
+
+    page = build(demo, folder, top_k)
+    url = launch(page, host, port, folder)
+    print(f"demo of {demo.source} at {url} (Ctrl-C stops it)", flush=True)
+    try:
+        while True:
+            time.sleep(0.5)
+    finally:
+        page.close(verbose=False)

@@ -170,7 +170,10 @@ def export_run(
         max_drop=max_drop,
         calibration=calibration,
         seed=seed,
-        examples_file=run_dir / "examples-test.npz" if (run_dir / "examples-test.npz").is_file() else None,
+        # the demo shows them; only beside the Keras file it needs (a TF Serving folder carries no test images)
+        examples_file=run_dir / "examples-test.npz"
+        if "keras" in formats and (run_dir / "examples-test.npz").is_file()
+        else None,
     )
     if "saved_model" not in formats:
         _note(f"{version_dir} will hold no SavedModel: TF Serving, which loads the highest version, cannot serve it")
