@@ -77,14 +77,6 @@ def found_formats(version: Path) -> list[tuple[str, str, Path]]:
     return out
 
 
-def size_of(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in (path / "variables").rglob("*") if p.is_file()) + sum(
-        p.stat().st_size for p in path.glob("*.pb")
-    )
-
-
 def timed(run, images: np.ndarray, seconds: float) -> float:
     """Images/s of run(images) called repeatedly for about `seconds`."""
     calls, start = 0, time.perf_counter()
@@ -122,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)  # before TensorFlow starts
     from keras_digits.runtime.precision import cpu_isa, cpu_name
+    from keras_digits.serving.export_record import size_of
     from keras_digits.serving.runtimes import open_runtime
 
     with tempfile.TemporaryDirectory() as tmp:

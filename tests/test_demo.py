@@ -14,7 +14,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import REPO, one_error_line, run_main, tiny_test_split
+from conftest import REPO, free_ports, one_error_line, run_main, tiny_test_split
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -193,9 +193,7 @@ def test_the_page_turns_errors_into_a_status_line(mnist_demo, monkeypatch):
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def test_the_page_serves_offline_on_loopback(mnist_demo, tmp_path):

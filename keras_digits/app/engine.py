@@ -57,9 +57,6 @@ class DemoModel:
     digit style), example images, and an explainer."""
 
     def __init__(self, model, label_names: Sequence[str], dataset: str = "", examples: dict | None = None, source=""):
-        import tensorflow as tf
-
-        from keras_digits.data.adapt import fit_to_model
         from keras_digits.explain.core import Explainer
 
         self.model = model
@@ -77,7 +74,6 @@ class DemoModel:
         self.examples = examples or {}
         self.source = str(source)
         self.explainer = Explainer(model)
-        self._fit = tf.function(lambda x: fit_to_model(x, self.shape), reduce_retracing=True)
 
     @property
     def name(self) -> str:
@@ -131,8 +127,9 @@ class DemoModel:
                 steps.append((x, f"upsampled to {upsample}x{upsample}, as the training digits were"))
             x = x[..., None]
         else:
-            fitted = np.asarray(self._fit(image[None].astype(np.float32)))[0]
-            x = np.clip(np.rint(fitted), 0, 255).astype(np.uint8)
+            from keras_digits.data.adapt import fit_uint8
+
+            x = fit_uint8(image[None], self.shape)[0]
             if x.shape != image.shape:
                 steps.append((x, f"fitted to {self.shape[1]}x{self.shape[0]}x{self.shape[2]}"))
             if float(x.std()) < 1.0:

@@ -9,6 +9,8 @@ grey -> RGB by repetition, alpha dropped. Size: bilinear, antialiased, rounded b
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from keras_digits.data.digit_norm import GREY_WEIGHTS
@@ -81,6 +83,20 @@ def fit_to_model(images, shape: tuple[int, int, int], digit: bool = False, with_
     x = to_channels(tf.cast(images, tf.float32), shape[2])
     out = tf.ensure_shape(resize_to(x, shape[0], shape[1]), [None, *shape])
     return (out, has_ink) if with_ink else out
+
+
+@functools.lru_cache(maxsize=16)
+def _traced_fit(shape: tuple[int, int, int]):
+    import tensorflow as tf
+
+    return tf.function(lambda x: fit_to_model(x, shape), reduce_retracing=True)
+
+
+def fit_uint8(images, shape: tuple[int, int, int]) -> np.ndarray:
+    """fit_to_model on a batch of one size, through one traced graph per model shape (cached), back on the
+    uint8 grid: what a model file is fed (the SavedModel does the same inside its graph)."""
+    out = np.asarray(_traced_fit(tuple(int(d) for d in shape))(np.asarray(images, np.float32)))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def fit_array(

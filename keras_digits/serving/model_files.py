@@ -91,11 +91,6 @@ class FileModel:
             raise KerasDigitsError(f"cannot use {path} with {fmt}'s runtime: {type(exc).__name__}: {text}") from None
         self.num_classes = int(probe.shape[-1])
         self.label_names = self._labels(fmt, path)
-        import tensorflow as tf
-
-        from keras_digits.data.adapt import fit_to_model
-
-        self._fit = tf.function(lambda x: fit_to_model(x, self.input_shape), reduce_retracing=True)
 
     def _labels(self, fmt: str, path: Path) -> list[str]:
         labels = read_labels(assets_dir(fmt, path))
@@ -119,8 +114,8 @@ class FileModel:
         return [str(i) for i in range(self.num_classes)]
 
     def __call__(self, images) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        fitted = self._fit(images).numpy()
-        batch = np.clip(np.rint(fitted), 0, 255).astype(np.uint8)
-        probs = self.runtime.run(batch)
+        from keras_digits.data.adapt import fit_uint8
+
+        probs = self.runtime.run(fit_uint8(images, self.input_shape))
         ids = probs.argmax(-1).astype(int)
         return probs, ids, [self.label_names[i] for i in ids]
