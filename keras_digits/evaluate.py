@@ -58,6 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
         "[-digit]-seed<N>.json; progress on stderr)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the corruptions (default 0)")
+    p.add_argument(
+        "--explain",
+        metavar="METHOD",
+        help="with --perturb/--dataset: also explain a fixed subset with METHOD (e.g. gradcam, ig) and record its "
+        "deletion AUC (and a random map's) and, for light digits on black, the relevance on the ink",
+    )
+    p.add_argument(
+        "--explain-n", type=int, default=100, help="images explained per scoring with --explain (default 100)"
+    )
     return p
 
 
@@ -66,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_tensorflow()
     quiet_retracing_warnings()  # each corruption and dataset is a new input signature
     splits = list(dict.fromkeys(args.split or ["test"]))
+    if args.explain and not (args.dataset or args.perturb):
+        raise KerasDigitsError("--explain records explanations under shift: give --perturb and/or --dataset")
     if args.dataset or args.perturb or args.preprocess or args.label_map:
         return score_elsewhere_cli(args, splits)
     metrics, path = rescore_run(args.run, splits, args.data_dir)
@@ -87,6 +98,13 @@ def score_elsewhere_cli(args, splits: Sequence[str]) -> int:
 
     if args.seed < 0:
         raise KerasDigitsError(f"--seed must be 0 or more, got {args.seed}")
+    hook = None
+    if args.explain:
+        from keras_digits.explain.shift import scorer
+
+        if args.explain_n < 1:
+            raise KerasDigitsError(f"--explain-n must be 1 or more, got {args.explain_n}")
+        hook = scorer(args.explain, args.explain_n, args.seed)
     if len(splits) != 1:
         raise KerasDigitsError("--dataset/--perturb score one split at a time; give one --split")
     # default: auto on another dataset; none for the run's own data (so the clean row is its own score)
@@ -101,6 +119,7 @@ def score_elsewhere_cli(args, splits: Sequence[str]) -> int:
         args.perturb,
         args.seed,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
+        explain_hook=hook,
     )
     what = f"{result['dataset']} {splits[0]} ({result['preprocess']} preprocessing)"
     if "rows" in result:
@@ -108,6 +127,13 @@ def score_elsewhere_cli(args, splits: Sequence[str]) -> int:
     else:
         m = result[splits[0]]
         print(f"{what}: accuracy {m['accuracy']:.4f}  loss {m['loss']:.4f}  macro-F1 {m['f1']:.4f}")
+        e = m.get("explain")
+        if e:
+            ink = f"  ink relevance {e['ink_relevance']:.4f}" if e.get("ink_relevance") is not None else ""
+            print(
+                f"{e['method']} on {e['n']} images: deletion AUC {e['deletion_auc']:.4f} "
+                f"(random map {e['deletion_auc_random']:.4f}){ink}"
+            )
     print(f"written to {path}", file=sys.stderr)
     return 0
 

@@ -173,3 +173,11 @@ def tf_config(ports: list[int], index: int) -> str:
     return json.dumps(
         {"cluster": {"worker": [f"localhost:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
     )
+
+
+@pytest.fixture(scope="session")
+def planted_model():
+    """(model, test images, labels) of tests/planted.py, trained once per session."""
+    from planted import train_planted
+
+    return train_planted()

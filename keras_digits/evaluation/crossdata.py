@@ -38,9 +38,11 @@ def score_elsewhere(
     perturb: Sequence[str] | None,
     seed: int = 0,
     progress: Callable[[str], Any] | None = None,
+    explain_hook: Callable[..., dict] | None = None,
 ) -> tuple[dict, Path]:
     """Score the run on `dataset` (None: its own) and/or under corruptions; returns (this scoring's result,
-    file written). `progress(line)` hears of each corruption and severity as it finishes."""
+    file written). `progress(line)` hears of each corruption and severity as it finishes. `explain_hook(model,
+    fitted images, same_geometry)` adds an "explain" entry to each scoring (explain.shift.scorer)."""
     from keras_digits.config import TrainConfig
     from keras_digits.data import corrupt, get_spec, load_dataset, load_for
     from keras_digits.data.adapt import fit_array, wants_digit
@@ -80,7 +82,10 @@ def score_elsewhere(
     def score(images: np.ndarray) -> dict:
         fitted, blank = fit_array(images, shape, digit)
         inkless[0] = max(inkless[0], blank)
-        return classification_metrics(y, predict_probs(model, fitted), model_names)
+        out = classification_metrics(y, predict_probs(model, fitted), model_names)
+        if explain_hook is not None:
+            out["explain"] = explain_hook(model, fitted, not digit)
+        return out
 
     what = scoring_name(name, bundle.source, split_fingerprint(*bundle.test), label_map, digit)
     head = {
@@ -101,10 +106,14 @@ def score_elsewhere(
         if settings:
             say(f"clean: accuracy {clean['accuracy']:.4f} ({time.perf_counter() - start:.1f} s)")
             rows = [{"corruption": "clean", "severity": 0, "accuracy": clean["accuracy"], "f1": clean["f1"]}]
+            if "explain" in clean:
+                rows[0]["explain"] = clean["explain"]
             for i, (cname, sev) in enumerate(settings, start=1):
                 start = time.perf_counter()
                 m = score(corrupt.apply(x, cname, sev, seed))
                 rows.append({"corruption": cname, "severity": sev, "accuracy": m["accuracy"], "f1": m["f1"]})
+                if "explain" in m:
+                    rows[-1]["explain"] = m["explain"]
                 say(
                     f"[{i}/{len(settings)}] {cname}:{sev}: accuracy {m['accuracy']:.4f} "
                     f"({time.perf_counter() - start:.1f} s)"
@@ -140,9 +149,21 @@ def robustness_markdown(result: dict) -> str:
     """The robustness table: clean first, then each corruption and severity with its accuracy drop."""
     rows = result["rows"]
     clean = rows[0]["accuracy"]
-    lines = ["| corruption | severity | accuracy | change |", "| --- | ---: | ---: | ---: |"]
+    explained = [r.get("explain") for r in rows if r.get("explain")]
+    head = "| corruption | severity | accuracy | change |"
+    rule = "| --- | ---: | ---: | ---: |"
+    if explained:
+        method = explained[0].get("method")
+        head += f" {method} deletion AUC | random map's | {method} ink relevance |"
+        rule += " ---: | ---: | ---: |"
+    lines = [head, rule]
     for r in rows:
         sev = "" if r["corruption"] == "clean" else str(r["severity"])
         change = "" if r["corruption"] == "clean" else f"{r['accuracy'] - clean:+.4f}"
-        lines.append(f"| {r['corruption']} | {sev} | {r['accuracy']:.4f} | {change} |")
+        line = f"| {r['corruption']} | {sev} | {r['accuracy']:.4f} | {change} |"
+        if explained:
+            e = r.get("explain") or {}
+            cells = [e.get("deletion_auc"), e.get("deletion_auc_random"), e.get("ink_relevance")]
+            line += "".join(f" {v:.4f} |" if isinstance(v, (int, float)) else " |" for v in cells)
+        lines.append(line)
     return "\n".join(lines)

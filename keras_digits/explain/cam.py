@@ -1,4 +1,4 @@
-"""Class activation maps on the target layer: Grad-CAM, Grad-CAM++ and Score-CAM.
+"""Class activation maps on the target layer: Grad-CAM, Grad-CAM++, Score-CAM, LayerCAM, and Guided Grad-CAM.
 
 Each returns (N, H, W) float32 at the input resolution: the map on the target layer's grid, ReLU'd,
 upsampled bilinearly. Written on tf.GradientTape (see docs/explanations.md for why no library).
@@ -58,10 +58,28 @@ def scorecam(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray) -> np.n
         lo = up.min(axis=(1, 2), keepdims=True)
         hi = up.max(axis=(1, 2), keepdims=True)
         mask = np.where(hi > lo, (up - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
-        return x[i] * mask[..., None].astype(np.float32)
+        return (ex.low + (x[i] - ex.low) * mask[..., None]).astype(np.float32)
 
     weights = ex.pair_scores(x, t, c, make, k, label="scorecam")  # (N, K')
     picked = np.take_along_axis(feats, chosen[:, None, None, :], axis=-1)  # (N, h, w, K')
     flat = np.array([(hi > lo) for hi, lo in zip(picked.max(axis=(1, 2)), picked.min(axis=(1, 2)))])
     cam = np.maximum((picked * (weights * flat)[:, None, None, :]).sum(axis=-1), 0.0)
     return resize_maps(cam, size)
+
+
+def layercam(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Jiang et al. 2021: each location weighted by its own positive gradient, map = ReLU(sum_k ReLU(g^k) A^k)
+    (Grad-CAM averages the gradient over the map first)."""
+    ex.require_layer("layercam")
+    feats, grads = ex.feature_gradients(x, t, c)
+    cam = np.maximum((np.maximum(grads, 0.0) * feats).sum(axis=-1), 0.0)
+    return resize_maps(cam, x.shape[1:3])
+
+
+def guided_gradcam(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Selvaraju et al. 2017: Guided Backpropagation times the upsampled Grad-CAM map (fine detail where the
+    class evidence is)."""
+    from keras_digits.explain.gradients import guided_backprop
+
+    ex.require_layer("guided_gradcam")
+    return (guided_backprop(ex, x, t, c) * gradcam(ex, x, t, c)).astype(np.float32)

@@ -1,7 +1,9 @@
-"""`python -m keras_digits.explain --run RUN`: explain a trained run's predictions.
+"""`python -m keras_digits.explain --run RUN`: explain a trained run's predictions; `--model FILE --images PATH`:
+explain any Keras 3 image classifier (a .keras/.h5 file or a SavedModel folder) on image files.
 
-Writes to RUN/explain/ (or --out DIR), replacing it as a whole once everything succeeded (when that
-path is a symbolic link, the folder it points to is replaced and the link kept):
+Writes to RUN/explain/ (or --out DIR; with --model, default ./explain-<model name>), replacing it as a whole
+once everything succeeded (when that path is a symbolic link, the folder it points to is replaced and the
+link kept):
 
     <method>.npy   (N, H, W) float32 maps at the input resolution (signed for ig/ig_blur/occlusion)
     inputs.npz     the images as the model saw them (uint8), true labels (-1 for files), predictions,
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,20 +28,38 @@ import numpy as np
 
 from keras_digits.data.adapt import PREPROCESS, PREPROCESS_HELP, wants_digit
 from keras_digits.errors import KerasDigitsError
-from keras_digits.explain import CAM_METHODS, METHODS, method_fn, parse_methods
+from keras_digits.explain import CAM_METHODS, METHODS, parse_methods
+from keras_digits.explain.scorecard import METRICS, parse_metrics
+from keras_digits.explain.session import check_out, output_folder, run_methods, write_outputs
 from keras_digits.utils.cli import non_negative_int, positive_int, quiet_retracing_warnings, run_cli
 
 EPILOG = (
     "methods:\n"
-    + "\n".join(f"  {k:<11} {v[2]}" for k, v in METHODS.items())
+    + "\n".join(f"  {k:<15} {v[2]}" for k, v in METHODS.items())
+    + "\n\nmetrics (--metrics LIST, default all):\n"
+    + "\n".join(f"  {k:<15} {v}" for k, v in METRICS.items())
     + """
 
 examples:
   python -m keras_digits.explain --run runs/simple_cnn-mnist --method gradcam,ig --n 8
   python -m keras_digits.explain --run RUN --errors --n 12 --metrics --sanity
   python -m keras_digits.explain --run RUN --images my_digits/ --target 4 --contrast 9
+  python -m keras_digits.explain --model model.keras --images photos/ --input-range 0,1 --metrics
 """
 )
+
+
+BACKGROUND = 32  # training images GradientSHAP draws its baselines from
+
+
+def value_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH such as 0,255 or 0,1 or -1,1; got {text!r}") from None
+    if not high > low:
+        raise argparse.ArgumentTypeError(f"LOW must be below HIGH, got {text!r}")
+    return low, high
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,10 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m keras_digits.explain",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Explain a trained run's predictions: attribution maps per method, "
-        "a PNG grid, faithfulness metrics and sanity checks.",
+        description="Explain a trained run's predictions, or any Keras 3 image classifier's: attribution maps "
+        "per method, a PNG grid, metrics of their quality and sanity checks.",
     )
-    p.add_argument("--run", required=True, help="run directory written by keras_digits.train")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run", help="run directory written by keras_digits.train")
+    which.add_argument(
+        "--model",
+        metavar="FILE_OR_DIR",
+        help="any Keras 3 image classifier: a .keras or .h5 file, or a SavedModel folder (needs --images)",
+    )
     p.add_argument("--method", default="all", help="comma-separated methods, or all (default: all)")
     what = p.add_argument_group("which images")
     what.add_argument(
@@ -83,6 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
         + "; split images are used as stored",
     )
     what.add_argument("--data-dir", help="override the run's data directory")
+    what.add_argument(
+        "--input-range",
+        type=value_range,
+        default=(0.0, 255.0),
+        metavar="LOW,HIGH",
+        help="--model: the pixel range the model takes (0,255 default; 0,1 or -1,1 for models that "
+        "normalise outside); image files are scaled into it and black is LOW",
+    )
+    what.add_argument(
+        "--head",
+        choices=("auto", "probabilities", "logits"),
+        default="auto",
+        help="what the model outputs (auto: from its last layer, or from its outputs when that is opaque)",
+    )
     tgt = p.add_argument_group("what to explain")
     tgt.add_argument("--target", default="pred", help="pred (default), true, or a class (index or label name)")
     tgt.add_argument("--contrast", metavar="CLASS", help="explain target minus CLASS: 'why a 4 rather than a 9'")
@@ -103,21 +142,43 @@ def build_parser() -> argparse.ArgumentParser:
         default=256,
         help="Score-CAM channels, highest variance first; 0 = all (default 256)",
     )
+    opt.add_argument("--segments", type=positive_int, default=50, help="LIME/KernelSHAP superpixels (default 50)")
+    opt.add_argument(
+        "--coalitions",
+        type=positive_int,
+        default=1000,
+        help="LIME/KernelSHAP perturbed images per image (default 1000)",
+    )
     opt.add_argument("--seed", type=non_negative_int, default=0, help="seed of noise, masks and tie-breaks (default 0)")
     chk = p.add_argument_group("can the explanation be trusted?")
-    chk.add_argument("--metrics", action="store_true", help="deletion/insertion AUC against a random map")
+    chk.add_argument(
+        "--metrics",
+        nargs="?",
+        const="all",
+        metavar="LIST",
+        help="score the methods: all (the default when given alone) or a comma-separated list of " + ", ".join(METRICS),
+    )
     chk.add_argument(
         "--metrics-n",
         type=positive_int,
         default=100,
-        help="images of the split for --metrics (a fixed subset; default 100)",
+        help="images of the split for --metrics (a fixed subset; default 100); with --model the --images are used",
+    )
+    chk.add_argument(
+        "--sensitivity-n",
+        type=positive_int,
+        default=8,
+        help="images re-explained 5 times each for max-sensitivity (default 8)",
     )
     chk.add_argument("--sanity", action="store_true", help="model-parameter randomization test (Adebayo et al.)")
     chk.add_argument("--sanity-n", type=positive_int, default=8, help="images for --sanity (default 8)")
     chk.add_argument(
         "--sanity-steps", type=positive_int, default=6, help="points of the top-down randomization cascade (default 6)"
     )
-    p.add_argument("--out", help="output folder (default RUN/explain; only that one feeds RUN/report.html)")
+    p.add_argument(
+        "--out",
+        help="output folder (default RUN/explain, the one RUN/report.html shows; with --model ./explain-<name>)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress or per-method lines")
     return p
 
@@ -130,94 +191,53 @@ def _progress(quiet: bool):
     return lambda label, total: Progress(total, label=label)
 
 
-def run_methods(ex, methods: Sequence[str], x, t, c, say) -> tuple[dict, dict]:
-    """Each method's maps of float32 images `x`, and its timing."""
-    maps, timings = {}, {}
-    for name in methods:
-        start = time.perf_counter()
-        maps[name] = method_fn(name)(ex, x, t, c)
-        secs = time.perf_counter() - start
-        timings[name] = {"seconds": round(secs, 3), "images_per_s": round(len(x) / max(secs, 1e-9), 2)}
-        say(f"{name:<11} {len(x)} images  {secs:7.2f} s  {timings[name]['images_per_s']:8.1f} img/s")
-    return maps, timings
-
-
-def row_label(name: str, label: int, pred: int, conf: float, t: int, c: int, names: Sequence[str]) -> str:
-    true = f"true {names[label]}\n" if label >= 0 else ""
-    target = f"\nwhy {names[t]}" + (f" not {names[c]}" if c >= 0 else "") if t != pred or c >= 0 else ""
-    return f"{name}\n{true}pred {names[pred]} ({conf:.2f}){target}"
-
-
-def output_folder(out: Path) -> Path:
-    """`out`, or the folder it points to when it is a symbolic link (replacing that folder keeps the link, and
-    no moved-aside link is left behind)."""
-    if not out.is_symlink():
-        return out
-    try:
-        return out.resolve(strict=False)
-    except (OSError, RuntimeError) as exc:  # a loop of links
-        raise KerasDigitsError(f"output folder {out} is a symbolic link that cannot be followed: {exc}") from None
-
-
-def check_out(out: Path, run_dir: Path) -> None:
-    """--out is replaced as a whole: refuse the run itself, a folder holding it, and a non-empty folder
-    that explain did not write."""
-    from keras_digits.utils.io import check_output_dir
-
-    check_output_dir(out, "output folder")
-    if out.resolve() == run_dir.resolve() or out.resolve() in run_dir.resolve().parents:
-        raise KerasDigitsError(
-            f"--out {out} would replace the run directory {run_dir} or a folder holding it; "
-            f"choose a new or empty folder (default {run_dir / 'explain'})"
-        )
-    if out.is_dir() and any(out.iterdir()) and not (out / "explain.json").is_file():
-        raise KerasDigitsError(
-            f"--out {out} is not empty and was not written by keras_digits.explain; it would be "
-            "replaced: choose a new or empty folder"
-        )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_retracing_warnings()  # every method, batch and image size traces the model anew
     methods = parse_methods(args.method)
     every = any(m.strip().lower() == "all" for m in args.method.split(","))
+    which = parse_metrics(args.metrics) if args.metrics else []
     if args.per_class and args.errors:  # the one check: select.from_split takes a single mode
         raise KerasDigitsError("--per-class and --errors cannot be combined; choose one")
     if args.images and (args.per_class or args.errors):
         raise KerasDigitsError("--per-class and --errors choose images from a split; not with --images")
+    if args.model and not args.images:
+        raise KerasDigitsError("--model explains image files: give them with --images FILE_OR_DIR ...")
+    if args.run and args.input_range != (0.0, 255.0):
+        raise KerasDigitsError("--input-range is for --model; this package's runs take 0..255 pixels")
     say = (lambda *a: None) if args.quiet else (lambda text: print(text, file=sys.stderr))
 
-    from keras_digits.evaluation.runs import load_run
     from keras_digits.utils.lock import hold
+
+    if args.model:
+        from keras_digits.explain.loading import load_model
+
+        model_path = Path(args.model)
+        model, labels = load_model(model_path)
+        default = Path(f"explain-{model_path.stem or model_path.resolve().name}")
+        out = output_folder(Path(args.out) if args.out else default)
+        check_out(out, model_path, default)
+        with hold(out, "output folder"):
+            return explain_model(args, methods, every, which, model_path, model, labels, out, say)
+
+    from keras_digits.evaluation.runs import load_run
 
     run_dir = Path(args.run)
     cfg_dict, model = load_run(run_dir)
     out = output_folder(Path(args.out) if args.out else run_dir / "explain")
-    check_out(out, run_dir)
+    check_out(out, run_dir, run_dir / "explain")
     own = out.resolve() == (run_dir / "explain").resolve()  # RUN/explain feeds the run's page
     with hold(run_dir, "run directory") if own else hold(out, "output folder"):
-        return explain(args, methods, every, run_dir, cfg_dict, model, out, own, say)
+        return explain_run(args, methods, every, which, run_dir, cfg_dict, model, out, own, say)
 
 
-def explain(args, methods, every, run_dir, cfg_dict, model, out, own, say) -> int:
-    from keras_digits.config import TrainConfig
-    from keras_digits.evaluation.records import dataset_record, model_label_names
-    from keras_digits.explain.core import Explainer, Options
-    from keras_digits.explain.perturbation import occlusion_geometry
+def make_explainer(args, model, methods: list[str], every: bool, say, background=None):
+    """(Explainer, the methods it can run): CAM methods are dropped from `all` for a model without a spatial
+    map and refused when named; DeepLIFT's approximations are noted."""
+    from keras_digits.explain.core import Explainer
+    from keras_digits.explain.session import options_from
 
-    options = Options(
-        batch_size=args.batch_size,
-        steps=args.steps,
-        samples=args.samples,
-        noise=args.noise,
-        masks=args.masks,
-        patch=args.patch,
-        stride=args.stride,
-        scorecam_channels=args.scorecam_channels,
-        seed=args.seed,
-    )
-    ex = Explainer(model, args.layer, options)
+    ex = Explainer(model, args.layer, options_from(args, background))
     ex.progress = _progress(args.quiet)
     if ex.layer is None and any(m in CAM_METHODS for m in methods):
         cams = [m for m in methods if m in CAM_METHODS]
@@ -225,61 +245,41 @@ def explain(args, methods, every, run_dir, cfg_dict, model, out, own, say) -> in
             ex.require_layer(cams[0])
         methods = [m for m in methods if m not in CAM_METHODS]
         say(f"note: {', '.join(cams)} skipped: {model.name} has no spatial feature map")
-    record = dataset_record(run_dir)
-    label_names = model_label_names(record, ex.num_classes)
+    if every and not any(activation_layers(model)):
+        dropped = [m for m in methods if m in ("guided_backprop", "deeplift")]
+        methods = [m for m in methods if m not in dropped]
+        say(f"note: {', '.join(dropped)} skipped: {model.name} shows no activation layers (an opaque SavedModel)")
+    return ex, methods
 
-    bundle = None
 
-    def split_data():
-        nonlocal bundle
-        if bundle is None:
-            from keras_digits.data import load_for
-            from keras_digits.evaluation.runs import check_compatible
+def activation_layers(model) -> list[str]:
+    from keras_digits.explain.graph import flat_layers
+    from keras_digits.explain.modified import activation_of
 
-            bundle = load_for(TrainConfig.from_dict(cfg_dict), args.data_dir)
-            check_compatible(model, record, bundle, f"cannot explain {run_dir} on {bundle.name}")
-        return bundle.split(args.split)
+    return [path for path, layer, _ in flat_layers(model) if activation_of(layer) is not None]
 
-    from keras_digits.explain import select
-    from keras_digits.serving.predictor import print_read_notes
 
-    n = args.n or (1 if args.per_class else 16)
-    preprocess = None
-    if args.images:
-        digit = wants_digit(args.preprocess, str(cfg_dict.get("dataset", "")))
-        preprocess = "digit" if digit else "none"
-        sel = select.from_files(args.images, ex.input_shape, limit=args.n, digit=digit)
-        for f, why in sel.skipped:
-            print(f"skipped {f}: {why}", file=sys.stderr)
-        print_read_notes(sel.notes, sel.inkless)
-    else:
-        if args.preprocess == "digit":
-            print(
-                "note: --preprocess digit applies to --images files; split images are used as stored", file=sys.stderr
-            )
-        mode = "per_class" if args.per_class else "errors" if args.errors else "first"
-        sel = select.from_split(*split_data(), args.split, n, mode, ex.predict, ex.num_classes)
-    probs = ex.predict(sel.x)
-    preds = probs.argmax(axis=1)
-    t, c = select.targets(args.target, args.contrast, sel, preds, label_names)
-    plain = [sel.names[i] for i in np.flatnonzero(c < 0)] if args.contrast is not None else []
-    if plain:
-        print(
-            f"note: --contrast {args.contrast}: {len(plain)} image(s) whose target is that class itself are "
-            f"explained without the contrast (contrast -1 in explain.json): {', '.join(plain[:5])}"
-            + (" ..." if len(plain) > 5 else ""),
-            file=sys.stderr,
-        )
-    layer_text = f"{ex.layer.path} {tuple(ex.layer.shape)}" if ex.layer is not None else "none"
-    say(f"explaining {len(sel.x)} image(s) ({sel.how}) with {', '.join(methods)}; target layer {layer_text}")
-    x = sel.x.astype(np.float32)
-    maps, timings = run_methods(ex, methods, x, t, c, say)
+def method_notes(model, methods: Sequence[str]) -> list[str]:
+    if "deeplift" not in methods:
+        return []
+    from keras_digits.explain.modified import linear_check
 
-    result = {
-        "run": str(run_dir),
-        "arch": cfg_dict.get("arch"),
-        "dataset": record.get("name"),
-        "methods": methods,
+    approximate = linear_check(model)
+    if not approximate:
+        return []
+    return [
+        "deeplift: these layers pass their plain gradient, so its attributions add up to the score change only "
+        "approximately: " + ", ".join(approximate[:8]) + (" ..." if len(approximate) > 8 else "")
+    ]
+
+
+def base_result(args, ex, methods, sel, probs, preds, t, c, plain, timings) -> dict:
+    from keras_digits.explain.perturbation import occlusion_geometry
+
+    options = {k: getattr(ex.options, k) for k in ex.options.__dataclass_fields__ if k != "background"}
+    options["value_range"] = list(options["value_range"])
+    return {
+        "methods": list(methods),
         "layer": None
         if ex.layer is None
         else {
@@ -289,8 +289,6 @@ def explain(args, methods, every, run_dir, cfg_dict, model, out, own, say) -> in
         },
         "logits": ex.head_kind,
         "images": sel.how,
-        "split": None if args.images else args.split,
-        "preprocess": preprocess,
         "notes": [{"file": f, "note": note} for f, note in sel.notes],
         "contrast_dropped": plain,
         "rows": [
@@ -304,96 +302,147 @@ def explain(args, methods, every, run_dir, cfg_dict, model, out, own, say) -> in
             }
             for i in range(len(sel.x))
         ],
-        "options": {
-            **{k: getattr(options, k) for k in options.__dataclass_fields__},
-            **dict(zip(("patch", "stride"), occlusion_geometry(ex)[:2])),
-        },
+        "options": {**options, **dict(zip(("patch", "stride"), occlusion_geometry(ex)[:2]))},
         "timings": timings,
         "files": {m: f"{m}.npy" for m in methods},
         "grid": "grid.png",
         "skipped": [{"file": f, "reason": why} for f, why in sel.skipped],
     }
-    if args.metrics:
-        from keras_digits.explain import faithfulness
 
-        xs, _ = split_data()
-        k = min(args.metrics_n, len(xs))
-        idx = np.sort(np.random.default_rng(0).permutation(len(xs))[:k])
-        xm = xs[idx].astype(np.float32)
-        tm = ex.predict(xm).argmax(axis=1).astype(np.int32)
-        cm = np.full(k, -1, np.int32)
-        say(f"faithfulness: {k} images of the {args.split} split, {', '.join(methods)} and a random map")
-        mm, _ = run_methods(ex, methods, xm, tm, cm, say)
-        result["metrics"] = {
-            **faithfulness.evaluate(ex, xm, tm, cm, mm, seed=args.seed),
-            "split": args.split,
-            "indices": idx.tolist(),
-        }
-        for name, row in result["metrics"]["methods"].items():
-            flag = "  (no better than random)" if row.get("flagged") else ""
-            say(f"  {name:<11} deletion {row['deletion']['mean']:.4f}  insertion {row['insertion']['mean']:.4f}{flag}")
-    if args.sanity:
-        from keras_digits.explain import sanity
 
-        k = min(args.sanity_n, len(x))
-        say(f"sanity: cascading randomization on {k} image(s)")
-        originals = {m: maps[m][:k] for m in methods}
-        result["sanity"] = sanity.run(
-            model,
-            lambda m: method_fn(m)(ex, x[:k], t[:k], c[:k]),
-            methods,
-            originals,
-            steps=args.sanity_steps,
-            seed=args.seed,
+def targets_for(args, sel, preds, label_names):
+    from keras_digits.explain import select
+
+    t, c = select.targets(args.target, args.contrast, sel, preds, label_names)
+    plain = [sel.names[i] for i in np.flatnonzero(c < 0)] if args.contrast is not None else []
+    if plain:
+        print(
+            f"note: --contrast {args.contrast}: {len(plain)} image(s) whose target is that class itself are "
+            f"explained without the contrast (contrast -1 in explain.json): {', '.join(plain[:5])}"
+            + (" ..." if len(plain) > 5 else ""),
+            file=sys.stderr,
         )
-        for m, v in result["sanity"]["methods"].items():
-            say(
-                f"  {m:<11} spearman after full randomization {v['final_spearman']:.3f}  "
-                f"{'passes' if v['passes'] else 'FAILS'}"
-            )
-    write_outputs(run_dir, out, own, sel, probs, preds, t, c, maps, result, label_names, cfg_dict)
+    return t, c, plain
+
+
+def read_files(args, ex, digit: bool):
+    from keras_digits.explain import select
+    from keras_digits.serving.predictor import print_read_notes
+
+    sel = select.from_files(args.images, ex.input_shape, limit=args.n, digit=digit)
+    for f, why in sel.skipped:
+        print(f"skipped {f}: {why}", file=sys.stderr)
+    print_read_notes(sel.notes, sel.inkless)
+    return sel
+
+
+def explain_model(args, methods, every, which, model_path, model, labels, out, say) -> int:
+    """--model: any Keras 3 classifier, on image files scaled into --input-range."""
+    from keras_digits.explain.session import run_metrics, run_sanity
+
+    ex, methods = make_explainer(args, model, methods, every, say)
+    sel = read_files(args, ex, digit=args.preprocess == "digit")
+    x = (ex.low + sel.x.astype(np.float32) / 255.0 * ex.span).astype(np.float32)
+    head_note = ex.check_head(x)
+    if head_note:
+        say(f"note: {head_note}")
+    label_names = labels if labels and len(labels) == ex.num_classes else [str(i) for i in range(ex.num_classes)]
+    probs = ex.predict(x)
+    preds = probs.argmax(axis=1)
+    t, c, plain = targets_for(args, sel, preds, label_names)
+    layer_text = f"{ex.layer.path} {tuple(ex.layer.shape)}" if ex.layer is not None else "none"
+    say(f"explaining {len(x)} image(s) with {', '.join(methods)}; target layer {layer_text}")
+    maps, timings = run_methods(ex, methods, x, t, c, say)
+    result = {
+        "model": str(model_path),
+        "dataset": None,
+        **base_result(args, ex, methods, sel, probs, preds, t, c, plain, timings),
+        "preprocess": "digit" if args.preprocess == "digit" else "none",
+        "method_notes": method_notes(model, methods) + ([head_note] if head_note else []),
+    }
+    if which:
+        result["metrics"] = {**run_metrics(ex, methods, x, which, args, say), "split": None, "images": "the --images"}
+    if args.sanity:
+        result["sanity"] = run_sanity(model, ex, methods, maps, x, t, c, args, say)
+    write_outputs(out, sel, probs, preds, t, c, maps, result, label_names, f"{model.name} · {sel.how}")
     print(f"explanations written to {out}")
     return 1 if sel.skipped else 0
 
 
-def write_outputs(
-    run_dir: Path, out: Path, own: bool, sel, probs, preds, t, c, maps, result, label_names, cfg_dict
-) -> None:
-    """Everything into a temporary folder, then moved onto `out` (the caller holds the lock)."""
-    from keras_digits.explain.figures import save_grid
-    from keras_digits.utils.io import atomic_dir, write_json
+def explain_run(args, methods, every, which, run_dir, cfg_dict, model, out, own, say) -> int:
+    from keras_digits.config import TrainConfig
+    from keras_digits.evaluation.records import dataset_record, model_label_names
+    from keras_digits.explain import select
+    from keras_digits.explain.session import run_metrics, run_sanity
 
-    rows = [
-        row_label(
-            sel.names[i],
-            int(sel.labels[i]),
-            int(preds[i]),
-            float(probs[i, preds[i]]),
-            int(t[i]),
-            int(c[i]),
-            label_names,
-        )
-        for i in range(len(sel.x))
-    ]
-    with atomic_dir(out) as tmp:
-        for name, m in maps.items():
-            np.save(tmp / f"{name}.npy", m.astype(np.float32))
-        np.savez_compressed(
-            tmp / "inputs.npz",
-            images=sel.x,
-            labels=sel.labels,
-            preds=preds,
-            confidence=probs[np.arange(len(preds)), preds],
-            targets=t,
-            contrasts=c,
-        )
-        title = f"{cfg_dict.get('arch', '')} · {result['images']}"
-        save_grid(tmp / "grid.png", sel.x, maps, rows, title)
-        write_json(tmp / "explain.json", result)
-    if own:
-        from keras_digits.reporting.html import write_run_page
+    record = dataset_record(run_dir)
+    bundle = None
 
-        write_run_page(run_dir)
+    def split_data(split: str):
+        nonlocal bundle
+        if bundle is None:
+            from keras_digits.data import load_for
+            from keras_digits.evaluation.runs import check_compatible
+
+            bundle = load_for(TrainConfig.from_dict(cfg_dict), args.data_dir)
+            check_compatible(model, record, bundle, f"cannot explain {run_dir} on {bundle.name}")
+        return bundle.split(split)
+
+    background = None
+    if "gradshap" in methods:  # expected gradients: baselines from the training data
+        try:
+            xs = split_data("train")[0]
+            pick = np.sort(np.random.default_rng([args.seed, 53]).permutation(len(xs))[:BACKGROUND])
+            background = xs[pick].astype(np.float32)
+        except KerasDigitsError as exc:
+            say(f"note: gradshap uses black and blurred baselines: the training data is not readable ({exc})")
+    ex, methods = make_explainer(args, model, methods, every, say, background)
+    label_names = model_label_names(record, ex.num_classes)
+    n = args.n or (1 if args.per_class else 16)
+    preprocess = None
+    if args.images:
+        digit = wants_digit(args.preprocess, str(cfg_dict.get("dataset", "")))
+        preprocess = "digit" if digit else "none"
+        sel = read_files(args, ex, digit)
+    else:
+        if args.preprocess == "digit":
+            print(
+                "note: --preprocess digit applies to --images files; split images are used as stored", file=sys.stderr
+            )
+        mode = "per_class" if args.per_class else "errors" if args.errors else "first"
+        sel = select.from_split(*split_data(args.split), args.split, n, mode, ex.predict, ex.num_classes)
+    probs = ex.predict(sel.x)
+    preds = probs.argmax(axis=1)
+    t, c, plain = targets_for(args, sel, preds, label_names)
+    layer_text = f"{ex.layer.path} {tuple(ex.layer.shape)}" if ex.layer is not None else "none"
+    say(f"explaining {len(sel.x)} image(s) ({sel.how}) with {', '.join(methods)}; target layer {layer_text}")
+    x = sel.x.astype(np.float32)
+    maps, timings = run_methods(ex, methods, x, t, c, say)
+    result = {
+        "run": str(run_dir),
+        "arch": cfg_dict.get("arch"),
+        "dataset": record.get("name"),
+        "split": None if args.images else args.split,
+        "preprocess": preprocess,
+        **base_result(args, ex, methods, sel, probs, preds, t, c, plain, timings),
+        "method_notes": method_notes(model, methods),
+        "gradshap_background": None if background is None else f"{len(background)} training images",
+    }
+    if which:
+        xs, _ = split_data(args.split)
+        k = min(args.metrics_n, len(xs))
+        idx = np.sort(np.random.default_rng(0).permutation(len(xs))[:k])
+        result["metrics"] = {
+            **run_metrics(ex, methods, xs[idx].astype(np.float32), which, args, say),
+            "split": args.split,
+            "indices": idx.tolist(),
+        }
+    if args.sanity:
+        result["sanity"] = run_sanity(model, ex, methods, maps, x, t, c, args, say)
+    title = f"{cfg_dict.get('arch', '')} · {result['images']}"
+    write_outputs(out, sel, probs, preds, t, c, maps, result, label_names, title, page_run=run_dir if own else None)
+    print(f"explanations written to {out}")
+    return 1 if sel.skipped else 0
 
 
 if __name__ == "__main__":

@@ -38,7 +38,15 @@ class Options:
     patch: int | None = None  # occlusion: patch side (default: about a seventh of the image side)
     stride: int | None = None  # occlusion: stride (default: half the patch)
     scorecam_channels: int = 256  # Score-CAM: channels used (largest activation variance first); 0 = all
+    segments: int = 50  # LIME / KernelSHAP: superpixels per image (SLIC's target; it may make fewer)
+    coalitions: int = 1000  # LIME / KernelSHAP: perturbed images per image (lime's default for images)
     seed: int = 0
+    value_range: tuple[float, float] = (0.0, 255.0)  # the model's input range: black is the low end
+    background: np.ndarray | None = None  # GradientSHAP baselines (B, H, W, C); None: black and blurred images
+    head: str = "auto"  # auto (from the last layer), probabilities or logits (what the model outputs)
+
+
+HEADS = ("auto", "probabilities", "logits")
 
 
 def blur(x: np.ndarray) -> np.ndarray:
@@ -58,15 +66,25 @@ class Explainer:
 
         self.model = model
         self.options = options or Options()
+        check_model(model)
         self.input_shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-        if len(self.input_shape) != 3:
-            raise KerasDigitsError(f"explanations need image inputs (H, W, C); the model takes {self.input_shape}")
         self.num_classes = int(model.outputs[0].shape[-1])
+        low, high = (float(v) for v in self.options.value_range)
+        if not high > low:
+            raise KerasDigitsError(f"the input value range must be low < high, got {low}..{high}")
+        self.low, self.high, self.span = low, high, high - low
         self.layer: LayerInfo | None = resolve_layer(model, layer)
-        self._input_model, self.head, self.head_kind = rewire(model, None)
-        self._tap = rewire(model, self.layer.path)[0] if self.layer is not None else None
+        if self.options.head not in HEADS:
+            raise KerasDigitsError(f"head must be one of {', '.join(HEADS)}, got {self.options.head!r}")
+        self._raw = self.options.head != "auto"  # the model's own output is what the head reads
+        self._input_model, self.head, self.head_kind = rewire(model, None, raw_output=self._raw)
+        if self._raw:
+            self.head_kind = "logits" if self.options.head == "logits" else "log"
+        self._spec = None
+        self._modified: dict = {}
+        self._tap = rewire(model, self.layer.path, raw_output=self._raw)[0] if self.layer is not None else None
         self.progress: Callable[[str, int], object] | None = None  # (label, total) -> object with update/close
-        spec = [
+        spec = self._spec = [
             tf.TensorSpec((None, *self.input_shape), tf.float32),
             tf.TensorSpec((None,), tf.int32),
             tf.TensorSpec((None,), tf.int32),
@@ -87,7 +105,7 @@ class Explainer:
         if self.head_kind == "dense":
             out = tf.matmul(pre, tf.cast(self.head.kernel, tf.float32))
             return out + tf.cast(self.head.bias, tf.float32) if self.head.use_bias else out
-        if self.head_kind == "activation":
+        if self.head_kind in ("activation", "logits"):
             return pre
         return tf.math.log(tf.maximum(pre, 1e-30))
 
@@ -162,6 +180,55 @@ class Explainer:
         out = [self._prob_scores(np.asarray(x[s], np.float32), t[s], c[s]).numpy() for s in self._chunks(len(x))]
         return np.concatenate(out) if out else np.zeros((0,), np.float64)
 
+    def check_head(self, x: np.ndarray) -> str | None:
+        """With head "auto" and a last layer that is not a recognisable softmax or linear Dense (a SavedModel, a
+        Lambda): read its outputs on `x` as probabilities when they are (non-negative rows summing to 1),
+        else as logits. Returns a note when it switched to logits."""
+        if self.options.head != "auto" or self.head_kind != "log" or not len(x):
+            return None
+        raw = np.concatenate(
+            [np.asarray(self._input_model(np.asarray(x[s], np.float32))) for s in self._chunks(len(x))]
+        )
+        if (raw >= -1e-6).all() and np.allclose(raw.sum(axis=1), 1.0, atol=1e-3):
+            return None
+        self.head_kind = "logits"
+        return "the model's outputs are not probabilities (rows do not sum to 1): read as logits"
+
+    def modified_gradients(self, x: np.ndarray, t: np.ndarray, c: np.ndarray, rule: str, reference=None) -> np.ndarray:
+        """d logit-score / d input through a copy of the model whose activations backpropagate by `rule`
+        (explain.modified: "guided" or "rescale"); "rescale" feeds each image with its `reference` image."""
+        import tensorflow as tf
+
+        if rule not in self._modified:
+            from keras_digits.explain.modified import rewire_with_rule
+
+            net = rewire_with_rule(self.model, rule, raw_output=self._raw)
+
+            def impl(xb, tb, cb):
+                with tf.GradientTape() as tape:
+                    tape.watch(xb)
+                    score = self.logit_score(self._head(net(xb, training=False)), tb, cb)
+                return tape.gradient(score, xb)
+
+            self._modified[rule] = tf.function(impl, input_signature=self._spec, reduce_retracing=True)
+        fn = self._modified[rule]
+        out = []
+        size = max(1, int(self.options.batch_size) // (2 if reference is not None else 1))
+        for start in range(0, len(x), size):
+            s = slice(start, min(len(x), start + size))
+            xb = np.asarray(x[s], np.float32)
+            if reference is None:
+                out.append(fn(xb, t[s], c[s]).numpy())
+                continue
+            both = np.concatenate([xb, np.asarray(reference[s], np.float32)])
+            g = fn(both, np.concatenate([t[s], t[s]]), np.concatenate([c[s], c[s]])).numpy()
+            out.append(g[: len(xb)])
+        return np.concatenate(out) if out else np.zeros((0, *self.input_shape), np.float32)
+
+    def black(self, x: np.ndarray) -> np.ndarray:
+        """Images of the low end of the input range, shaped like `x` (the black baseline)."""
+        return np.full(np.shape(x), self.low, np.float32)
+
     def require_layer(self, method: str) -> None:
         if self._tap is None:
             raise KerasDigitsError(
@@ -190,18 +257,20 @@ class Explainer:
         fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
         label: str = "",
         weights: np.ndarray | None = None,
+        with_variant: bool = False,
     ) -> np.ndarray:
         """fn over every (image i, variant v) pair, `batch_size` pairs per call: `make(i, v)` builds the
         batch's inputs (index arrays in, (B, ...) out), `fn(inputs, i)` returns one value per pair.
         Returns (n_images, n_variants, ...); with `weights` (one per variant) the weighted sum over the
-        variants, (n_images, ...), accumulated batch by batch (memory independent of n_variants)."""
+        variants, (n_images, ...), accumulated batch by batch (memory independent of n_variants).
+        `with_variant`: fn is called as fn(inputs, i, v)."""
         total = n_images * n_variants
         bar = self.progress(label, total) if self.progress and label else None
         out = None
         for s in self._chunks(total):
             k = np.arange(s.start, s.stop)
             i, v = k // n_variants, k % n_variants
-            values = np.asarray(fn(make(i, v), i))
+            values = np.asarray(fn(make(i, v), i, v) if with_variant else fn(make(i, v), i))
             if weights is not None:
                 if out is None:
                     out = np.zeros((n_images, *values.shape[1:]), np.float64)
@@ -218,9 +287,39 @@ class Explainer:
             return np.zeros((n_images,) if weights is not None else (n_images, n_variants), np.float32)
         return out if weights is not None else out.reshape(n_images, n_variants, *out.shape[1:])
 
-    def pair_scores(self, x, t, c, make, n_variants: int, label: str = "") -> np.ndarray:
-        """Probability scores of `n_variants` perturbed copies of each image: (N, n_variants)."""
-        return self.map_pairs(len(x), n_variants, make, lambda xb, i: self.scores(xb, t[i], c[i]), label)
+    def logit_scores(self, x: np.ndarray, t: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """Logit scores (logit[t], or logit[t] - logit[c] with a contrast), (N,)."""
+        z = self.logits(x).astype(np.float64)
+        rows = np.arange(len(z))
+        return np.where(c >= 0, z[rows, t] - z[rows, np.maximum(c, 0)], z[rows, t])
+
+    def pair_scores(self, x, t, c, make, n_variants: int, label: str = "", logits: bool = False) -> np.ndarray:
+        """Probability (with `logits`: logit) scores of `n_variants` perturbed copies of each image, (N, n_variants)."""
+        score = self.logit_scores if logits else self.scores
+        return self.map_pairs(len(x), n_variants, make, lambda xb, i: score(xb, t[i], c[i]), label)
+
+
+def check_model(model) -> None:
+    """One line for a model the explainers cannot take: not a graph of layers, not one image input, not a
+    classifier's (N, classes) output."""
+    if not getattr(model, "inputs", None) or not getattr(model, "outputs", None):
+        raise KerasDigitsError(
+            f"{getattr(model, 'name', 'the model')} has no input/output graph (a subclassed model that was never "
+            "built on symbolic inputs); wrap it: keras.Model(inputs, model(inputs))"
+        )
+    if len(model.inputs) != 1:
+        raise KerasDigitsError(f"explanations need a model with one image input; this one has {len(model.inputs)}")
+    shape = tuple(model.inputs[0].shape[1:])
+    if len(shape) != 3 or not all(isinstance(d, int) for d in shape):
+        raise KerasDigitsError(
+            f"explanations need a fixed image input (height, width, channels); the model takes {shape}"
+        )
+    out = tuple(model.outputs[0].shape[1:])
+    if len(model.outputs) != 1 or len(out) != 1 or not isinstance(out[0], int) or out[0] < 2:
+        raise KerasDigitsError(
+            "explanations need a classifier with one (batch, classes) output of 2 or more classes; this model outputs "
+            + ", ".join(str(tuple(o.shape)) for o in model.outputs)
+        )
 
 
 def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -6,8 +6,8 @@ Protocol (also written into explain.json as `PROTOCOL`):
   image), so a constant map is a random order, never a raster scan;
 * steps: `steps` (default 50) evenly spaced fractions of the pixels, H * W / steps pixels each (rounded),
   so curves have steps + 1 points from none to all pixels;
-* deletion: start from the image, set the next pixels to 0 (black, every channel); a faithful map makes
-  the score fall fast (low AUC is good);
+* deletion: start from the image, set the next pixels to black (the low end of the input range, every
+  channel); a faithful map makes the score fall fast (low AUC is good);
 * insertion: start from the blurred image (`core.blur`: Gaussian, sigma = side / 10) and copy the next
   original pixels in; a faithful map makes the score rise fast (high AUC is good);
 * score: the probability score of the target class (`core.Explainer.prob_score`); targets are the
@@ -20,16 +20,15 @@ Protocol (also written into explain.json as `PROTOCOL`):
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from keras_digits.explain.core import Explainer, blur
+from keras_digits.explain.stats import beats, mean_se
 
 DEFAULT_STEPS = 50
 PROTOCOL = {
     "pixel_order": "map value, highest first; ties broken by a fixed random order per image",
-    "deletion_baseline": "pixels set to 0 (black) in every channel",
+    "deletion_baseline": "pixels set to 0 (black: the low end of the input range) in every channel",
     "insertion_start": "Gaussian-blurred image (sigma = image side / 10), original pixels copied in",
     "score": "probability of the target class (softmax; sigmoid of the logit difference with a contrast)",
     "targets": "the model's predicted class",
@@ -78,7 +77,7 @@ def curves(
         x,
         t,
         c,
-        lambda i, v: np.where(changed(i, v), 0.0, x[i]).astype(np.float32),
+        lambda i, v: np.where(changed(i, v), ex.low, x[i]).astype(np.float32),
         steps + 1,
         label=f"deletion {label}".strip(),
     )
@@ -99,14 +98,6 @@ def auc(curve: np.ndarray) -> np.ndarray:
     return ((y[:, 1:] + y[:, :-1]) / 2.0).mean(axis=1)
 
 
-def _beats(diff: np.ndarray) -> bool:
-    """Whether paired differences (method better than random: positive) are above 2 standard errors."""
-    if len(diff) < 2:
-        return bool(diff.mean() > 0)
-    se = diff.std(ddof=1) / math.sqrt(len(diff))
-    return bool(diff.mean() > 2.0 * se)
-
-
 def evaluate(
     ex: Explainer,
     x: np.ndarray,
@@ -123,20 +114,16 @@ def evaluate(
         d, i = curves(ex, x, t, c, m, steps, seed, label=name)
         per[name] = (auc(d), auc(i))
 
-    def stats(a: np.ndarray) -> dict:
-        se = float(a.std(ddof=1) / math.sqrt(len(a))) if len(a) > 1 else 0.0
-        return {"mean": float(a.mean()), "se": se}
-
     rd, ri = per["random"]
-    out = {"random": {"deletion": stats(rd), "insertion": stats(ri)}}
+    out = {"random": {"deletion": mean_se(rd), "insertion": mean_se(ri)}}
     for name in maps:
         d, i = per[name]
-        beats = {"deletion": _beats(rd - d), "insertion": _beats(i - ri)}
+        better = {"deletion": beats(rd - d), "insertion": beats(i - ri)}
         out[name] = {
-            "deletion": stats(d),
-            "insertion": stats(i),
-            "beats_random": beats,
-            "flagged": not all(beats.values()),
+            "deletion": mean_se(d),
+            "insertion": mean_se(i),
+            "beats_random": better,
+            "flagged": not all(better.values()),
         }
     n, h, w = len(x), *x.shape[1:3]
     steps = max(1, min(steps, h * w))

@@ -206,14 +206,19 @@ def _find_output_head(model) -> tuple[Any, str]:
     activation = getattr(getattr(layer, "activation", None), "__name__", "")
     if isinstance(layer, keras.layers.Dense) and activation == "softmax":
         return layer, "dense"
+    if isinstance(layer, keras.layers.Dense) and activation == "linear":
+        return layer, "logits"  # a logit head: its output is the logits
     softmax_activation = isinstance(layer, keras.layers.Activation) and activation == "softmax"
     if isinstance(layer, keras.layers.Softmax) or softmax_activation:
         return layer, "activation"
     return layer, "log"
 
 
-def rewire(model, layer_path: str | None):
-    """(keras.Model x -> [feature map or None, head input], head layer, head kind) sharing `model`'s weights."""
+def rewire(model, layer_path: str | None, transform=None, raw_output: bool = False):
+    """(keras.Model x -> [feature map, head input] (or [head input] without `layer_path`), head layer, head kind)
+    sharing `model`'s weights. The head input is what `Explainer._head` turns into logits: the softmax Dense's
+    input ("dense"), the softmax's input ("activation"), else (or with `raw_output`) the model's output.
+    `transform(layer)` may return a layer to call in place of a leaf layer (explain.modified's rules)."""
     keras = _keras()
     head, kind = _find_output_head(model)
     found: dict[str, Any] = {}
@@ -234,16 +239,15 @@ def rewire(model, layer_path: str | None):
             outs = run(layer, _flat(args), path + SEP)
             out = outs[0] if len(outs) == 1 else outs
         else:
-            out = layer(*args, **kwargs)
+            swap = transform(layer) if transform is not None and layer is not head else None
+            out = (swap or layer)(*args, **kwargs)
         if path == layer_path:
             found["feature"] = out
         return out
 
-    if len(model.inputs) != 1:
-        raise KerasDigitsError(f"explanations need a model with one image input; this one has {len(model.inputs)}")
     image = keras.Input(shape=model.inputs[0].shape[1:], dtype=model.inputs[0].dtype, name="explain_image")
     outputs = run(model, [image], "")
-    head_input = found.get("head_input", outputs[0]) if kind != "log" else outputs[0]
+    head_input = found.get("head_input", outputs[0]) if kind not in ("log", "logits") and not raw_output else outputs[0]
     if layer_path is not None and "feature" not in found:
         raise KerasDigitsError(f"layer {layer_path} was not reached while rewiring the model")
     outs = [found["feature"], head_input] if layer_path is not None else [head_input]

@@ -1,6 +1,7 @@
 """Perturbation methods, gradient-free: occlusion and RISE. Both read the probability score.
 
-Occluded or masked pixels are set to 0 (black), the value the models see for MNIST background.
+Occluded or masked pixels are set to black (the low end of the input range: 0 for this project's models,
+the value they see for MNIST background).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def occlusion(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray) -> np.
         out = x[i].astype(np.float32, copy=True)
         for j, k in enumerate(v):
             r, q = corners[k]
-            out[j, r : r + patch, q : q + patch, :] = 0.0
+            out[j, r : r + patch, q : q + patch, :] = ex.low
         return out
 
     occluded = ex.pair_scores(x, t, c, make, len(corners), label="occlusion")  # (N, P)
@@ -81,7 +82,7 @@ def rise(ex: Explainer, x: np.ndarray, t: np.ndarray, c: np.ndarray) -> np.ndarr
             x,
             t,
             c,
-            lambda i, v, masks=masks: x[i] * masks[v][..., None],
+            lambda i, v, masks=masks: ex.low + (x[i] - ex.low) * masks[v][..., None],
             len(idx),
             label=f"rise {start + len(idx)}/{n}" if n > block else "rise",
         )

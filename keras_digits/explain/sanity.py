@@ -15,6 +15,11 @@ Verdict: a method *passes* when its mean correlation with the fully randomized m
 +-`PASS_BELOW` (0.5): under half the rank agreement left once nothing learned remains. A strong
 *negative* correlation fails too: a map that highlights exactly the complement of what it highlighted
 before (the background instead of the digit) still mirrors the input's structure, not the model.
+
+Background-aware variant: on MNIST, 80 % of the pixels are black, where IG from a black baseline and a
+black occluding patch are 0 whatever the model; those shared zeros tie in rank and keep the correlation
+high. With `foreground` masks (the pixels that differ from black) the correlation is also computed over
+the foreground only, and a method gets a second verdict from it.
 """
 
 from __future__ import annotations
@@ -61,6 +66,16 @@ def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 0, (ra * rb).sum(axis=1) / np.where(den > 0, den, 1.0), 0.0)
 
 
+def spearman_within(a: np.ndarray, b: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per-row Spearman correlation of |a| and |b| over the pixels of each row's mask (NaN under 3 pixels)."""
+    out = np.full(len(a), np.nan)
+    for i in range(len(a)):
+        m = masks[i].reshape(-1)
+        if m.sum() >= 3:
+            out[i] = spearman(a[i].reshape(1, -1)[:, m], b[i].reshape(1, -1)[:, m])[0]
+    return out
+
+
 def randomize(layer, rng: np.random.Generator) -> None:
     for var in layer.weights:
         values = np.asarray(var.numpy())
@@ -74,9 +89,11 @@ def run(
     originals: dict[str, np.ndarray],
     steps: int = DEFAULT_STEPS,
     seed: int = 0,
+    foreground: np.ndarray | None = None,
 ) -> dict:
     """The cascade on `model` (shared with the explainer that `compute(method)` uses); returns the
-    correlations per step and the verdicts. `originals` are the trained model's maps."""
+    correlations per step and the verdicts. `originals` are the trained model's maps; with `foreground`
+    ((N, H, W) bool) the background-aware correlations and verdicts too."""
     layers = weighted_layers(model)
     points = cascade(len(layers), steps)
     saved = [np.array(w) for w in model.get_weights()]
@@ -89,16 +106,34 @@ def run(
             for _, layer in top_down[done:k]:
                 randomize(layer, rng)
             done = k
-            corr = {m: float(np.mean(spearman(originals[m], compute(m)))) for m in methods}
-            rows.append({"randomized": k, "down_to": top_down[k - 1][0], "spearman": corr})
+            maps = {m: compute(m) for m in methods}
+            corr = {m: float(np.mean(spearman(originals[m], maps[m]))) for m in methods}
+            row = {"randomized": k, "down_to": top_down[k - 1][0], "spearman": corr}
+            if foreground is not None:
+                row["spearman_foreground"] = {
+                    m: _nanmean(spearman_within(originals[m], maps[m], foreground)) for m in methods
+                }
+            rows.append(row)
     finally:
         model.set_weights(saved)
     final = rows[-1]["spearman"] if rows else {}
     verdict = {m: {"final_spearman": final.get(m), "passes": abs(final.get(m, 1.0)) < PASS_BELOW} for m in methods}
+    if foreground is not None and rows:
+        fg = rows[-1]["spearman_foreground"]
+        for m in methods:
+            value = fg.get(m)
+            verdict[m]["final_spearman_foreground"] = value
+            verdict[m]["passes_foreground"] = value is not None and abs(value) < PASS_BELOW
     return {
         "layers_with_weights": len(layers),
         "randomization": "permutation of each weight tensor, top down",
         "pass_below": PASS_BELOW,
         "steps": rows,
         "methods": verdict,
+        "foreground": None if foreground is None else "pixels that differ from black (by 1 % of the range)",
     }
+
+
+def _nanmean(a: np.ndarray) -> float | None:
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if len(a) else None

@@ -327,6 +327,14 @@ def robustness_section(run_dir: Path) -> str:
             ]
             for x in rows
         ]
+        header = ["corruption", "severity", "accuracy", "change"]
+        explained = [x.get("explain") for x in rows if isinstance(x.get("explain"), dict)]
+        if explained:
+            method = esc(explained[0].get("method"))
+            header += [f"{method} deletion AUC ↓", "random map's", f"{method} ink relevance ↑"]
+            for line, x in zip(body, rows):
+                e = x.get("explain") if isinstance(x.get("explain"), dict) else {}
+                line += [fmt(e.get("deletion_auc")), fmt(e.get("deletion_auc_random")), fmt(e.get("ink_relevance"))]
         mapped = label_map_text(r.get("label_map"))
         out.append(
             f"<h3>{esc(r.get('dataset'))} {esc(r.get('split'))} · {esc(r.get('preprocess'))} preprocessing · "
@@ -334,7 +342,7 @@ def robustness_section(run_dir: Path) -> str:
             + (f" · label map {esc(mapped)}" if mapped else "")
             + f" ({esc(path.name)})</h3>"
             + (f'<p class="note">data: {esc(r.get("source"))}</p>' if r.get("source") else "")
-            + table(["corruption", "severity", "accuracy", "change"], body)
+            + table(header, body)
         )
     return "<h2>Robustness</h2>" + "".join(out) + damaged_note(damaged) if out or damaged else ""
 
@@ -364,10 +372,66 @@ def explain_section(run_dir: Path) -> str:
     if timings:
         rows = [[esc(m), fmt(v.get("seconds"), 2), fmt(v.get("images_per_s"), 1)] for m, v in timings.items()]
         out.append("<h3>Time per method</h3>" + table(["method", "seconds", "images/s"], rows))
-    metrics = info.get("metrics")
-    if metrics:
+    out += metrics_tables(info.get("metrics") or {})
+    sanity = info.get("sanity")
+    if sanity:
+        steps = sanity.get("steps", [])
+        header = ["method"] + [f"top {s['randomized']} ({s['down_to']})" for s in steps] + ["verdict"]
+        fg = bool(sanity.get("foreground"))
+        if fg:
+            header += ["on the foreground", "verdict there"]
+
+        def verdict(ok) -> str:
+            return "passes" if ok else '<span class="bad">fails</span>'
+
+        rows = [
+            [esc(m)]
+            + [fmt(s["spearman"].get(m), 3) for s in steps]
+            + [verdict(v.get("passes"))]
+            + ([fmt(v.get("final_spearman_foreground"), 3), verdict(v.get("passes_foreground"))] if fg else [])
+            for m, v in sanity.get("methods", {}).items()
+        ]
+        out.append(
+            f"<h3>Sanity: Spearman correlation with the maps of a model randomized from the top "
+            f"(pass: within ±{sanity.get('pass_below')} once every layer is randomized)</h3>"
+            + table(header, rows)
+            + (
+                '<p class="note">on the foreground: the same correlation over the pixels that are not black only '
+                "(black pixels are 0 by construction for IG from black, Gradient x Input, DeepLIFT and occlusion)</p>"
+                if fg
+                else ""
+            )
+        )
+    return "".join(out)
+
+
+def _mean(section: dict, method: str, field: str | None = None) -> str:
+    row = ((section or {}).get("methods") or {}).get(method) or {}
+    value = row.get(field) if field else row
+    return fmt((value or {}).get("mean"), 3) if isinstance(value, dict) else ""
+
+
+METRIC_COLUMNS = (  # (section, field, header)
+    ("mufidelity", None, "MuFidelity ↑"),
+    ("road", "morf", "ROAD MoRF ↓"),
+    ("road", "lerf", "ROAD LeRF ↑"),
+    ("localisation", "relevance_mass", "relevance mass ↑"),
+    ("localisation", "pointing", "pointing game ↑"),
+    ("complexity", "complexity", "complexity ↓"),
+    ("complexity", "sparseness", "sparseness ↑"),
+    ("sensitivity", None, "max-sensitivity ↓"),
+)
+
+
+def metrics_tables(metrics: dict) -> list[str]:
+    """explain.json's "metrics": deletion/insertion, then one table of every other metric, then the agreement matrix."""
+    if not metrics:
+        return []
+    out = []
+    where = f"{metrics.get('n')} images" + (f" of the {esc(metrics['split'])} split" if metrics.get("split") else "")
+    if metrics.get("methods"):
         rows = []
-        for m, v in metrics.get("methods", {}).items():
+        for m, v in metrics["methods"].items():
             verdict = (
                 ""
                 if m == "random"
@@ -382,28 +446,38 @@ def explain_section(run_dir: Path) -> str:
                 ]
             )
         out.append(
-            f"<h3>Faithfulness: deletion and insertion AUC on {metrics.get('n')} images of the "
-            f"{esc(metrics.get('split', ''))} split</h3>"
+            f"<h3>Faithfulness: deletion and insertion AUC on {where}</h3>"
             + table(["method", "deletion AUC (lower is better)", "insertion AUC (higher is better)", ""], rows)
             + '<p class="note">'
             + esc("; ".join(f"{k}: {v}" for k, v in metrics.get("protocol", {}).items()))
             + "</p>"
         )
-    sanity = info.get("sanity")
-    if sanity:
-        steps = sanity.get("steps", [])
-        header = ["method"] + [f"top {s['randomized']} ({s['down_to']})" for s in steps] + ["verdict"]
-        rows = [
-            [esc(m)]
-            + [fmt(s["spearman"].get(m), 3) for s in steps]
-            + ["passes" if v.get("passes") else '<span class="bad">fails</span>']
-            for m, v in sanity.get("methods", {}).items()
-        ]
+    columns = [c for c in METRIC_COLUMNS if (metrics.get(c[0]) or {}).get("methods")]
+    if columns:
+        names = list(dict.fromkeys(n for c in columns for n in metrics[c[0]]["methods"]))
+        rows = [[esc(n)] + [_mean(metrics[sec], n, field) for sec, field, _ in columns] for n in names]
+        notes = [esc(metrics[sec].get("protocol", "")) for sec in dict.fromkeys(c[0] for c in columns)]
+        skipped = (metrics.get("localisation") or {}).get("skipped")
         out.append(
-            f"<h3>Sanity: Spearman correlation with the maps of a model randomized from the top "
-            f"(pass: within ±{sanity.get('pass_below')} once every layer is randomized)</h3>" + table(header, rows)
+            f"<h3>More metrics on {where} (↑ higher is better, ↓ lower)</h3>"
+            + table(["method"] + [h for *_, h in columns], rows)
+            + "".join(f'<p class="note">{n}</p>' for n in notes)
+            + (f'<p class="note">localisation: {esc(skipped)}</p>' if skipped else "")
         )
-    return "".join(out)
+    agree = metrics.get("agreement")
+    if agree and agree.get("methods"):
+        names = agree["methods"]
+        rows = [[esc(a)] + [fmt(v, 2) for v in row] for a, row in zip(names, agree.get("matrix", []))]
+        low = agree.get("low") or []
+        out.append(
+            "<h3>Agreement between methods (mean Spearman correlation of |map| per image)</h3>"
+            + table(["", *[esc(n) for n in names]], rows)
+            + f'<p class="note">{len(low)} image(s) where the methods disagree (mean pairwise correlation under '
+            f"{esc(agree.get('low_below'))})"
+            + (f": indices {esc(', '.join(str(i) for i in low[:20]))}" if low else "")
+            + "</p>"
+        )
+    return out
 
 
 def timing_section(run_dir: Path, metrics: dict) -> str:
