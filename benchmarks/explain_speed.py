@@ -1,13 +1,14 @@
 """Explanation speed and memory: images/s and peak RSS per method, on the CPU.
 
-    python benchmarks/explain_speed.py                          # simple_cnn at 28 px and resnet50 at 64 px
+    python benchmarks/explain_speed.py                          # simple_cnn and resnet50 at 64 px
     python benchmarks/explain_speed.py --cases simple_cnn:28:1 --methods gradcam,rise --images 32
 
 Each (arch, method) runs in its own process, so its peak resident memory (ru_maxrss) is its own: the
 table shows that peak and its rise over the same process just before the method ran (TensorFlow, the
 model and the images loaded, traced once on one image). Weights are random (speed does not depend on
-training); the methods run with the CLI's defaults (RISE 1000 masks, SmoothGrad 25 samples, IG 32
-steps, Score-CAM 256 channels, batch 64) unless --masks/--samples/--steps/--batch-size say otherwise.
+training); the methods run with the CLI's defaults (RISE 1000 masks, SmoothGrad/SquareGrad/VarGrad/
+GradientSHAP 25 samples, IG 32 steps, Score-CAM 256 channels, LIME/KernelSHAP 1000 coalitions of 50
+superpixels, batch 64) unless --masks/--samples/--steps/--coalitions/--batch-size say otherwise.
 Images/s counts explained images, after a warm-up call on one image.
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-DEFAULT_CASES = ["simple_cnn:28:1", "resnet50:64:3"]
+DEFAULT_CASES = ["simple_cnn:64:1", "resnet50:64:3"]
 
 
 def child(arch: str, side: int, channels: int, method: str, n: int, opts: dict) -> dict:
@@ -33,7 +34,7 @@ def child(arch: str, side: int, channels: int, method: str, n: int, opts: dict) 
     from keras_digits.utils.cli import quiet_tensorflow
 
     quiet_tensorflow()
-    from keras_digits.explain import method_fn
+    from keras_digits.explain import CAM_METHODS, method_fn
     from keras_digits.explain.core import Explainer, Options
     from keras_digits.models.registry import build_model
 
@@ -43,7 +44,7 @@ def child(arch: str, side: int, channels: int, method: str, n: int, opts: dict) 
     t = ex.predict(x).argmax(axis=1).astype(np.int32)
     c = np.full(n, -1, np.int32)
     fn = method_fn(method)
-    if ex.layer is None and method in ("gradcam", "gradcampp", "scorecam"):
+    if ex.layer is None and method in CAM_METHODS:
         return {"skipped": "no spatial layer"}
     fn(ex, x[:1], t[:1], c[:1])  # trace
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -62,7 +63,7 @@ def child(arch: str, side: int, channels: int, method: str, n: int, opts: dict) 
 
 def main() -> int:
     from keras_digits.explain import METHODS, parse_methods
-    from keras_digits.runtime.precision import cpu_name
+    from keras_digits.runtime.precision import cpu_isa, cpu_name
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", nargs="+", default=DEFAULT_CASES, help="ARCH:SIDE:CHANNELS (default: %(default)s)")
@@ -72,19 +73,27 @@ def main() -> int:
     p.add_argument("--masks", type=int, default=1000)
     p.add_argument("--samples", type=int, default=25)
     p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--coalitions", type=int, default=1000)
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
-    opts = {"batch_size": args.batch_size, "masks": args.masks, "samples": args.samples, "steps": args.steps}
+    opts = {
+        "batch_size": args.batch_size,
+        "masks": args.masks,
+        "samples": args.samples,
+        "steps": args.steps,
+        "coalitions": args.coalitions,
+    }
     if args.child:
         arch, side, ch, method = args.child.split(":")
         print(json.dumps(child(arch, int(side), int(ch), method, args.images, opts)))
         return 0
     methods = parse_methods(args.methods)
     print(
-        f"# {cpu_name()}, {os.cpu_count()} cores; {args.images} images per method; batch {args.batch_size}; "
-        f"RISE {args.masks} masks, SmoothGrad {args.samples} samples, IG {args.steps} steps"
+        f"# {cpu_name()} ({cpu_isa()}), {os.cpu_count()} cores; {args.images} images per method; batch "
+        f"{args.batch_size}; RISE {args.masks} masks, {args.samples} noise samples, IG {args.steps} steps, "
+        f"LIME/KernelSHAP {args.coalitions} coalitions"
     )
-    print(f"{'arch':<11} {'px':>4} {'method':<11} {'images/s':>9} {'seconds':>8} {'peak RSS MiB':>13} {'rise MiB':>9}")
+    print(f"{'arch':<11} {'px':>4} {'method':<15} {'images/s':>9} {'seconds':>8} {'peak RSS MiB':>13} {'rise MiB':>9}")
     for case in args.cases:
         for method in methods:
             cmd = [
@@ -102,18 +111,20 @@ def main() -> int:
                 str(args.samples),
                 "--steps",
                 str(args.steps),
+                "--coalitions",
+                str(args.coalitions),
             ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             arch, side, _ = case.split(":")
             if proc.returncode != 0:
-                print(f"{arch:<11} {side:>4} {method:<11} failed: {proc.stderr.strip().splitlines()[-1:]}")
+                print(f"{arch:<11} {side:>4} {method:<15} failed: {proc.stderr.strip().splitlines()[-1:]}")
                 continue
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             if "skipped" in r:
-                print(f"{arch:<11} {side:>4} {method:<11} {r['skipped']}")
+                print(f"{arch:<11} {side:>4} {method:<15} {r['skipped']}")
                 continue
             print(
-                f"{arch:<11} {side:>4} {method:<11} {r['images_per_s']:9.1f} {r['seconds']:8.2f} "
+                f"{arch:<11} {side:>4} {method:<15} {r['images_per_s']:9.1f} {r['seconds']:8.2f} "
                 f"{r['peak_mib']:13.0f} {r['rise_mib']:9.0f}",
                 flush=True,
             )

@@ -43,7 +43,7 @@ def run_methods(ex, methods: Sequence[str], x, t, c, say) -> tuple[dict, dict]:
         maps[name] = method_fn(name)(ex, x, t, c)
         secs = time.perf_counter() - start
         timings[name] = {"seconds": round(secs, 3), "images_per_s": round(len(x) / max(secs, 1e-9), 2)}
-        say(f"{name:<11} {len(x)} images  {secs:7.2f} s  {timings[name]['images_per_s']:8.1f} img/s")
+        say(f"{name:<15} {len(x)} images  {secs:7.2f} s  {timings[name]['images_per_s']:8.1f} img/s")
     return maps, timings
 
 
