@@ -75,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_tensorflow()
     quiet_retracing_warnings()  # each corruption and dataset is a new input signature
     splits = list(dict.fromkeys(args.split or ["test"]))
+    if args.explain_n != 100 and not args.explain:
+        raise KerasDigitsError("--explain-n sets how many images --explain explains; give --explain METHOD too")
     if args.explain and not (args.dataset or args.perturb):
         raise KerasDigitsError("--explain records explanations under shift: give --perturb and/or --dataset")
     if args.dataset or args.perturb or args.preprocess or args.label_map:

@@ -264,7 +264,7 @@ def test_faithfulness_flags_a_map_no_better_than_random(planted_model):
     m = res["methods"]
     assert not m["gradcam"]["flagged"] and m["inverted"]["flagged"], m
     assert m["gradcam"]["deletion"]["mean"] < m["random"]["deletion"]["mean"] < m["inverted"]["deletion"]["mean"]
-    assert res["pixels_per_step"] == 20.0 and res["protocol"]["deletion_baseline"].startswith("pixels set to 0")
+    assert res["pixels_per_step"] == 20.0 and res["protocol"]["deletion_baseline"].startswith("pixels set to black")
 
 
 # ---------------------------------------------------------------------------- the CLI on the bundled digits

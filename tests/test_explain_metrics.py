@@ -154,6 +154,8 @@ def test_scorecard_on_the_planted_model(planted_case):
     assert result["mufidelity"]["methods"]["right"]["beats_random"]
     assert not result["mufidelity"]["methods"]["inverted"]["beats_random"]
     assert "sensitivity" not in result  # no compute function given
+    other = evaluate(ex, x[:4], t[:4], c[:4], {"right": maps["right"][:4]}, ["sensitivity"], lambda *a: None)
+    assert other["sensitivity"]["skipped"] == ["right"] and other["sensitivity"]["methods"] == {}
     with pytest.raises(KerasDigitsError, match="unknown metric 'lrp'"):
         parse_metrics("road,lrp")
 
@@ -247,6 +249,22 @@ def test_api_on_a_plain_keras_model(plain_keras):
         explain(model, x, target=7)
     with pytest.raises(KerasDigitsError, match="unknown setting"):
         explain(model, x, stpes=3)
+    with pytest.raises(KerasDigitsError, match="target must be a class index or one per image"):
+        explain(model, x, target=[1, 2])
+    with pytest.raises(KerasDigitsError, match="outside the value range 0..1"):
+        explain(model, x * 3.0, value_range=(0, 1))
+    with pytest.raises(KerasDigitsError, match="not 0..1, -1..1 or 0..255"):
+        explain(model, x * 4.0 - 2.5)  # standardised inputs: the range must be given
+    with pytest.raises(KerasDigitsError, match="no images"):
+        explain(model, np.zeros((0, 16, 16, 3)))
+    with pytest.raises(KerasDigitsError, match="background must be images"):
+        explain(model, x, method="gradshap", background=np.zeros((2, 8, 8, 3)))
+    from keras_digits.explain.api import explainer
+
+    ex = explainer(model, images=x)
+    assert explain(ex, x, method="saliency").shape == (3, 16, 16)
+    with pytest.raises(KerasDigitsError, match="carries its own"):
+        explain(ex, x, method="saliency", steps=4)
 
 
 def test_api_on_a_saved_model_folder(plain_keras):
@@ -259,6 +277,8 @@ def test_api_on_a_saved_model_folder(plain_keras):
     np.testing.assert_allclose(maps["saliency"], direct, rtol=1e-3, atol=1e-6)  # the same gradients through TFSMLayer
     with pytest.raises(KerasDigitsError, match="a SavedModel is one opaque layer"):
         explain(folder / "sm", x, method="guided_backprop")
+    every = explain(folder / "sm", x, method="all", steps=4, samples=3, masks=20, coalitions=24)
+    assert {"guided_backprop", "deeplift", "guided_gradcam", "gradcam"}.isdisjoint(every) and len(every) == 12
     with pytest.raises(KerasDigitsError, match="spatial feature map"):
         explain(folder / "sm", x, method="gradcam")
 
@@ -365,13 +385,13 @@ def test_evaluate_perturb_records_explanations(digits_run, capsys):
         main, ["--run", digits_run, "--perturb", "noise:5", "--explain", "ig", "--explain-n", "20"], capsys
     )
     assert code == 0, err
-    assert "ig deletion AUC" in out and "ink relevance" in out
+    assert "explained with | deletion AUC" in out and "| ig |" in out and "ink relevance" in out
     path = next(digits_run.glob("robustness-digits-test-*.json"))
     rows = json.loads(path.read_text())["rows"]
     for row in rows:
         e = row["explain"]
         assert e["method"] == "ig" and e["n"] == 20 and 0 <= e["deletion_auc"] <= 1 and 0 <= e["ink_relevance"] <= 1
     assert rows[0]["explain"]["deletion_auc"] < rows[0]["explain"]["deletion_auc_random"]
-    assert "ig deletion AUC" in (digits_run / "report.html").read_text()
+    assert "explained with" in (digits_run / "report.html").read_text()
     code, _, err = run_main(main, ["--run", digits_run, "--explain", "gradcam"], capsys)
     assert code == 2 and "give --perturb and/or --dataset" in one_error_line(err)

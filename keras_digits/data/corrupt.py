@@ -27,6 +27,7 @@ import numpy as np
 
 from keras_digits.errors import KerasDigitsError
 
+MOVES = ("rotate", "shift")  # corruptions that move the content (a mask of the clean image no longer fits)
 LEVELS: dict[str, tuple[float, ...]] = {
     "noise": (8, 16, 24, 32, 48),
     "blur": (0.5, 0.75, 1.0, 1.5, 2.0),

@@ -79,12 +79,12 @@ def score_elsewhere(
 
     inkless = [0]
 
-    def score(images: np.ndarray) -> dict:
+    def score(images: np.ndarray, moved: bool = False) -> dict:
         fitted, blank = fit_array(images, shape, digit)
         inkless[0] = max(inkless[0], blank)
         out = classification_metrics(y, predict_probs(model, fitted), model_names)
-        if explain_hook is not None:
-            out["explain"] = explain_hook(model, fitted, not digit)
+        if explain_hook is not None:  # the clean images' masks fit when nothing moved the content
+            out["explain"] = explain_hook(model, fitted, not digit and not moved)
         return out
 
     what = scoring_name(name, bundle.source, split_fingerprint(*bundle.test), label_map, digit)
@@ -110,7 +110,7 @@ def score_elsewhere(
                 rows[0]["explain"] = clean["explain"]
             for i, (cname, sev) in enumerate(settings, start=1):
                 start = time.perf_counter()
-                m = score(corrupt.apply(x, cname, sev, seed))
+                m = score(corrupt.apply(x, cname, sev, seed), moved=cname in corrupt.MOVES)
                 rows.append({"corruption": cname, "severity": sev, "accuracy": m["accuracy"], "f1": m["f1"]})
                 if "explain" in m:
                     rows[-1]["explain"] = m["explain"]
@@ -152,10 +152,9 @@ def robustness_markdown(result: dict) -> str:
     explained = [r.get("explain") for r in rows if r.get("explain")]
     head = "| corruption | severity | accuracy | change |"
     rule = "| --- | ---: | ---: | ---: |"
-    if explained:
-        method = explained[0].get("method")
-        head += f" {method} deletion AUC | random map's | {method} ink relevance |"
-        rule += " ---: | ---: | ---: |"
+    if explained:  # rows added by later runs may have been explained with another method: name it per row
+        head += " explained with | deletion AUC | random map's | ink relevance |"
+        rule += " --- | ---: | ---: | ---: |"
     lines = [head, rule]
     for r in rows:
         sev = "" if r["corruption"] == "clean" else str(r["severity"])
@@ -164,6 +163,7 @@ def robustness_markdown(result: dict) -> str:
         if explained:
             e = r.get("explain") or {}
             cells = [e.get("deletion_auc"), e.get("deletion_auc_random"), e.get("ink_relevance")]
+            line += f" {e.get('method', '')} |"
             line += "".join(f" {v:.4f} |" if isinstance(v, (int, float)) else " |" for v in cells)
         lines.append(line)
     return "\n".join(lines)

@@ -44,10 +44,39 @@ def _images(images, shape: tuple[int, ...]) -> np.ndarray:
 def _classes(value, n: int, num_classes: int, what: str, default: np.ndarray) -> np.ndarray:
     if value is None:
         return default
-    out = np.broadcast_to(np.asarray(value, np.int64), (n,)).astype(np.int32)
+    try:
+        out = np.broadcast_to(np.asarray(value, np.int64), (n,)).astype(np.int32)
+    except (ValueError, TypeError):
+        raise KerasDigitsError(f"{what} must be a class index or one per image ({n}), got {value!r}") from None
     if ((out < 0) | (out >= num_classes)).any():
         raise KerasDigitsError(f"{what} must be classes 0..{num_classes - 1}, got {np.unique(out).tolist()}")
     return out.copy()
+
+
+def applicable(ex, names: list[str], every: bool) -> tuple[list[str], list[str]]:
+    """(the methods `ex` can run, notes on those dropped). Under "all" (`every`), the CAM methods are dropped
+    for a model without a spatial feature map, and Guided Backpropagation, DeepLIFT and Guided Grad-CAM for
+    one whose activations are hidden (an opaque SavedModel); named alone, they are one error each."""
+    from keras_digits.explain import CAM_METHODS
+    from keras_digits.explain.modified import activation_layers
+
+    notes = []
+    if ex.layer is None and any(m in CAM_METHODS for m in names):
+        cams = [m for m in names if m in CAM_METHODS]
+        if not every:
+            ex.require_layer(cams[0])
+        names = [m for m in names if m not in CAM_METHODS]
+        notes.append(f"{', '.join(cams)} skipped: {ex.model.name} has no spatial feature map")
+    rules = [m for m in names if m in ("guided_backprop", "deeplift", "guided_gradcam")]
+    if rules and not activation_layers(ex.model):
+        if not every:
+            raise KerasDigitsError(
+                f"{rules[0]} changes how activations pass gradients back, and {ex.model.name} shows none (a "
+                "SavedModel is one opaque layer; load the .keras file instead)"
+            )
+        names = [m for m in names if m not in rules]
+        notes.append(f"{', '.join(rules)} skipped: {ex.model.name} shows no activation layers (an opaque SavedModel)")
+    return names, notes
 
 
 def explainer(model, layer: str | None = None, value_range=None, images=None, **settings):
@@ -65,8 +94,22 @@ def explainer(model, layer: str | None = None, value_range=None, images=None, **
 
 
 def _prepare(model, images, target, contrast, layer, value_range, settings):
-    ex = model if hasattr(model, "modified_gradients") else explainer(model, layer, value_range, images, **settings)
+    if hasattr(model, "modified_gradients"):  # an Explainer: its own settings hold
+        if layer is not None or value_range is not None or settings:
+            raise KerasDigitsError(
+                "an explainer carries its own layer, value range and settings; pass them to explainer()"
+            )
+        ex = model
+    else:
+        ex = explainer(model, layer, value_range, images, **settings)
     x = _images(images, ex.input_shape)
+    if not len(x):
+        raise KerasDigitsError("no images to explain")
+    if x.min() < ex.low - 1e-3 * ex.span or x.max() > ex.high + 1e-3 * ex.span:
+        raise KerasDigitsError(
+            f"images span {x.min():g}..{x.max():g}, outside the value range {ex.low:g}..{ex.high:g}: give "
+            "value_range=(low, high), the range the model takes"
+        )
     ex.check_head(x)
     preds = ex.predict(x).argmax(axis=1).astype(np.int32)
     t = _classes(target, len(x), ex.num_classes, "target", preds)
@@ -93,13 +136,16 @@ def explain(
     from the images: -1..1, 0..1 or 0..255); black is its low end. `settings`: explain.core.Options
     fields (steps, samples, masks, coalitions, batch_size, background, head, seed, ...).
     `model` may be an Explainer from `explainer()`, to reuse its traced functions."""
-    from keras_digits.explain import CAM_METHODS, method_fn, parse_methods
+    from keras_digits.explain import method_fn, parse_methods
 
+    if not isinstance(method, str) and not (
+        isinstance(method, Sequence) and method and all(isinstance(m, str) for m in method)
+    ):
+        raise KerasDigitsError(f"method must be a name, a comma-separated list or a list of names, got {method!r}")
     text = method if isinstance(method, str) else ",".join(method)
     names = parse_methods(text)
     ex, x, t, c = _prepare(model, images, target, contrast, layer, value_range, settings)
-    if ex.layer is None and "all" in text.lower():
-        names = [n for n in names if n not in CAM_METHODS]
+    names, _ = applicable(ex, names, any(m.strip().lower() == "all" for m in text.split(",")))
     maps = {name: method_fn(name)(ex, x, t, c) for name in names}
     single = isinstance(method, str) and len(names) == 1 and "," not in method and method.strip().lower() != "all"
     return maps[names[0]] if single else maps
@@ -136,8 +182,6 @@ def evaluate(
             raise KerasDigitsError(f"max-sensitivity re-explains with the method; {name!r} is not one")
         return method_fn(name)(ex, xs, ts, cs)
 
-    if "sensitivity" in which and any(name not in METHODS for name in maps):
-        which = [m for m in which if m != "sensitivity"]
     return score(
         ex,
         x,

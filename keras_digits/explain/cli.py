@@ -28,7 +28,7 @@ import numpy as np
 
 from keras_digits.data.adapt import PREPROCESS, PREPROCESS_HELP, wants_digit
 from keras_digits.errors import KerasDigitsError
-from keras_digits.explain import CAM_METHODS, METHODS, parse_methods
+from keras_digits.explain import METHODS, parse_methods
 from keras_digits.explain.scorecard import METRICS, parse_metrics
 from keras_digits.explain.session import check_out, output_folder, run_methods, write_outputs
 from keras_digits.utils.cli import non_negative_int, positive_int, quiet_retracing_warnings, run_cli
@@ -132,7 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--batch-size", type=positive_int, default=64, help="model inputs per call (default 64)")
     opt.add_argument("--steps", type=positive_int, default=32, help="Integrated Gradients path steps (default 32)")
     opt.add_argument("--samples", type=positive_int, default=25, help="SmoothGrad noisy copies (default 25)")
-    opt.add_argument("--noise", type=positive_float, default=0.15, help="SmoothGrad noise std / 255 (default 0.15)")
+    opt.add_argument(
+        "--noise",
+        type=positive_float,
+        default=0.15,
+        help="SmoothGrad & co. noise std, a fraction of the input range (default 0.15)",
+    )
     opt.add_argument("--masks", type=positive_int, default=1000, help="RISE masks (default 1000)")
     opt.add_argument("--patch", type=positive_int, help="occlusion patch side (default: image side / 7)")
     opt.add_argument("--stride", type=positive_int, help="occlusion stride (default: patch / 2)")
@@ -234,29 +239,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def make_explainer(args, model, methods: list[str], every: bool, say, background=None):
     """(Explainer, the methods it can run): CAM methods are dropped from `all` for a model without a spatial
     map and refused when named; DeepLIFT's approximations are noted."""
+    from keras_digits.explain.api import applicable
     from keras_digits.explain.core import Explainer
     from keras_digits.explain.session import options_from
 
     ex = Explainer(model, args.layer, options_from(args, background))
     ex.progress = _progress(args.quiet)
-    if ex.layer is None and any(m in CAM_METHODS for m in methods):
-        cams = [m for m in methods if m in CAM_METHODS]
-        if not every:
-            ex.require_layer(cams[0])
-        methods = [m for m in methods if m not in CAM_METHODS]
-        say(f"note: {', '.join(cams)} skipped: {model.name} has no spatial feature map")
-    if every and not any(activation_layers(model)):
-        dropped = [m for m in methods if m in ("guided_backprop", "deeplift")]
-        methods = [m for m in methods if m not in dropped]
-        say(f"note: {', '.join(dropped)} skipped: {model.name} shows no activation layers (an opaque SavedModel)")
+    methods, notes = applicable(ex, methods, every)
+    for note in notes:
+        say(f"note: {note}")
     return ex, methods
-
-
-def activation_layers(model) -> list[str]:
-    from keras_digits.explain.graph import flat_layers
-    from keras_digits.explain.modified import activation_of
-
-    return [path for path, layer, _ in flat_layers(model) if activation_of(layer) is not None]
 
 
 def method_notes(model, methods: Sequence[str]) -> list[str]:

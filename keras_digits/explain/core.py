@@ -31,7 +31,7 @@ class Options:
     batch_size: int = 64  # model inputs per forward/backward call
     steps: int = 32  # Integrated Gradients: points on the path (trapezoid rule)
     samples: int = 25  # SmoothGrad: noisy copies per image (Smilkov et al. 2017 use 50; 25 is close)
-    noise: float = 0.15  # SmoothGrad: noise std as a fraction of the 0..255 pixel range (paper: 10-20%)
+    noise: float = 0.15  # SmoothGrad & co.: noise std as a fraction of the input range (paper: 10-20%)
     masks: int = 1000  # RISE: random masks per image
     cells: int = 7  # RISE: mask grid (cells x cells), as in Petsiuk et al.
     keep: float = 0.5  # RISE: probability a cell is kept
@@ -84,11 +84,26 @@ class Explainer:
         self._modified: dict = {}
         self._tap = rewire(model, self.layer.path, raw_output=self._raw)[0] if self.layer is not None else None
         self.progress: Callable[[str, int], object] | None = None  # (label, total) -> object with update/close
-        spec = self._spec = [
+        self._spec = [
             tf.TensorSpec((None, *self.input_shape), tf.float32),
             tf.TensorSpec((None,), tf.int32),
             tf.TensorSpec((None,), tf.int32),
         ]
+        if self.options.noise < 0:
+            raise KerasDigitsError(f"noise must be 0 or more, got {self.options.noise}")
+        bg = self.options.background
+        if bg is not None and (np.ndim(bg) != 4 or tuple(np.shape(bg)[1:]) != self.input_shape or not len(bg)):
+            raise KerasDigitsError(
+                f"background must be images (B, {', '.join(map(str, self.input_shape))}), got shape {np.shape(bg)}"
+            )
+        self._trace()
+
+    def _trace(self) -> None:
+        """The traced primitives; made again when the head's reading changes (check_head)."""
+        import tensorflow as tf
+
+        spec = self._spec
+        self._modified = {}
         self._input_grads = tf.function(self._input_grads_impl, input_signature=spec, reduce_retracing=True)
         self._prob_scores = tf.function(self._prob_scores_impl, input_signature=spec, reduce_retracing=True)
         self._logits_fn = tf.function(self._logits_of, input_signature=spec[:1], reduce_retracing=True)
@@ -161,7 +176,8 @@ class Explainer:
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Logits (or log-probabilities, see graph.rewire) for (N, H, W, C) images."""
-        return np.concatenate([self._logits_fn(np.asarray(x[s], np.float32)).numpy() for s in self._chunks(len(x))])
+        out = [self._logits_fn(np.asarray(x[s], np.float32)).numpy() for s in self._chunks(len(x))]
+        return np.concatenate(out) if out else np.zeros((0, self.num_classes), np.float32)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Softmax probabilities (from the logits: the model's own output)."""
@@ -192,6 +208,7 @@ class Explainer:
         if (raw >= -1e-6).all() and np.allclose(raw.sum(axis=1), 1.0, atol=1e-3):
             return None
         self.head_kind = "logits"
+        self._trace()  # functions traced with the log head would keep it
         return "the model's outputs are not probabilities (rows do not sum to 1): read as logits"
 
     def modified_gradients(self, x: np.ndarray, t: np.ndarray, c: np.ndarray, rule: str, reference=None) -> np.ndarray:
@@ -199,10 +216,20 @@ class Explainer:
         (explain.modified: "guided" or "rescale"); "rescale" feeds each image with its `reference` image."""
         import tensorflow as tf
 
+        if rule == "rescale" and reference is None:
+            raise ValueError("the rescale rule needs a reference image for every image")
         if rule not in self._modified:
             from keras_digits.explain.modified import rewire_with_rule
 
             net = rewire_with_rule(self.model, rule, raw_output=self._raw)
+            probe = np.random.default_rng(0).uniform(self.low, self.high, (2, *self.input_shape)).astype(np.float32)
+            if not np.allclose(
+                self._head(net(probe, training=False)).numpy(), self.logits(probe), rtol=1e-3, atol=1e-3
+            ):
+                raise KerasDigitsError(
+                    f"the {rule} rule changed {self.model.name}'s forward pass (a layer uses its activation "
+                    "inside, not as its last step): Guided Backpropagation and DeepLIFT cannot explain it"
+                )
 
             def impl(xb, tb, cb):
                 with tf.GradientTape() as tape:

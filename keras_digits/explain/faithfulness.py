@@ -28,7 +28,7 @@ from keras_digits.explain.stats import beats, mean_se
 DEFAULT_STEPS = 50
 PROTOCOL = {
     "pixel_order": "map value, highest first; ties broken by a fixed random order per image",
-    "deletion_baseline": "pixels set to 0 (black: the low end of the input range) in every channel",
+    "deletion_baseline": "pixels set to black (the low end of the input range) in every channel",
     "insertion_start": "Gaussian-blurred image (sigma = image side / 10), original pixels copied in",
     "score": "probability of the target class (softmax; sigmoid of the logit difference with a contrast)",
     "targets": "the model's predicted class",

@@ -106,10 +106,14 @@ def saved_model(folder: Path):
 
 
 def infer_range(x: np.ndarray) -> tuple[float, float]:
-    """The input range a batch of images most likely lives in: -1..1, 0..1 or 0..255."""
-    x = np.asarray(x)
-    if x.size and float(x.min()) < 0.0:
-        return (-1.0, 1.0)
-    if x.size and float(x.max()) <= 1.0:
-        return (0.0, 1.0)
-    return (0.0, 255.0)
+    """The input range a batch of images most likely lives in: -1..1, 0..1 or 0..255; anything else (standardised
+    inputs, say) must be given."""
+    x = np.asarray(x, np.float64)
+    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 255.0)
+    for low, high in ((0.0, 1.0), (-1.0, 1.0), (0.0, 255.0)):
+        if lo >= low and hi <= high:
+            return (low, high)
+    raise KerasDigitsError(
+        f"images span {lo:g}..{hi:g}, not 0..1, -1..1 or 0..255: give value_range=(low, high), the range the "
+        "model takes (black, the baseline, is its low end)"
+    )

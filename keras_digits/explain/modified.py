@@ -91,6 +91,26 @@ def activation_name(fn) -> str:
     return getattr(fn, "__name__", "") if fn is not None else ""
 
 
+def _last_step_types():
+    """Layer types whose `activation` is their last step (so it can be swapped for a linear one and applied
+    after): Dense and the convolutions. Recurrent layers use theirs inside and are left alone."""
+    keras = _keras()
+    return (
+        keras.layers.Dense,
+        keras.layers.EinsumDense,
+        keras.layers.Conv1D,
+        keras.layers.Conv2D,
+        keras.layers.Conv3D,
+        keras.layers.SeparableConv1D,
+        keras.layers.SeparableConv2D,
+        keras.layers.DepthwiseConv1D,
+        keras.layers.DepthwiseConv2D,
+        keras.layers.Conv1DTranspose,
+        keras.layers.Conv2DTranspose,
+        keras.layers.Conv3DTranspose,
+    )
+
+
 def activation_of(layer):
     """(elementwise function, swap) for a layer the rules apply to, else None. `swap`: the activation is the
     layer's `activation` attribute (call the layer with a linear one, then apply it); otherwise the layer
@@ -102,9 +122,18 @@ def activation_of(layer):
     name = activation_name(fn)
     if name not in ELEMENTWISE:
         return None
-    if isinstance(layer, keras.layers.Activation):
+    if type(layer) is keras.layers.Activation:
         return fn, False
-    return fn, True
+    if isinstance(layer, _last_step_types()):
+        return fn, True
+    return None
+
+
+def activation_layers(model) -> list[str]:
+    """Paths of the layers the rules change (none for an opaque SavedModel)."""
+    from keras_digits.explain.graph import flat_layers
+
+    return [path for path, layer, _ in flat_layers(model) if activation_of(layer) is not None]
 
 
 def _derivative(fn, z):

@@ -8,7 +8,8 @@ one method for the model's predicted class, and two numbers are recorded beside 
   better), next to a random map's on the same images;
 * ink relevance mass (explain.localisation) when the images are light digits on black: the share of the
   map's positive relevance on the digit's ink. The ink is taken from the clean images when the geometry
-  is unchanged (no digit normalisation), so noise does not move the ground truth; else from each image.
+  is unchanged (no digit normalisation, no rotation or shift), so noise, blur or low contrast do not move
+  the ground truth; else from each corrupted image itself.
 """
 
 from __future__ import annotations

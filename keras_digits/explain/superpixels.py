@@ -8,7 +8,7 @@ remove a uniform segment at all, a solid stroke or a bright square stays what it
 to exactly the segments SLIC makes cleanest.
 
 * ``lime`` (Ribeiro et al. 2016), as lime_image does it: `coalitions` (default 1000) random on/off
-  vectors, the first all on, each with a uniformly drawn number of superpixels off; weights
+  vectors, the first all on, each superpixel on with probability 1/2; weights
   sqrt(exp(-d^2 / 0.25^2)) of the cosine distance d to the all-on vector; a weighted ridge regression
   (alpha 1, with intercept) of the scores on the vectors.
 * ``kernelshap`` (Lundberg & Lee 2017): coalition sizes drawn from the Shapley kernel's distribution,
@@ -63,12 +63,9 @@ def _scores(ex: Explainer, x, t, c, seg, coalitions: list[np.ndarray], label: st
 
 
 def lime_coalitions(m: int, n: int, seed: int) -> np.ndarray:
-    """(n, m) bool on/off vectors, the first all on; each other turns a uniformly drawn number of superpixels off."""
-    rng = np.random.default_rng([seed, 31, m])
-    z = np.ones((max(1, n), m), bool)
-    for r in range(1, len(z)):
-        off = rng.choice(m, size=int(rng.integers(1, m + 1)), replace=False)
-        z[r, off] = False
+    """(n, m) bool on/off vectors, the first all on, the others each superpixel on with probability 1/2 (lime_image)."""
+    z = np.random.default_rng([seed, 31, m]).integers(0, 2, (max(1, n), m)).astype(bool)
+    z[0] = True
     return z
 
 

@@ -329,12 +329,16 @@ def robustness_section(run_dir: Path) -> str:
         ]
         header = ["corruption", "severity", "accuracy", "change"]
         explained = [x.get("explain") for x in rows if isinstance(x.get("explain"), dict)]
-        if explained:
-            method = esc(explained[0].get("method"))
-            header += [f"{method} deletion AUC ↓", "random map's", f"{method} ink relevance ↑"]
+        if explained:  # rows added by later runs may have been explained with another method: named per row
+            header += ["explained with", "deletion AUC ↓", "random map's", "ink relevance ↑"]
             for line, x in zip(body, rows):
                 e = x.get("explain") if isinstance(x.get("explain"), dict) else {}
-                line += [fmt(e.get("deletion_auc")), fmt(e.get("deletion_auc_random")), fmt(e.get("ink_relevance"))]
+                line += [
+                    esc(e.get("method", "")),
+                    fmt(e.get("deletion_auc")),
+                    fmt(e.get("deletion_auc_random")),
+                    fmt(e.get("ink_relevance")),
+                ]
         mapped = label_map_text(r.get("label_map"))
         out.append(
             f"<h3>{esc(r.get('dataset'))} {esc(r.get('split'))} · {esc(r.get('preprocess'))} preprocessing · "
@@ -397,7 +401,8 @@ def explain_section(run_dir: Path) -> str:
             + table(header, rows)
             + (
                 '<p class="note">on the foreground: the same correlation over the pixels that are not black only '
-                "(black pixels are 0 by construction for IG from black, Gradient x Input, DeepLIFT and occlusion)</p>"
+                "(black pixels are 0 by construction for IG from black, Gradient x Input and DeepLIFT, and for "
+                "occlusion where every patch covering them is black)</p>"
                 if fg
                 else ""
             )
