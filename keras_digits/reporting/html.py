@@ -428,6 +428,14 @@ METRIC_COLUMNS = (  # (section, field, header)
 )
 
 
+def image_name(metrics: dict, i: int) -> str:
+    """The i-th image of the metrics subset as its split and index there ("test #1234"), or its position."""
+    idx = metrics.get("indices")
+    if isinstance(idx, list) and 0 <= i < len(idx) and metrics.get("split"):
+        return f"{metrics['split']} #{idx[i]}"
+    return f"image {i}"
+
+
 def metrics_tables(metrics: dict) -> list[str]:
     """explain.json's "metrics": deletion/insertion, then one table of every other metric, then the agreement matrix."""
     if not metrics:
@@ -476,10 +484,17 @@ def metrics_tables(metrics: dict) -> list[str]:
         low = agree.get("low") or []
         out.append(
             "<h3>Agreement between methods (mean Spearman correlation of |map| per image)</h3>"
+            + '<div class="wrap">'
             + table(["", *[esc(n) for n in names]], rows)
+            + "</div>"
             + f'<p class="note">{len(low)} image(s) where the methods disagree (mean pairwise correlation under '
             f"{esc(agree.get('low_below'))})"
-            + (f": indices {esc(', '.join(str(i) for i in low[:20]))}" if low else "")
+            + (f": {esc(', '.join(image_name(metrics, i) for i in low[:20]))}" if low else "")
+            + (
+                f"; the least agreement, {min(per):.2f}, on {esc(image_name(metrics, per.index(min(per))))}"
+                if (per := [v for v in agree.get("per_image") or [] if isinstance(v, (int, float))])
+                else ""
+            )
             + "</p>"
         )
     return out
