@@ -1,11 +1,15 @@
 """Surrogate-model methods on superpixels: LIME and KernelSHAP. Both read the probability score.
 
 Superpixels come from scikit-image's SLIC (Achanta et al. 2012) on the image scaled to 0..1, `segments`
-(default 50) wanted, compactness 0.1 (low: the segments follow the strokes of a digit rather than a grid),
-so a 28x28 digit gets about 40. A superpixel that is "off" is set to black (the low end of the input range),
-as occlusion and RISE remove pixels. lime's own default (``hide_color=None``: the segment's mean colour) cannot
-remove a uniform segment at all, a solid stroke or a bright square stays what it was, so it would be blind
-to exactly the segments SLIC makes cleanest.
+(default 50) wanted, compactness 0.1 for grey images (low: the segments follow the strokes of a digit rather
+than a grid; a 28x28 digit gets about 40) and SLIC's default 10 for colour ones (it works in CIELAB, 0..100).
+Where SLIC finds no structure (noise-like images: it merges them into a few blobs, under a quarter of the
+wanted count) a regular grid of about `segments` cells is used instead.
+
+A superpixel that is "off" is set to black (the low end of the input range), as occlusion and RISE remove
+pixels. lime's own default (``hide_color=None``: the segment's mean colour) cannot remove a uniform segment
+at all, a solid stroke or a bright square stays what it was, so it would be blind to exactly the segments
+SLIC makes cleanest.
 
 * ``lime`` (Ribeiro et al. 2016), as lime_image does it: `coalitions` (default 1000) random on/off
   vectors, the first all on, each superpixel on with probability 1/2; weights
@@ -28,27 +32,40 @@ import numpy as np
 
 from keras_digits.explain.core import Explainer
 
-COMPACTNESS = 0.1
+COMPACTNESS = 0.1  # grey images scaled to 0..1
+COLOUR_COMPACTNESS = 10.0  # colour images (SLIC converts them to CIELAB)
 KERNEL_WIDTH = 0.25
 
 
 def superpixels(ex: Explainer, x: np.ndarray) -> np.ndarray:
-    """(N, H, W) int32 SLIC labels 0..M_i - 1 of each image."""
+    """(N, H, W) int32 labels 0..M_i - 1 of each image: SLIC's, or a regular grid where SLIC finds no structure."""
     from skimage.segmentation import slic
 
+    wanted = max(2, ex.options.segments)
+    colour = x.shape[-1] == 3  # SLIC works in CIELAB then (0..100), where its own default compactness fits
     out = np.empty((len(x), *x.shape[1:3]), np.int32)
     for k, img in enumerate(x):
         scaled = np.clip((np.asarray(img, np.float64) - ex.low) / ex.span, 0.0, 1.0)
         seg = slic(
             scaled,
-            n_segments=max(2, ex.options.segments),
-            compactness=COMPACTNESS,
+            n_segments=wanted,
+            compactness=COLOUR_COMPACTNESS if colour else COMPACTNESS,
             channel_axis=-1,
             start_label=0,
             enforce_connectivity=True,
         )
+        if seg.max() + 1 < max(2, wanted // 4):  # noise-like images: SLIC merges everything into a few blobs
+            seg = grid_segments(x.shape[1:3], wanted)
         out[k] = np.unique(seg, return_inverse=True)[1].reshape(seg.shape)  # labels 0..M-1 without gaps
     return out
+
+
+def grid_segments(shape: tuple[int, int], wanted: int) -> np.ndarray:
+    """A regular grid of about `wanted` cells (the fallback superpixels)."""
+    h, w = shape
+    side = max(1, round((h * w / wanted) ** 0.5))
+    cols = -(-w // side)
+    return (np.arange(h)[:, None] // side) * cols + (np.arange(w)[None, :] // side)
 
 
 def _scores(ex: Explainer, x, t, c, seg, coalitions: list[np.ndarray], label: str) -> np.ndarray:
