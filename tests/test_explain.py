@@ -112,6 +112,21 @@ def test_target_layer_is_a_block_output_inside_a_nested_base():
     assert feats.shape == grads.shape == (1, 4, 4, 1024)
 
 
+def test_padding_layers_are_not_chosen_but_may_be_named():
+    """keras.applications pads before a stride-2 conv: the padded 5x5 map is shifted a cell against the
+    image, so the automatic choice is the 4x4 map before it."""
+    import keras
+
+    inp = keras.Input((16, 16, 1))
+    x = keras.layers.Conv2D(4, 3, strides=4, padding="same", activation="relu", name="feat")(inp)
+    x = keras.layers.ZeroPadding2D(((0, 1), (0, 1)), name="pad")(x)
+    x = keras.layers.Conv2D(4, 3, strides=2, name="down")(x)
+    out = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(x))
+    model = keras.Model(inp, out)
+    assert explainer(model).layer.path == "feat"
+    assert explainer(model, "pad").layer.shape == (5, 5, 4)
+
+
 def test_layer_errors_list_the_candidates():
     from keras_digits.models.registry import build_model
 
@@ -188,6 +203,38 @@ def test_integrated_gradients_completeness():
     total = method_fn("ig")(ex, x, t, c).sum(axis=(1, 2))
     z = ex.logits(x)[np.arange(3), t] - ex.logits(np.zeros_like(x))[np.arange(3), t]
     np.testing.assert_allclose(total, z, rtol=0.05, atol=0.02 * float(np.abs(z).max()))
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (28, 28), (224, 160), (9, 7)])
+def test_grid_superpixels_are_even_cells(shape):
+    from keras_digits.explain.superpixels import grid_segments
+
+    seg = grid_segments(shape, 50)
+    sizes = np.bincount(seg.ravel())
+    assert seg.shape == shape and (sizes > 0).all()
+    assert 30 <= len(sizes) <= 70 or len(sizes) == shape[0] * shape[1]
+    rows, cols = seg[:, 0], seg[0, :]  # every row and column band is at least two thirds of the widest one
+    for bands in (np.bincount(np.unique(rows, return_inverse=True)[1]), np.bincount(cols - cols[0])):
+        assert bands.min() >= 2 * bands.max() / 3 or bands.max() <= 2, bands
+
+
+def test_noise_falls_back_to_a_grid_and_digits_keep_slic():
+    import keras
+
+    from keras_digits.explain.core import Explainer, Options
+    from keras_digits.explain.superpixels import grid_segments, superpixels
+
+    model = keras.Sequential([keras.Input((64, 64, 3)), keras.layers.Flatten(), keras.layers.Dense(3, "softmax")])
+    ex = Explainer(model, options=Options())
+    noise = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    seg = superpixels(ex, noise)
+    assert (seg[0] == grid_segments((64, 64), 50)).all() and (seg[1] == seg[0]).all()
+    grey = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(3, "softmax")])
+    square = np.zeros((1, 28, 28, 1), "float32")
+    square[0, 6:14, 8:20] = 255.0
+    seg = superpixels(Explainer(grey, options=Options()), square)[0]
+    assert len(np.unique(seg[6:14, 8:20])) < len(np.unique(seg))  # a segmentation that follows the square
+    assert not (seg == grid_segments((28, 28), 50)).all()
 
 
 def test_parse_methods():

@@ -245,7 +245,9 @@ def test_worker_wait_is_checked_and_not_part_of_a_runs_identity(capsys):
 TINY_TUNE = ["--dataset", "digits", "--max-train-samples", "100", "--epochs", "1", "--verbose", "0"]
 
 
-@pytest.mark.parametrize("command", ["tune", "sweep"])
+# tune and sweep share the wait (runtime/oracle.py): the default run checks each command in one of the two
+# tests below, `-m slow` the other pairing (each case starts a TensorFlow process: about 10 s)
+@pytest.mark.parametrize("command", ["tune", pytest.param("sweep", marks=pytest.mark.slow)])
 def test_tuner_or_grid_worker_without_chief_says_so_and_gives_up(tmp_path, command):
     port = free_ports(1)[0]
     env = clean_env(KERASTUNER_TUNER_ID="w0", KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port))
@@ -388,7 +390,7 @@ def test_a_run_logged_to_a_file_has_no_progress_bars(tmp_path, data_dir):
     assert sum("epoch_seconds" in line or "val_accuracy" in line for line in text.splitlines()) >= 2, text[-2000:]
 
 
-@pytest.mark.parametrize("command", ["tune", "sweep"])
+@pytest.mark.parametrize("command", [pytest.param("tune", marks=pytest.mark.slow), "sweep"])  # see above
 def test_tuner_or_grid_worker_whose_chief_never_answers_gives_up_with_one_line(tmp_path, command):
     """A port that accepts connections but never answers (a dead or wedged chief): KerasTuner's client would
     wait an hour in silence; the worker gives up after --worker-wait with one line."""

@@ -12,7 +12,9 @@ How the target layer is chosen (`auto_layer`), for any topology:
    through. After a residual ``Add`` qualifies; a conv inside the block does not (the skip connection
    bypasses it), so the map explains everything the later layers see.
 2. The output must be a spatial map (batch, h, w, channels), produced after the first layer that has
-   weights (the resize/rescale prefix is the image itself, not a feature).
+   weights (the resize/rescale prefix is the image itself, not a feature), and not by a padding or
+   cropping layer (its map is the previous one with cells added or cut at one edge, so it no longer
+   lines up with the image: keras.applications pads before every stride-2 depthwise conv).
 3. Of those, the deepest whose smaller side is at least `MIN_SIDE` (4) cells: a 2x2 or 3x3 map only
    says which quadrant. When every map is coarser, the deepest of the largest maps.
 """
@@ -34,6 +36,7 @@ class LayerInfo:
     shape: tuple  # output shape without the batch dimension
     cut: bool  # every input-to-output path goes through it
     after_weights: bool  # some layer with weights comes before (or is) it
+    reframed: bool = False  # a padding or cropping layer: its cells are shifted against the image
 
     @property
     def spatial(self) -> bool:
@@ -53,6 +56,11 @@ def _keras():
 def is_submodel(layer) -> bool:
     keras = _keras()
     return isinstance(layer, keras.Model)
+
+
+def _reframing() -> tuple:
+    keras = _keras()
+    return tuple(getattr(keras.layers, f"{kind}{d}D") for kind in ("ZeroPadding", "Cropping") for d in (1, 2, 3))
 
 
 def _is_input(layer) -> bool:
@@ -127,10 +135,11 @@ def layer_infos(model) -> list[LayerInfo]:
     """Every layer of `model` (`flat_layers`) with what `auto_layer` needs to know about it."""
     out: list[LayerInfo] = []
     seen_weights = False
+    reframing = _reframing()
     for path, layer, cut in flat_layers(model):
         seen_weights = seen_weights or bool(layer.weights)
         shape = tuple(layer.output.shape[1:]) if not isinstance(layer.output, (list, tuple)) else ()
-        out.append(LayerInfo(path, shape, cut, seen_weights))
+        out.append(LayerInfo(path, shape, cut, seen_weights, isinstance(layer, reframing)))
     return out
 
 
@@ -141,7 +150,7 @@ def candidates(model) -> list[LayerInfo]:
 
 def auto_layer(model) -> LayerInfo | None:
     """The target layer chosen for `model` (see the module docstring); None when it has no spatial map."""
-    found = candidates(model)
+    found = [c for c in candidates(model) if not c.reframed] or candidates(model)
     if not found:
         return None
     fine = [c for c in found if c.side >= MIN_SIDE]

@@ -63,9 +63,10 @@ def superpixels(ex: Explainer, x: np.ndarray) -> np.ndarray:
 def grid_segments(shape: tuple[int, int], wanted: int) -> np.ndarray:
     """A regular grid of about `wanted` cells (the fallback superpixels)."""
     h, w = shape
-    side = max(1, round((h * w / wanted) ** 0.5))
-    cols = -(-w // side)
-    return (np.arange(h)[:, None] // side) * cols + (np.arange(w)[None, :] // side)
+    side = max(1.0, (h * w / wanted) ** 0.5)
+    rows, cols = max(1, min(h, round(h / side))), max(1, min(w, round(w / side)))
+    # even cells (sizes differ by at most a pixel), never a sliver row or column at the edge
+    return (np.arange(h)[:, None] * rows // h) * cols + (np.arange(w)[None, :] * cols // w)
 
 
 def _scores(ex: Explainer, x, t, c, seg, coalitions: list[np.ndarray], label: str) -> np.ndarray:
