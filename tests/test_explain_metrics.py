@@ -243,6 +243,12 @@ def test_api_on_a_plain_keras_model(plain_keras):
     result = evaluate(model, x, {k: every[k] for k in ("gradcam", "ig", "lime")}, sensitivity_n=2, **TINY)
     assert {"methods", "mufidelity", "road", "complexity", "sensitivity", "agreement"} <= set(result)
     assert "skipped" in result["localisation"]  # random RGB noise is not light digits on black
+    listed = evaluate(model, x, {"gradcam": one}, metrics=["deletion", "complexity"], target=2)
+    assert listed["computed"] == ["deletion", "complexity"] and "methods" in listed and "road" not in listed
+    with pytest.raises(KerasDigitsError, match="maps must be a dict"):
+        evaluate(model, x, one, target=2)
+    with pytest.raises(KerasDigitsError, match="metrics must be a name"):
+        evaluate(model, x, {"gradcam": one}, metrics=[3])
     with pytest.raises(KerasDigitsError, match="do not fit the model's input"):
         explain(model, np.zeros((2, 8, 8, 3)))
     with pytest.raises(KerasDigitsError, match="target must be classes 0..3"):

@@ -13,7 +13,7 @@ one image input and a softmax or logit head, or a path to a .keras / .h5 file or
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -138,11 +138,7 @@ def explain(
     `model` may be an Explainer from `explainer()`, to reuse its traced functions."""
     from keras_digits.explain import method_fn, parse_methods
 
-    if not isinstance(method, str) and not (
-        isinstance(method, Sequence) and method and all(isinstance(m, str) for m in method)
-    ):
-        raise KerasDigitsError(f"method must be a name, a comma-separated list or a list of names, got {method!r}")
-    text = method if isinstance(method, str) else ",".join(method)
+    text = _names_text(method, "method")
     names = parse_methods(text)
     ex, x, t, c = _prepare(model, images, target, contrast, layer, value_range, settings)
     names, _ = applicable(ex, names, any(m.strip().lower() == "all" for m in text.split(",")))
@@ -151,11 +147,20 @@ def explain(
     return maps[names[0]] if single else maps
 
 
+def _names_text(value, what: str) -> str:
+    """A name, a comma-separated list or a sequence of names, as one comma-separated string."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Sequence) and value and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    raise KerasDigitsError(f"{what} must be a name, a comma-separated list or a list of names, got {value!r}")
+
+
 def evaluate(
     model,
     images,
     maps: dict[str, np.ndarray],
-    metrics: str = "all",
+    metrics: str | Sequence[str] = "all",
     target=None,
     contrast=None,
     layer: str | None = None,
@@ -164,18 +169,24 @@ def evaluate(
     sensitivity_n: int = 8,
     **settings,
 ) -> dict:
-    """Score `maps` ({method: (N, H, W)}, e.g. from `explain`) on the same images and targets: the metrics of
+    """Score `maps` ({method: (N, H, W)}, e.g. from `explain`) on the same images and targets; `metrics`: "all", a
+    name, a comma-separated list or a list of names among the metrics of
     explain.scorecard (deletion/insertion, MuFidelity, ROAD, ink localisation or `ground_truth` (N, H, W)
     masks, complexity, max-sensitivity (re-explains noisy copies of the first `sensitivity_n` images), agreement)."""
     from keras_digits.explain import METHODS, method_fn
     from keras_digits.explain.scorecard import evaluate as score
     from keras_digits.explain.scorecard import parse_metrics
 
+    if not isinstance(maps, Mapping):
+        raise KerasDigitsError(
+            f"maps must be a dict {{method: (N, H, W) array}}, got {type(maps).__name__} "
+            "(explain() with one method name returns a bare array: pass {name: maps})"
+        )
+    which = parse_metrics(_names_text(metrics, "metrics"))
     ex, x, t, c = _prepare(model, images, target, contrast, layer, value_range, settings)
     for name, m in maps.items():
         if np.shape(m) != (len(x), *x.shape[1:3]):
             raise KerasDigitsError(f"maps[{name!r}] has shape {np.shape(m)}; expected {(len(x), *x.shape[1:3])}")
-    which = parse_metrics(metrics)
 
     def compute(name, xs, ts, cs):
         if name not in METHODS:
