@@ -36,7 +36,7 @@ class LayerInfo:
     shape: tuple  # output shape without the batch dimension
     cut: bool  # every input-to-output path goes through it
     after_weights: bool  # some layer with weights comes before (or is) it
-    reframed: bool = False  # a padding or cropping layer: its cells are shifted against the image
+    reframed: bool  # a padding or cropping layer: its cells are shifted against the image
 
     @property
     def spatial(self) -> bool:
@@ -150,7 +150,8 @@ def candidates(model) -> list[LayerInfo]:
 
 def auto_layer(model) -> LayerInfo | None:
     """The target layer chosen for `model` (see the module docstring); None when it has no spatial map."""
-    found = [c for c in candidates(model) if not c.reframed] or candidates(model)
+    usable = candidates(model)
+    found = [c for c in usable if not c.reframed] or usable
     if not found:
         return None
     fine = [c for c in found if c.side >= MIN_SIDE]
